@@ -1,0 +1,69 @@
+//! The operator's error type. Every variant says what failed, on which
+//! object or target, and carries a `category()` that labels metrics and
+//! Warning events.
+
+/// Errors from reconciliation and start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// A Secret or key a target needs is missing or unreadable.
+    #[error("secret {namespace}/{name}: {problem}")]
+    Secret {
+        /// Namespace of the Secret (the operator namespace).
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// What is wrong, without the Secret's contents.
+        problem: String,
+    },
+
+    /// A backend (MongoDB or Azure) call failed.
+    #[error("{backend} target {target}: {message}")]
+    Backend {
+        /// `mongodb` or `cosmosdb`.
+        backend: &'static str,
+        /// Target name.
+        target: String,
+        /// Secret-free description of the failure.
+        message: String,
+        /// Whether retrying later can help.
+        transient: bool,
+    },
+
+    /// The operator's own configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A short label for metrics and Warning events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Finalizer(_) => "finalizer",
+            Error::Secret { .. } => "secret",
+            Error::Backend { transient: true, .. } => "backend-transient",
+            Error::Backend { transient: false, .. } => "backend",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(Box::new(other)),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The binding index: which bindings name which subject on which target.
+//!
+//! Several bindings may name the same subject on the same target; the
+//! backend object (a MongoDB role or user, a set of Cosmos DB assignments)
+//! carries the union of their grants. The index answers two questions
+//! cheaply:
+//!
+//! ```text
+//!   upsert(binding) / remove(binding)  ──▶  affected (target, subject) pairs
+//!   desired(target, subject)           ──▶  union of the live grants
+//! ```
+//!
+//! so one binding change recomputes exactly the subjects it touches. Only
+//! bindings that are live, unexpired and allowed are put in; everything
+//! else is removed, which is how denial and expiry revoke.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::api::SubjectKey;
+
+/// A grant that can be unioned with another of its kind.
+pub trait Grant: Clone + Default + PartialEq {
+    /// Add everything `other` grants to `self`.
+    fn merge(&mut self, other: &Self);
+}
+
+/// Identifies a binding: `namespace/name`.
+pub type BindingKey = String;
+
+/// What one binding contributes: a grant for each of its subjects on one
+/// target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contribution<G> {
+    /// Target name.
+    pub target: String,
+    /// Subjects that receive the grant.
+    pub subjects: BTreeSet<SubjectKey>,
+    /// The grant itself.
+    pub grant: G,
+}
+
+/// A (target, subject) pair whose backend object must be recomputed.
+pub type Affected = BTreeSet<(String, SubjectKey)>;
+
+/// Index of live bindings by (target, subject).
+#[derive(Debug)]
+pub struct BindingIndex<G> {
+    bindings: HashMap<BindingKey, Contribution<G>>,
+    by_target: HashMap<String, BTreeMap<SubjectKey, BTreeSet<BindingKey>>>,
+}
+
+impl<G> Default for BindingIndex<G> {
+    fn default() -> Self {
+        Self { bindings: HashMap::new(), by_target: HashMap::new() }
+    }
+}
+
+impl<G: Grant> BindingIndex<G> {
+    /// Insert or replace a binding's contribution. Returns the pairs whose
+    /// union may have changed: the old and new subjects, unless nothing
+    /// changed at all.
+    pub fn upsert(&mut self, key: &str, contribution: Contribution<G>) -> Affected {
+        if self.bindings.get(key) == Some(&contribution) {
+            return Affected::new();
+        }
+        let mut affected = self.remove(key);
+        for subject in &contribution.subjects {
+            self.by_target
+                .entry(contribution.target.clone())
+                .or_default()
+                .entry(subject.clone())
+                .or_default()
+                .insert(key.to_string());
+            affected.insert((contribution.target.clone(), subject.clone()));
+        }
+        self.bindings.insert(key.to_string(), contribution);
+        affected
+    }
+
+    /// Remove a binding. Returns the pairs it contributed to.
+    pub fn remove(&mut self, key: &str) -> Affected {
+        let mut affected = Affected::new();
+        let Some(old) = self.bindings.remove(key) else {
+            return affected;
+        };
+        if let Some(subjects) = self.by_target.get_mut(&old.target) {
+            for subject in &old.subjects {
+                if let Some(keys) = subjects.get_mut(subject) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        subjects.remove(subject);
+                    }
+                }
+                affected.insert((old.target.clone(), subject.clone()));
+            }
+            if subjects.is_empty() {
+                self.by_target.remove(&old.target);
+            }
+        }
+        affected
+    }
+
+    /// The union of every live grant for `subject` on `target`, or `None`
+    /// when no live binding names it (the backend object should go).
+    pub fn desired(&self, target: &str, subject: &SubjectKey) -> Option<G> {
+        let keys = self.by_target.get(target)?.get(subject)?;
+        let mut grant = G::default();
+        for key in keys {
+            if let Some(c) = self.bindings.get(key) {
+                grant.merge(&c.grant);
+            }
+        }
+        Some(grant)
+    }
+
+    /// Bindings that name `subject` on `target`.
+    pub fn bindings_for(&self, target: &str, subject: &SubjectKey) -> impl Iterator<Item = &BindingKey> {
+        self.by_target.get(target).and_then(|s| s.get(subject)).into_iter().flatten()
+    }
+
+    /// Every subject with at least one live binding on `target`, sorted.
+    pub fn subjects(&self, target: &str) -> impl Iterator<Item = &SubjectKey> {
+        self.by_target.get(target).into_iter().flat_map(|s| s.keys())
+    }
+
+    /// Every binding on `target`.
+    pub fn bindings_on(&self, target: &str) -> BTreeSet<&BindingKey> {
+        self.by_target.get(target).into_iter().flat_map(|s| s.values().flatten()).collect()
+    }
+
+    /// A binding's current contribution.
+    pub fn get(&self, key: &str) -> Option<&Contribution<G>> {
+        self.bindings.get(key)
+    }
+
+    /// Number of live bindings.
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::SubjectKind;
+    use proptest::prelude::*;
+
+    /// A toy grant: a set of role names.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Roles(BTreeSet<&'static str>);
+
+    impl Grant for Roles {
+        fn merge(&mut self, other: &Self) {
+            self.0.extend(other.0.iter().copied());
+        }
+    }
+
+    fn group(id: &str) -> SubjectKey {
+        SubjectKey { kind: SubjectKind::Group, id: id.into() }
+    }
+
+    fn mk(target: &str, subjects: &[&str], roles: &[&'static str]) -> Contribution<Roles> {
+        Contribution {
+            target: target.into(),
+            subjects: subjects.iter().map(|s| group(s)).collect(),
+            grant: Roles(roles.iter().copied().collect()),
+        }
+    }
+
+    fn roles(r: &[&'static str]) -> Roles {
+        Roles(r.iter().copied().collect())
+    }
+
+    #[test]
+    fn union_of_two_bindings_and_shrink_when_one_goes() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t", &["g1"], &["read"]));
+        idx.upsert("b/two", mk("t", &["g1"], &["write"]));
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read", "write"])));
+
+        let affected = idx.remove("b/two");
+        assert_eq!(affected, [("t".to_string(), group("g1"))].into_iter().collect());
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
+
+        idx.remove("a/one");
+        assert_eq!(idx.desired("t", &group("g1")), None);
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn affected_covers_old_and_new_subjects_only() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t", &["g1", "g2"], &["read"]));
+        idx.upsert("a/other", mk("t", &["g9"], &["read"]));
+        let affected = idx.upsert("a/one", mk("t", &["g2", "g3"], &["read"]));
+        let want: Affected = ["g1", "g2", "g3"].iter().map(|g| ("t".to_string(), group(g))).collect();
+        assert_eq!(affected, want);
+        assert_eq!(idx.desired("t", &group("g1")), None);
+    }
+
+    #[test]
+    fn unchanged_upsert_affects_nothing() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t", &["g1"], &["read"]));
+        assert!(idx.upsert("a/one", mk("t", &["g1"], &["read"])).is_empty());
+    }
+
+    #[test]
+    fn targets_are_independent() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t1", &["g1"], &["read"]));
+        idx.upsert("a/two", mk("t2", &["g1"], &["write"]));
+        assert_eq!(idx.desired("t1", &group("g1")), Some(roles(&["read"])));
+        assert_eq!(idx.subjects("t2").cloned().collect::<Vec<_>>(), vec![group("g1")]);
+        assert_eq!(idx.bindings_on("t1").len(), 1);
+    }
+
+    proptest! {
+        /// After any sequence of upserts and removes, every (target,
+        /// subject) union equals the union recomputed from scratch over the
+        /// live bindings, and nothing else is present.
+        #[test]
+        fn index_matches_recomputation(ops in proptest::collection::vec(
+            (0usize..6, proptest::option::of((0usize..2, proptest::collection::btree_set(0usize..4, 0..3), proptest::collection::btree_set(0usize..3, 0..3)))),
+            0..60,
+        )) {
+            const ROLES: [&str; 3] = ["read", "write", "admin"];
+            let mut idx = BindingIndex::default();
+            let mut live: BTreeMap<String, Contribution<Roles>> = BTreeMap::new();
+            for (b, op) in ops {
+                let key = format!("ns/b{b}");
+                match op {
+                    Some((t, subjects, rs)) => {
+                        let c = Contribution {
+                            target: format!("t{t}"),
+                            subjects: subjects.iter().map(|s| group(&format!("g{s}"))).collect(),
+                            grant: Roles(rs.iter().map(|r| ROLES[*r]).collect()),
+                        };
+                        idx.upsert(&key, c.clone());
+                        live.insert(key, c);
+                    }
+                    None => { idx.remove(&key); live.remove(&key); }
+                }
+            }
+            for t in ["t0", "t1"] {
+                for s in 0..4 {
+                    let subject = group(&format!("g{s}"));
+                    let mut want: Option<Roles> = None;
+                    for c in live.values().filter(|c| c.target == t && c.subjects.contains(&subject)) {
+                        want.get_or_insert_with(Roles::default).merge(&c.grant);
+                    }
+                    prop_assert_eq!(idx.desired(t, &subject), want);
+                }
+            }
+            prop_assert_eq!(idx.len(), live.len());
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! State shared by every controller.
+
+use std::{sync::Arc, time::Duration};
+
+use kube::{Client, runtime::events::Recorder};
+
+use super::{http::Health, metrics::Metrics};
+
+/// What every reconcile gets.
+pub struct Context {
+    /// Kubernetes client (the operator's own identity).
+    pub client: Client,
+    /// The operator namespace, where target Secrets live.
+    pub namespace: String,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Full resync interval.
+    pub resync: Duration,
+}

@@ -1,0 +1,89 @@
+//! Writing status with server-side apply, only when it changed, and
+//! publishing an Event when the Ready condition transitions.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::context::Context;
+use crate::{MANAGER, Result, api::conditions};
+
+/// Server-side apply `status` to `obj` unless it equals `current`.
+/// Returns whether a write happened.
+pub async fn apply<K, S>(api: &Api<K>, obj: &K, current: Option<&S>, status: &S) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&obj.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(true)
+}
+
+/// Publish a Normal or Warning Event for a Ready transition.
+pub async fn publish_transition<K>(ctx: &Context, obj: &K, before: &[Condition], after: &[Condition])
+where
+    K: Resource<DynamicType = ()>,
+{
+    if !conditions::is_transition(before, after) {
+        return;
+    }
+    let Some(ready) = conditions::ready(after) else { return };
+    let type_ = if ready.status == "True" { EventType::Normal } else { EventType::Warning };
+    let event = Event {
+        type_,
+        reason: ready.reason.clone(),
+        note: Some(truncate(&ready.message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish event");
+    }
+}
+
+/// Publish a Warning Event that is not a condition transition (drift).
+pub async fn publish_warning<K>(ctx: &Context, obj: &K, reason: &str, note: &str)
+where
+    K: Resource<DynamicType = ()>,
+{
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish event");
+    }
+}
+
+/// The current time as a Kubernetes `Time`, truncated to seconds (the
+/// precision the API server stores) so equal states compare equal.
+pub fn now() -> Time {
+    let secs = jiff::Timestamp::now().as_second();
+    Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,544 @@
+// Command controlplane runs a real, minimal Kubernetes control plane for
+// dbgrant's tests: an embedded etcd (go.etcd.io/etcd/server/v3/embed) and the
+// real kube-apiserver (k8s.io/kubernetes/cmd/kube-apiserver/app) in one
+// process, bound to 127.0.0.1 on random free ports.
+//
+// Authentication is a static token file with two identities:
+//
+//   - admin:    user "dbgrant-admin", group system:masters
+//   - operator: user "system:serviceaccount:<ns>:<sa>" with the groups a real
+//     ServiceAccount token carries, so RBAC bindings to that ServiceAccount
+//     (for instance the ones in the Helm chart) apply to it for real.
+//
+// Authorization is RBAC. There is no kube-controller-manager: namespaces are
+// never finalized and nothing is garbage collected, but finalizers and
+// deletionTimestamp behave for real.
+//
+// Once /readyz answers ok, one line of JSON describing the control plane is
+// printed on stdout (and written to <dir>/controlplane.json). The apiserver's
+// and etcd's logs go to <dir>/apiserver.log and <dir>/etcd.log.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/klog/v2"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+const adminUser = "dbgrant-admin"
+
+// Info is what the control plane prints on stdout once it is ready.
+type Info struct {
+	Dir                    string  `json:"dir"`
+	Server                 string  `json:"server"`
+	CAFile                 string  `json:"caFile"`
+	AdminKubeconfig        string  `json:"adminKubeconfig"`
+	AdminUser              string  `json:"adminUser"`
+	AdminToken             string  `json:"adminToken"`
+	OperatorKubeconfig     string  `json:"operatorKubeconfig"`
+	OperatorNamespace      string  `json:"operatorNamespace"`
+	OperatorServiceAccount string  `json:"operatorServiceAccount"`
+	OperatorUser           string  `json:"operatorUser"`
+	OperatorToken          string  `json:"operatorToken"`
+	EtcdEndpoint           string  `json:"etcdEndpoint"`
+	PID                    int     `json:"pid"`
+	ReadySeconds           float64 `json:"readySeconds"`
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+var (
+	// terse messages for the harness; fd 2 itself is redirected to apiserver.log
+	errOut io.Writer = os.Stderr
+	// the JSON line; fd 1 itself is redirected to apiserver.log
+	jsonOut io.Writer = os.Stdout
+)
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(errOut, "controlplane: "+format+"\n", args...)
+}
+
+// logTail copies the last lines of a log file to stderr, since the directory
+// holding it is usually removed on exit.
+func logTail(path string, n int) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	fmt.Fprintf(errOut, "controlplane: last lines of %s:\n", filepath.Base(path))
+	for _, l := range lines {
+		fmt.Fprintf(errOut, "  | %s\n", l)
+	}
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	start := time.Now()
+	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
+	dirFlag := fs.String("dir", "", "working directory for etcd data, certificates, kubeconfigs and logs (created if missing, kept on exit); default: a new temporary directory, removed on exit unless --keep")
+	keep := fs.Bool("keep", false, "keep the temporary directory on exit")
+	opNS := fs.String("operator-namespace", "dbgrant-system", "namespace of the operator's ServiceAccount identity")
+	opSA := fs.String("operator-serviceaccount", "dbgrant", "name of the operator's ServiceAccount identity")
+	exitOnEOF := fs.Bool("exit-on-stdin-eof", false, "shut down when standard input reaches EOF (so a dead test harness does not leak the control plane)")
+	readyTimeout := fs.Duration("ready-timeout", 180*time.Second, "how long to wait for etcd and the apiserver to become ready")
+	var extra multiFlag
+	fs.Var(&extra, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=4 (repeatable; later flags win)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: controlplane [flags]\n\nRuns etcd + kube-apiserver on 127.0.0.1 and prints one JSON line when ready.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		logf("unexpected arguments: %v", fs.Args())
+		return 2
+	}
+
+	// Own signal handling. kube-apiserver's command installs its own handler
+	// for SIGINT/SIGTERM too (first signal: graceful stop; second: exit 1).
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+
+	dir := *dirFlag
+	removeDir := false
+	if dir == "" {
+		d, err := os.MkdirTemp("", "dbgrant-controlplane-")
+		if err != nil {
+			logf("%v", err)
+			return 1
+		}
+		dir = d
+		removeDir = !*keep
+	} else {
+		d, err := filepath.Abs(dir)
+		if err != nil {
+			logf("%v", err)
+			return 1
+		}
+		dir = d
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			logf("%v", err)
+			return 1
+		}
+		// state from an earlier run would not match the new ports
+		for _, p := range []string{"etcd", "certs", "controlplane.json"} {
+			_ = os.RemoveAll(filepath.Join(dir, p))
+		}
+	}
+	cleanupDir := func() {
+		if removeDir {
+			if err := os.RemoveAll(dir); err != nil {
+				logf("removing %s: %v", dir, err)
+			}
+		}
+	}
+
+	apiLog, err := os.OpenFile(filepath.Join(dir, "apiserver.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		logf("%v", err)
+		cleanupDir()
+		return 1
+	}
+	// Keep stdout for the JSON line and stderr for terse messages; send
+	// everything else written to fd 1 and fd 2 (klog, cobra, panics in
+	// library goroutines) to apiserver.log.
+	if err := redirectStdio(apiLog); err != nil {
+		logf("redirecting output: %v", err)
+		cleanupDir()
+		return 1
+	}
+
+	// kube-apiserver exits through klog.Fatal when, for instance, a post-start
+	// hook fails (also when it is stopped while still starting up): still
+	// remove the temporary directory then.
+	klog.OsExit = func(code int) {
+		logf("apiserver exited fatally (code %d)", code)
+		logTail(filepath.Join(dir, "apiserver.log"), 15)
+		cleanupDir()
+		os.Exit(code)
+	}
+
+	code := serve(dir, *opNS, *opSA, *exitOnEOF, *readyTimeout, extra, sigs, start)
+	cleanupDir()
+	return code
+}
+
+func redirectStdio(logFile *os.File) error {
+	outFd, err := syscall.Dup(1)
+	if err != nil {
+		return err
+	}
+	errFd, err := syscall.Dup(2)
+	if err != nil {
+		return err
+	}
+	syscall.CloseOnExec(outFd)
+	syscall.CloseOnExec(errFd)
+	jsonOut = os.NewFile(uintptr(outFd), "stdout")
+	errOut = os.NewFile(uintptr(errFd), "stderr")
+	if err := syscall.Dup3(int(logFile.Fd()), 1, 0); err != nil {
+		return err
+	}
+	return syscall.Dup3(int(logFile.Fd()), 2, 0)
+}
+
+func serve(dir, opNS, opSA string, exitOnEOF bool, readyTimeout time.Duration, extra []string, sigs chan os.Signal, start time.Time) int {
+	deadline := time.Now().Add(readyTimeout)
+
+	// --- etcd ---------------------------------------------------------------
+	var etcd *embed.Etcd
+	var etcdURL string
+	for attempt := 1; ; attempt++ {
+		ports, err := freePorts(2)
+		if err != nil {
+			logf("finding free ports: %v", err)
+			return 1
+		}
+		etcd, etcdURL, err = startEtcd(dir, ports[0], ports[1], time.Until(deadline))
+		if err == nil {
+			break
+		}
+		if attempt >= 3 || time.Now().After(deadline) {
+			logf("starting etcd: %v", err)
+			logTail(filepath.Join(dir, "etcd.log"), 15)
+			return 1
+		}
+	}
+	defer func() {
+		etcd.Close()
+	}()
+
+	// --- credentials ----------------------------------------------------------
+	saKey := filepath.Join(dir, "sa.key")
+	if err := writeRSAKey(saKey); err != nil {
+		logf("service-account key: %v", err)
+		return 1
+	}
+	adminToken, opToken := randomToken(), randomToken()
+	opUser := fmt.Sprintf("system:serviceaccount:%s:%s", opNS, opSA)
+	tokenFile := filepath.Join(dir, "tokens.csv")
+	tokens := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n%s,%s,%s,\"system:serviceaccounts,system:serviceaccounts:%s,system:authenticated\"\n",
+		adminToken, adminUser, "dbgrant-admin-uid",
+		opToken, opUser, "dbgrant-operator-uid", opNS)
+	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
+		logf("%v", err)
+		return 1
+	}
+
+	// --- kube-apiserver -----------------------------------------------------
+	ports, err := freePorts(1)
+	if err != nil {
+		logf("finding free port: %v", err)
+		return 1
+	}
+	port := ports[0]
+	certDir := filepath.Join(dir, "certs")
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--advertise-address=127.0.0.1",
+		"--bind-address=127.0.0.1",
+		"--secure-port=" + strconv.Itoa(port),
+		"--cert-dir=" + certDir,
+		"--authorization-mode=RBAC",
+		"--token-auth-file=" + tokenFile,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--api-audiences=https://kubernetes.default.svc.cluster.local",
+		"--service-cluster-ip-range=10.0.0.0/24",
+		"--allow-privileged=true",
+		// ServiceAccount admission wants the SA object (made by the missing
+		// controller-manager) for every pod; envtest disables it too.
+		"--disable-admission-plugins=ServiceAccount",
+		"--enable-priority-and-fairness=false",
+		"--profiling=false",
+		"--endpoint-reconciler-type=none",
+	}
+	args = append(args, extra...)
+
+	cmd := app.NewAPIServerCommand()
+	cmd.SetArgs(args)
+	cmd.SetOut(os.Stdout) // fd 1, redirected to apiserver.log
+	cmd.SetErr(os.Stderr) // fd 2, redirected to apiserver.log
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- cmd.Execute() }()
+
+	// Shut down by signalling ourselves, so the apiserver's own signal
+	// context is cancelled and it stops gracefully.
+	var selfStop atomic.Bool
+	stopSelf := func() {
+		selfStop.Store(true)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	}
+	if exitOnEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+			logf("stdin closed, stopping")
+			stopSelf()
+		}()
+	}
+
+	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	caFile := filepath.Join(certDir, "apiserver.crt")
+	readyCtx, cancelReady := context.WithDeadline(context.Background(), deadline)
+	readyErr := make(chan error, 1)
+	go func() { readyErr <- waitReady(readyCtx, server, caFile, adminToken) }()
+
+	var stopped bool
+	select {
+	case err := <-readyErr:
+		cancelReady()
+		if err != nil {
+			logf("apiserver not ready: %v", err)
+			logTail(filepath.Join(dir, "apiserver.log"), 15)
+			stopSelf()
+			waitAPIServer(apiDone)
+			return 1
+		}
+	case err := <-apiDone:
+		cancelReady()
+		logf("apiserver exited before becoming ready: %v", err)
+		logTail(filepath.Join(dir, "apiserver.log"), 15)
+		return 1
+	case s := <-sigs:
+		cancelReady()
+		logf("got %v before ready, stopping", s)
+		stopped = true
+	}
+	if stopped {
+		waitAPIServer(apiDone)
+		return 1
+	}
+
+	info := Info{
+		Dir:                    dir,
+		Server:                 server,
+		CAFile:                 caFile,
+		AdminKubeconfig:        filepath.Join(dir, "admin.kubeconfig"),
+		AdminUser:              adminUser,
+		AdminToken:             adminToken,
+		OperatorKubeconfig:     filepath.Join(dir, "operator.kubeconfig"),
+		OperatorNamespace:      opNS,
+		OperatorServiceAccount: opSA,
+		OperatorUser:           opUser,
+		OperatorToken:          opToken,
+		EtcdEndpoint:           etcdURL,
+		PID:                    os.Getpid(),
+		ReadySeconds:           float64(time.Since(start).Milliseconds()) / 1000,
+	}
+	ca, err := os.ReadFile(caFile)
+	if err == nil {
+		err = writeKubeconfig(info.AdminKubeconfig, server, ca, adminUser, adminToken, "default")
+	}
+	if err == nil {
+		err = writeKubeconfig(info.OperatorKubeconfig, server, ca, opUser, opToken, opNS)
+	}
+	var line []byte
+	if err == nil {
+		line, err = json.Marshal(info)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "controlplane.json"), append(line, '\n'), 0o644)
+	}
+	if err != nil {
+		logf("%v", err)
+		stopSelf()
+		waitAPIServer(apiDone)
+		return 1
+	}
+	if _, err := fmt.Fprintf(jsonOut, "%s\n", line); err != nil {
+		// the reader is gone
+		stopSelf()
+		waitAPIServer(apiDone)
+		return 1
+	}
+
+	select {
+	case s := <-sigs:
+		if !selfStop.Load() {
+			logf("got %v, stopping", s)
+		}
+		waitAPIServer(apiDone)
+		return 0
+	case err := <-apiDone:
+		logf("apiserver exited: %v", err)
+		logTail(filepath.Join(dir, "apiserver.log"), 15)
+		return 1
+	}
+}
+
+// waitAPIServer waits for the in-process apiserver to return after its
+// signal context was cancelled, but not forever.
+func waitAPIServer(apiDone <-chan error) {
+	select {
+	case <-apiDone:
+	case <-time.After(30 * time.Second):
+		logf("apiserver did not stop within 30s; exiting anyway")
+	}
+}
+
+func startEtcd(dir string, clientPort, peerPort int, timeout time.Duration) (*embed.Etcd, string, error) {
+	cfg := embed.NewConfig()
+	cfg.Name = "controlplane"
+	cfg.Dir = filepath.Join(dir, "etcd")
+	_ = os.RemoveAll(cfg.Dir)
+	clientURL := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
+	peerURL := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.Logger = "zap"
+	cfg.LogLevel = "warn"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
+	cfg.UnsafeNoFsync = true // test data only; much faster on slow disks
+	// a loaded 2-core test machine is slow; don't flood etcd.log
+	cfg.WarningApplyDuration = time.Second
+	cfg.WarningUnaryRequestDuration = time.Second
+	cfg.AuthToken = "simple"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, clientURL.String(), nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, "", err
+	case <-time.After(timeout):
+		e.Server.Stop()
+		e.Close()
+		return nil, "", errors.New("timed out waiting for etcd")
+	}
+}
+
+func waitReady(ctx context.Context, server, caFile, token string) error {
+	var lastErr error = errors.New("no answer yet")
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w; last error: %v", ctx.Err(), lastErr)
+		case <-tick.C:
+		}
+		ca, err := os.ReadFile(caFile)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(ca) {
+			lastErr = fmt.Errorf("no certificate in %s yet", caFile)
+			continue
+		}
+		client := &http.Client{
+			Timeout:   5 * time.Second,
+			Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, server+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			lastErr = err
+			client.CloseIdleConnections()
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		client.CloseIdleConnections()
+		if resp.StatusCode == http.StatusOK && strings.TrimSpace(string(body)) == "ok" {
+			return nil
+		}
+		lastErr = fmt.Errorf("/readyz: %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+}
+
+func writeKubeconfig(path, server string, ca []byte, user, token, namespace string) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["controlplane"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["controlplane"] = &clientcmdapi.Context{Cluster: "controlplane", AuthInfo: user, Namespace: namespace}
+	cfg.CurrentContext = "controlplane"
+	return clientcmd.WriteToFile(*cfg, path)
+}
+
+func writeRSAKey(path string) error {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
+}
+
+func randomToken() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// freePorts reserves n distinct free loopback ports (they are released before
+// use, so another process could take one in between; callers retry).
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

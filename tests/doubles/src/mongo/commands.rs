@@ -1,0 +1,371 @@
+//! Command dispatch for one connection: the handshake (`hello`/`isMaster`),
+//! SCRAM (`saslStart`/`saslContinue`, speculative or not), the small admin
+//! commands drivers send, the access checks, and hand-off to the
+//! user-management commands.
+
+use super::error::{CommandError, CommandResult, codes};
+use super::journal::CommandKind;
+use super::scram::{self, Conversation, ScramCredential};
+use super::state::AuthzStore;
+use super::umc;
+use super::wire::MAX_MESSAGE_SIZE;
+use bson::{Binary, Bson, DateTime, Document, doc, spec::BinarySubtype};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+const MAX_BSON_OBJECT_SIZE: i32 = 16 * 1024 * 1024;
+const MAX_WRITE_BATCH_SIZE: i32 = 100_000;
+/// The conversation id the double hands out; one conversation per connection.
+const CONVERSATION_ID: i32 = 1;
+
+/// A configured SCRAM login.
+#[derive(Debug, Clone)]
+pub(crate) struct Login {
+    pub(crate) credential: ScramCredential,
+    pub(crate) user_admin: bool,
+}
+
+/// Fixed facts about the server, set at start.
+#[derive(Debug)]
+pub(crate) struct ServerInfo {
+    pub(crate) version: String,
+    pub(crate) max_wire_version: i32,
+    pub(crate) require_auth: bool,
+    /// Logins keyed by `(db, user)`.
+    pub(crate) logins: HashMap<(String, String), Login>,
+}
+
+/// Who a connection is authenticated as.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) user: String,
+    pub(crate) db: String,
+    pub(crate) user_admin: bool,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) connection_id: i64,
+    pub(crate) identity: Option<Identity>,
+    conversation: Option<Conversation>,
+}
+
+impl Session {
+    pub(crate) fn new(connection_id: i64) -> Self {
+        Self {
+            connection_id,
+            identity: None,
+            conversation: None,
+        }
+    }
+}
+
+/// Commands that run without authentication.
+fn is_public(name: &str) -> bool {
+    matches!(
+        name,
+        "hello"
+            | "isMaster"
+            | "ismaster"
+            | "saslStart"
+            | "saslContinue"
+            | "ping"
+            | "buildInfo"
+            | "buildinfo"
+            | "connectionStatus"
+            | "endSessions"
+    )
+}
+
+fn is_known(name: &str) -> bool {
+    is_public(name) || name == "getParameter" || umc::implements(name)
+}
+
+/// Runs one command and returns the success reply (without `ok`).
+pub(crate) fn execute(
+    info: &ServerInfo,
+    store: &Mutex<AuthzStore>,
+    session: &mut Session,
+    name: &str,
+    db: &str,
+    body: &Document,
+) -> CommandResult {
+    if !is_known(name) {
+        return Err(CommandError::new(codes::COMMAND_NOT_FOUND, format!("no such command: '{name}'")));
+    }
+    if info.require_auth && !is_public(name) {
+        match &session.identity {
+            None => {
+                return Err(CommandError::new(
+                    codes::UNAUTHORIZED,
+                    format!("Command {name} requires authentication"),
+                ));
+            }
+            Some(id) if CommandKind::of(name).is_user_management() && !id.user_admin => {
+                return Err(CommandError::new(
+                    codes::UNAUTHORIZED,
+                    format!("not authorized on {db} to execute command {{ {name}: ... }}"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    match name {
+        "hello" | "isMaster" | "ismaster" => Ok(hello(info, session, body)),
+        "saslStart" => sasl_start(info, session, db, body),
+        "saslContinue" => sasl_continue(info, session, body),
+        "ping" | "endSessions" => Ok(Document::new()),
+        "buildInfo" | "buildinfo" => Ok(build_info(info)),
+        "getParameter" => get_parameter(info, body),
+        "connectionStatus" => Ok(connection_status(session, body)),
+        _ => {
+            let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            umc::run(&mut store, name, db, body)
+        }
+    }
+}
+
+fn hello(info: &ServerInfo, session: &mut Session, body: &Document) -> Document {
+    let mut reply = doc! {
+        "helloOk": true,
+        "ismaster": true,
+        "isWritablePrimary": true,
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
+        "maxMessageSizeBytes": i32::try_from(MAX_MESSAGE_SIZE).unwrap_or(i32::MAX),
+        "maxWriteBatchSize": MAX_WRITE_BATCH_SIZE,
+        "localTime": DateTime::now(),
+        "logicalSessionTimeoutMinutes": 30,
+        "connectionId": session.connection_id,
+        "minWireVersion": 0,
+        "maxWireVersion": info.max_wire_version,
+        "readOnly": false,
+    };
+    if let Ok(qualified) = body.get_str("saslSupportedMechs")
+        && let Some((db, user)) = qualified.split_once('.')
+        && info.logins.contains_key(&(db.to_string(), user.to_string()))
+    {
+        reply.insert("saslSupportedMechs", vec![scram::MECHANISM]);
+    }
+    if let Ok(speculative) = body.get_document("speculativeAuthenticate")
+        && speculative.get_str("mechanism") == Ok(scram::MECHANISM)
+    {
+        let db = speculative.get_str("db").unwrap_or("admin");
+        // A failed speculative attempt is simply not answered; the driver
+        // then authenticates the long way and sees the real error.
+        if let Ok(first) = sasl_start(info, session, db, speculative) {
+            reply.insert("speculativeAuthenticate", first);
+        }
+    }
+    reply
+}
+
+fn payload_bytes(body: &Document) -> CommandResult<Vec<u8>> {
+    match body.get("payload") {
+        Some(Bson::Binary(b)) => Ok(b.bytes.clone()),
+        Some(Bson::String(s)) => Ok(s.clone().into_bytes()),
+        _ => Err(CommandError::bad_value("SASL payload must be binary data")),
+    }
+}
+
+fn sasl_reply(payload: Vec<u8>, done: bool) -> Document {
+    doc! {
+        "conversationId": CONVERSATION_ID,
+        "done": done,
+        "payload": Binary { subtype: BinarySubtype::Generic, bytes: payload },
+    }
+}
+
+fn sasl_start(info: &ServerInfo, session: &mut Session, db: &str, body: &Document) -> CommandResult {
+    session.conversation = None;
+    let mechanism = body.get_str("mechanism").unwrap_or_default();
+    if mechanism != scram::MECHANISM {
+        return Err(CommandError::new(
+            codes::MECHANISM_UNAVAILABLE,
+            format!("Received authentication for mechanism {mechanism} which is not enabled"),
+        ));
+    }
+    let skip_empty_exchange = body
+        .get_document("options")
+        .ok()
+        .and_then(|o| o.get_bool("skipEmptyExchange").ok())
+        .unwrap_or(false);
+    let first = scram::parse_client_first(&payload_bytes(body)?)?;
+    let Some(login) = info.logins.get(&(db.to_string(), first.username.clone())) else {
+        return Err(CommandError::new(codes::AUTHENTICATION_FAILED, "Authentication failed."));
+    };
+    let (conversation, payload) = Conversation::start(first, db, login.credential.clone(), skip_empty_exchange)?;
+    session.conversation = Some(conversation);
+    Ok(sasl_reply(payload, false))
+}
+
+fn sasl_continue(info: &ServerInfo, session: &mut Session, body: &Document) -> CommandResult {
+    let Some(conversation) = session.conversation.as_mut() else {
+        return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
+    };
+    let id = body.get("conversationId").and_then(|v| match v {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        _ => None,
+    });
+    if id != Some(i64::from(CONVERSATION_ID)) {
+        session.conversation = None;
+        return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
+    }
+    let step = match conversation.step(&payload_bytes(body)?) {
+        Ok(step) => step,
+        Err(e) => {
+            session.conversation = None;
+            return Err(e);
+        }
+    };
+    if step.done
+        && let Some(done) = session.conversation.take()
+    {
+        let user_admin = info
+            .logins
+            .get(&(done.db.clone(), done.username.clone()))
+            .is_some_and(|l| l.user_admin);
+        session.identity = Some(Identity {
+            user: done.username,
+            db: done.db,
+            user_admin,
+        });
+    }
+    Ok(sasl_reply(step.payload, step.done))
+}
+
+fn version_parts(version: &str) -> Vec<i32> {
+    let mut parts: Vec<i32> = version
+        .split(['.', '-'])
+        .take(3)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    parts.resize(4, 0);
+    parts
+}
+
+fn build_info(info: &ServerInfo) -> Document {
+    doc! {
+        "version": info.version.clone(),
+        "gitVersion": "0000000000000000000000000000000000000000",
+        "modules": ["enterprise"],
+        "allocator": "tcmalloc",
+        "javascriptEngine": "mozjs",
+        "sysInfo": "deprecated",
+        "versionArray": version_parts(&info.version),
+        "bits": 64,
+        "debug": false,
+        "maxBsonObjectSize": MAX_BSON_OBJECT_SIZE,
+        "storageEngines": ["devnull", "inMemory", "wiredTiger"],
+    }
+}
+
+fn get_parameter(info: &ServerInfo, body: &Document) -> CommandResult {
+    let parts = version_parts(&info.version);
+    let fcv = format!("{}.{}", parts[0], parts[1]);
+    let known: Vec<(&str, Bson)> = vec![
+        ("featureCompatibilityVersion", Bson::Document(doc! { "version": fcv })),
+        ("authenticationMechanisms", Bson::from(vec![scram::MECHANISM])),
+        ("userCacheInvalidationIntervalSecs", Bson::Int32(30)),
+        ("scramSHA256IterationCount", Bson::Int32(4096)),
+    ];
+    let all = body.get_str("getParameter") == Ok("*");
+    let mut reply = Document::new();
+    for (key, value) in &known {
+        if all || body.contains_key(*key) {
+            reply.insert(*key, value.clone());
+        }
+    }
+    if reply.is_empty() {
+        return Err(CommandError::new(codes::INVALID_OPTIONS, "no option found to get"));
+    }
+    Ok(reply)
+}
+
+fn connection_status(session: &Session, body: &Document) -> Document {
+    let (users, roles) = match &session.identity {
+        Some(id) => {
+            let role = if id.user_admin { "root" } else { "readAnyDatabase" };
+            (
+                vec![doc! { "user": id.user.clone(), "db": id.db.clone() }],
+                vec![doc! { "role": role, "db": "admin" }],
+            )
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut auth_info = doc! {
+        "authenticatedUsers": users,
+        "authenticatedUserRoles": roles,
+    };
+    if body.get_bool("showPrivileges") == Ok(true) {
+        auth_info.insert("authenticatedUserPrivileges", Bson::Array(Vec::new()));
+    }
+    doc! { "authInfo": auth_info }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(require_auth: bool) -> ServerInfo {
+        let mut logins = HashMap::new();
+        logins.insert(
+            ("admin".to_string(), "ro".to_string()),
+            Login {
+                credential: ScramCredential::derive("pw").unwrap(),
+                user_admin: false,
+            },
+        );
+        ServerInfo {
+            version: "8.0.4".into(),
+            max_wire_version: 21,
+            require_auth,
+            logins,
+        }
+    }
+
+    fn exec(info: &ServerInfo, session: &mut Session, body: Document) -> CommandResult {
+        let store = Mutex::new(AuthzStore::default());
+        let name = body.keys().next().unwrap().clone();
+        execute(info, &store, session, &name, "admin", &body)
+    }
+
+    #[test]
+    fn access_rules() {
+        let info = info(true);
+        let mut session = Session::new(1);
+        assert!(exec(&info, &mut session, doc! {"ping": 1}).is_ok());
+        assert_eq!(exec(&info, &mut session, doc! {"nope": 1}).unwrap_err().code, 59);
+        assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
+        session.identity = Some(Identity {
+            user: "ro".into(),
+            db: "admin".into(),
+            user_admin: false,
+        });
+        assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
+        assert!(exec(&info, &mut session, doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).is_ok());
+        assert!(exec(&info(false), &mut Session::new(2), doc! {"rolesInfo": 1}).is_ok());
+    }
+
+    #[test]
+    fn hello_advertises_mechanisms_for_known_users_only() {
+        let info = info(true);
+        let mut session = Session::new(7);
+        let reply = exec(&info, &mut session, doc! {"isMaster": 1, "helloOk": true, "saslSupportedMechs": "admin.ro"}).unwrap();
+        assert_eq!(reply.get_array("saslSupportedMechs").unwrap().len(), 1);
+        assert_eq!(reply.get_i64("connectionId").unwrap(), 7);
+        let reply = exec(&info, &mut session, doc! {"hello": 1, "saslSupportedMechs": "admin.ghost"}).unwrap();
+        assert!(!reply.contains_key("saslSupportedMechs"));
+    }
+
+    #[test]
+    fn build_info_and_parameters() {
+        assert_eq!(version_parts("8.0.4"), [8, 0, 4, 0]);
+        assert_eq!(version_parts("7.0.12-ent"), [7, 0, 12, 0]);
+        let info = info(false);
+        let reply = exec(&info, &mut Session::new(1), doc! {"getParameter": "*"}).unwrap();
+        assert_eq!(reply.get_document("featureCompatibilityVersion").unwrap().get_str("version").unwrap(), "8.0");
+        assert_eq!(exec(&info, &mut Session::new(1), doc! {"getParameter": 1, "x": 1}).unwrap_err().code, 72);
+    }
+}
