@@ -125,8 +125,10 @@ impl MongoContext {
     pub async fn prime(&self) {
         self.primed
             .get_or_init(|| async {
-                let _ = self.targets.wait_until_ready().await;
-                let _ = self.bindings.wait_until_ready().await;
+                tracing::debug!("waiting for the target and binding caches");
+                wait_ready(&self.targets).await;
+                wait_ready(&self.bindings).await;
+                tracing::debug!("caches ready; priming the binding index");
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
                 for b in self.bindings.state() {
@@ -138,6 +140,19 @@ impl MongoContext {
                 tracing::info!(bindings = idx.len(), "binding index primed");
             })
             .await;
+    }
+}
+
+/// Wait until a reflector cache has seen its first full list. A store
+/// shared by several waiters does not wake every one of them reliably, so
+/// readiness is polled rather than awaited once.
+async fn wait_ready<K: kube::Resource + Clone + 'static>(store: &kube::runtime::reflector::Store<K>)
+where
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    use futures::FutureExt;
+    while store.wait_until_ready().now_or_never().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

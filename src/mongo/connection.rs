@@ -55,7 +55,14 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
     let name = target.metadata.name.clone().unwrap_or_default();
     let spec = &target.spec;
     let uri = secrets::read_key(&ctx.client, &ctx.namespace, &spec.connection.uri_secret_ref).await?;
-    let mut opts = ClientOptions::parse(uri.expose_secret()).await.map_err(|_| {
+    let mut opts = ClientOptions::parse(uri.expose_secret()).await.map_err(|e| {
+        if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::DnsResolve { .. }) {
+            return backend_error(
+                &name,
+                "the mongodb+srv host in the connection string could not be resolved (DNS SRV lookup failed); will retry",
+                true,
+            );
+        }
         // The driver's parse error can quote the URI; say where it is instead.
         backend_error(
             &name,

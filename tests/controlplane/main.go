@@ -54,6 +54,9 @@ import (
 
 const adminUser = "dbgrant-admin"
 
+// stopping is set once a shutdown was asked for (signal, stdin EOF).
+var stopping atomic.Bool
+
 // Info is what the control plane prints on stdout once it is ready.
 type Info struct {
 	Dir                    string  `json:"dir"`
@@ -137,8 +140,15 @@ func run() int {
 
 	// Own signal handling. kube-apiserver's command installs its own handler
 	// for SIGINT/SIGTERM too (first signal: graceful stop; second: exit 1).
+	rawSigs := make(chan os.Signal, 2)
+	signal.Notify(rawSigs, syscall.SIGINT, syscall.SIGTERM)
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		for s := range rawSigs {
+			stopping.Store(true)
+			sigs <- s
+		}
+	}()
 
 	dir := *dirFlag
 	removeDir := false
@@ -193,8 +203,13 @@ func run() int {
 	// hook fails (also when it is stopped while still starting up): still
 	// remove the temporary directory then.
 	klog.OsExit = func(code int) {
-		logf("apiserver exited fatally (code %d)", code)
-		logTail(filepath.Join(dir, "apiserver.log"), 15)
+		if stopping.Load() {
+			logf("apiserver aborted its start-up")
+			code = 1
+		} else {
+			logf("apiserver exited fatally (code %d)", code)
+			logTail(filepath.Join(dir, "apiserver.log"), 15)
+		}
 		cleanupDir()
 		os.Exit(code)
 	}
@@ -309,6 +324,7 @@ func serve(dir, opNS, opSA string, exitOnEOF bool, readyTimeout time.Duration, e
 	var selfStop atomic.Bool
 	stopSelf := func() {
 		selfStop.Store(true)
+		stopping.Store(true)
 		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	}
 	if exitOnEOF {
@@ -343,7 +359,9 @@ func serve(dir, opNS, opSA string, exitOnEOF bool, readyTimeout time.Duration, e
 		return 1
 	case s := <-sigs:
 		cancelReady()
-		logf("got %v before ready, stopping", s)
+		if !selfStop.Load() {
+			logf("got %v before ready, stopping", s)
+		}
 		stopped = true
 	}
 	if stopped {

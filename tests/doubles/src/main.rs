@@ -50,9 +50,7 @@ struct MongoArgs {
 }
 
 fn parse_login(spec: &str) -> Result<(String, String)> {
-    let (name, password) = spec
-        .split_once(':')
-        .ok_or_else(|| anyhow!("expected NAME:PASSWORD, got {spec:?}"))?;
+    let (name, password) = spec.split_once(':').ok_or_else(|| anyhow!("expected NAME:PASSWORD, got {spec:?}"))?;
     if name.is_empty() {
         return Err(anyhow!("empty user name in {spec:?}"));
     }
@@ -77,9 +75,7 @@ async fn run_mongo(args: MongoArgs) -> Result<()> {
     let mut ca_file = None;
     if let Some(dir) = &args.tls_dir {
         let pki = TestPki::generate()?;
-        let files = pki
-            .write_files(dir)
-            .with_context(|| format!("writing PKI to {}", dir.display()))?;
+        let files = pki.write_files(dir).with_context(|| format!("writing PKI to {}", dir.display()))?;
         ca_file = Some(files.ca_file.display().to_string());
         config.tls = Some(pki.server_tls_config());
     }

@@ -53,11 +53,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(connection_id: i64) -> Self {
-        Self {
-            connection_id,
-            identity: None,
-            conversation: None,
-        }
+        Self { connection_id, identity: None, conversation: None }
     }
 }
 
@@ -97,10 +93,7 @@ pub(crate) fn execute(
     if info.require_auth && !is_public(name) {
         match &session.identity {
             None => {
-                return Err(CommandError::new(
-                    codes::UNAUTHORIZED,
-                    format!("Command {name} requires authentication"),
-                ));
+                return Err(CommandError::new(codes::UNAUTHORIZED, format!("Command {name} requires authentication")));
             }
             Some(id) if CommandKind::of(name).is_user_management() && !id.user_admin => {
                 return Err(CommandError::new(
@@ -185,11 +178,8 @@ fn sasl_start(info: &ServerInfo, session: &mut Session, db: &str, body: &Documen
             format!("Received authentication for mechanism {mechanism} which is not enabled"),
         ));
     }
-    let skip_empty_exchange = body
-        .get_document("options")
-        .ok()
-        .and_then(|o| o.get_bool("skipEmptyExchange").ok())
-        .unwrap_or(false);
+    let skip_empty_exchange =
+        body.get_document("options").ok().and_then(|o| o.get_bool("skipEmptyExchange").ok()).unwrap_or(false);
     let first = scram::parse_client_first(&payload_bytes(body)?)?;
     let Some(login) = info.logins.get(&(db.to_string(), first.username.clone())) else {
         return Err(CommandError::new(codes::AUTHENTICATION_FAILED, "Authentication failed."));
@@ -222,25 +212,14 @@ fn sasl_continue(info: &ServerInfo, session: &mut Session, body: &Document) -> C
     if step.done
         && let Some(done) = session.conversation.take()
     {
-        let user_admin = info
-            .logins
-            .get(&(done.db.clone(), done.username.clone()))
-            .is_some_and(|l| l.user_admin);
-        session.identity = Some(Identity {
-            user: done.username,
-            db: done.db,
-            user_admin,
-        });
+        let user_admin = info.logins.get(&(done.db.clone(), done.username.clone())).is_some_and(|l| l.user_admin);
+        session.identity = Some(Identity { user: done.username, db: done.db, user_admin });
     }
     Ok(sasl_reply(step.payload, step.done))
 }
 
 fn version_parts(version: &str) -> Vec<i32> {
-    let mut parts: Vec<i32> = version
-        .split(['.', '-'])
-        .take(3)
-        .map(|p| p.parse().unwrap_or(0))
-        .collect();
+    let mut parts: Vec<i32> = version.split(['.', '-']).take(3).map(|p| p.parse().unwrap_or(0)).collect();
     parts.resize(4, 0);
     parts
 }
@@ -287,10 +266,7 @@ fn connection_status(session: &Session, body: &Document) -> Document {
     let (users, roles) = match &session.identity {
         Some(id) => {
             let role = if id.user_admin { "root" } else { "readAnyDatabase" };
-            (
-                vec![doc! { "user": id.user.clone(), "db": id.db.clone() }],
-                vec![doc! { "role": role, "db": "admin" }],
-            )
+            (vec![doc! { "user": id.user.clone(), "db": id.db.clone() }], vec![doc! { "role": role, "db": "admin" }])
         }
         None => (Vec::new(), Vec::new()),
     };
@@ -308,21 +284,13 @@ fn connection_status(session: &Session, body: &Document) -> Document {
 mod tests {
     use super::*;
 
-    fn info(require_auth: bool) -> ServerInfo {
+    fn server_info(require_auth: bool) -> ServerInfo {
         let mut logins = HashMap::new();
         logins.insert(
             ("admin".to_string(), "ro".to_string()),
-            Login {
-                credential: ScramCredential::derive("pw").unwrap(),
-                user_admin: false,
-            },
+            Login { credential: ScramCredential::derive("pw").unwrap(), user_admin: false },
         );
-        ServerInfo {
-            version: "8.0.4".into(),
-            max_wire_version: 21,
-            require_auth,
-            logins,
-        }
+        ServerInfo { version: "8.0.4".into(), max_wire_version: 21, require_auth, logins }
     }
 
     fn exec(info: &ServerInfo, session: &mut Session, body: Document) -> CommandResult {
@@ -333,26 +301,23 @@ mod tests {
 
     #[test]
     fn access_rules() {
-        let info = info(true);
+        let info = server_info(true);
         let mut session = Session::new(1);
         assert!(exec(&info, &mut session, doc! {"ping": 1}).is_ok());
         assert_eq!(exec(&info, &mut session, doc! {"nope": 1}).unwrap_err().code, 59);
         assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
-        session.identity = Some(Identity {
-            user: "ro".into(),
-            db: "admin".into(),
-            user_admin: false,
-        });
+        session.identity = Some(Identity { user: "ro".into(), db: "admin".into(), user_admin: false });
         assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
         assert!(exec(&info, &mut session, doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).is_ok());
-        assert!(exec(&info(false), &mut Session::new(2), doc! {"rolesInfo": 1}).is_ok());
+        assert!(exec(&server_info(false), &mut Session::new(2), doc! {"rolesInfo": 1}).is_ok());
     }
 
     #[test]
     fn hello_advertises_mechanisms_for_known_users_only() {
-        let info = info(true);
+        let info = server_info(true);
         let mut session = Session::new(7);
-        let reply = exec(&info, &mut session, doc! {"isMaster": 1, "helloOk": true, "saslSupportedMechs": "admin.ro"}).unwrap();
+        let reply =
+            exec(&info, &mut session, doc! {"isMaster": 1, "helloOk": true, "saslSupportedMechs": "admin.ro"}).unwrap();
         assert_eq!(reply.get_array("saslSupportedMechs").unwrap().len(), 1);
         assert_eq!(reply.get_i64("connectionId").unwrap(), 7);
         let reply = exec(&info, &mut session, doc! {"hello": 1, "saslSupportedMechs": "admin.ghost"}).unwrap();
@@ -363,7 +328,7 @@ mod tests {
     fn build_info_and_parameters() {
         assert_eq!(version_parts("8.0.4"), [8, 0, 4, 0]);
         assert_eq!(version_parts("7.0.12-ent"), [7, 0, 12, 0]);
-        let info = info(false);
+        let info = server_info(false);
         let reply = exec(&info, &mut Session::new(1), doc! {"getParameter": "*"}).unwrap();
         assert_eq!(reply.get_document("featureCompatibilityVersion").unwrap().get_str("version").unwrap(), "8.0");
         assert_eq!(exec(&info, &mut Session::new(1), doc! {"getParameter": 1, "x": 1}).unwrap_err().code, 72);

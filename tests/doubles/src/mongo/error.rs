@@ -88,10 +88,7 @@ pub struct CommandError {
 impl CommandError {
     /// An error with the given code and message.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// `BadValue`.

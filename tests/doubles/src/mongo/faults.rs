@@ -54,11 +54,7 @@ pub(crate) struct Faults {
 
 impl Faults {
     pub(crate) fn new(latency: Duration) -> Self {
-        Self {
-            queue: Vec::new(),
-            latency,
-            delays: HashMap::new(),
-        }
+        Self { queue: Vec::new(), latency, delays: HashMap::new() }
     }
 
     pub(crate) fn arm(&mut self, fault: Fault) {
@@ -107,16 +103,9 @@ mod tests {
     #[test]
     fn faults_count_down_and_skip_the_handshake() {
         let mut faults = Faults::new(Duration::from_millis(2));
+        faults.arm(Fault { action: FaultAction::DropBeforeApply, command: None, remaining: 2 });
         faults.arm(Fault {
-            action: FaultAction::DropBeforeApply,
-            command: None,
-            remaining: 2,
-        });
-        faults.arm(Fault {
-            action: FaultAction::Fail {
-                code: 13,
-                message: "x".into(),
-            },
+            action: FaultAction::Fail { code: 13, message: "x".into() },
             command: Some("createRole".into()),
             remaining: 1,
         });

@@ -25,9 +25,19 @@ impl CommandKind {
             "hello" | "isMaster" | "ismaster" => Self::Handshake,
             "saslStart" | "saslContinue" => Self::Auth,
             "rolesInfo" | "usersInfo" => Self::UserManagementRead,
-            "createRole" | "updateRole" | "dropRole" | "dropAllRolesFromDatabase" | "grantRolesToRole"
-            | "revokeRolesFromRole" | "grantPrivilegesToRole" | "revokePrivilegesFromRole" | "createUser"
-            | "updateUser" | "dropUser" | "dropAllUsersFromDatabase" | "grantRolesToUser"
+            "createRole"
+            | "updateRole"
+            | "dropRole"
+            | "dropAllRolesFromDatabase"
+            | "grantRolesToRole"
+            | "revokeRolesFromRole"
+            | "grantPrivilegesToRole"
+            | "revokePrivilegesFromRole"
+            | "createUser"
+            | "updateUser"
+            | "dropUser"
+            | "dropAllUsersFromDatabase"
+            | "grantRolesToUser"
             | "revokeRolesFromUser" => Self::UserManagementWrite,
             _ => Self::Other,
         }
@@ -119,10 +129,7 @@ impl Journal {
     }
 
     pub(crate) fn counters(&self) -> Counters {
-        let mut c = Counters {
-            total: self.records.len(),
-            ..Counters::default()
-        };
+        let mut c = Counters { total: self.records.len(), ..Counters::default() };
         for r in &self.records {
             match r.kind {
                 CommandKind::UserManagementRead => c.reads += 1,

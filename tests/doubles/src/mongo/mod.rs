@@ -76,20 +76,12 @@ pub struct ScramUser {
 impl ScramUser {
     /// A user in `admin` allowed to manage users and roles.
     pub fn admin(name: impl Into<String>, password: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            db: "admin".into(),
-            password: password.into(),
-            user_admin: true,
-        }
+        Self { name: name.into(), db: "admin".into(), password: password.into(), user_admin: true }
     }
 
     /// A user in `admin` without user-management rights.
     pub fn read_only(name: impl Into<String>, password: impl Into<String>) -> Self {
-        Self {
-            user_admin: false,
-            ..Self::admin(name, password)
-        }
+        Self { user_admin: false, ..Self::admin(name, password) }
     }
 }
 
@@ -173,10 +165,7 @@ pub struct MongoDouble {
 
 impl std::fmt::Debug for MongoDouble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MongoDouble")
-            .field("addr", &self.addr)
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+        f.debug_struct("MongoDouble").field("addr", &self.addr).field("tls", &self.tls).finish_non_exhaustive()
     }
 }
 
@@ -197,13 +186,7 @@ impl MongoDouble {
         for user in &config.users {
             let credential = scram::ScramCredential::derive(&user.password)
                 .map_err(|e| anyhow::anyhow!("user {}: {e}", user.name))?;
-            logins.insert(
-                (user.db.clone(), user.name.clone()),
-                Login {
-                    credential,
-                    user_admin: user.user_admin,
-                },
-            );
+            logins.insert((user.db.clone(), user.name.clone()), Login { credential, user_admin: user.user_admin });
         }
         let info = ServerInfo {
             version: config.server_version.clone(),
@@ -212,18 +195,11 @@ impl MongoDouble {
             logins,
         };
         let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(info, Faults::new(config.latency)));
         let task = tokio::spawn(server::run(listener, shared.clone(), acceptor));
-        Ok(Self {
-            addr,
-            tls: config.tls.is_some(),
-            shared,
-            task: Some(task),
-        })
+        Ok(Self { addr, tls: config.tls.is_some(), shared, task: Some(task) })
     }
 
     /// Starts a double with one user-admin login and default settings.
@@ -319,10 +295,7 @@ impl MongoDouble {
     /// except handshake/auth) fail with `code`.
     pub fn fail_next(&self, n: u32, code: i32, command: Option<&str>) {
         self.inject(Fault {
-            action: FaultAction::Fail {
-                code,
-                message: format!("injected failure ({})", code_name(code)),
-            },
+            action: FaultAction::Fail { code, message: format!("injected failure ({})", code_name(code)) },
             command: command.map(str::to_string),
             remaining: n,
         });
@@ -331,21 +304,13 @@ impl MongoDouble {
     /// The next `n` commands (except handshake/auth) close their connection
     /// instead of running.
     pub fn drop_connections_next(&self, n: u32) {
-        self.inject(Fault {
-            action: FaultAction::DropBeforeApply,
-            command: None,
-            remaining: n,
-        });
+        self.inject(Fault { action: FaultAction::DropBeforeApply, command: None, remaining: n });
     }
 
     /// The next `n` commands named `command` (or any, with `None`) run and
     /// then close their connection without replying.
     pub fn drop_after_apply_next(&self, n: u32, command: Option<&str>) {
-        self.inject(Fault {
-            action: FaultAction::DropAfterApply,
-            command: command.map(str::to_string),
-            remaining: n,
-        });
+        self.inject(Fault { action: FaultAction::DropAfterApply, command: command.map(str::to_string), remaining: n });
     }
 
     /// Disarms all faults (latency and delays stay).
@@ -385,10 +350,7 @@ impl MongoDouble {
 
     /// One user.
     pub fn user(&self, user: &str, db: &str) -> Option<User> {
-        lock(&self.shared.store)
-            .users
-            .get(&(db.to_string(), user.to_string()))
-            .cloned()
+        lock(&self.shared.store).users.get(&(db.to_string(), user.to_string())).cloned()
     }
 
     /// Creates or replaces a role out of band, without validation (to plant
@@ -406,16 +368,12 @@ impl MongoDouble {
 
     /// Creates or replaces a user out of band, without validation.
     pub fn insert_user(&self, user: User) {
-        lock(&self.shared.store)
-            .users
-            .insert((user.db.clone(), user.user.clone()), user);
+        lock(&self.shared.store).users.insert((user.db.clone(), user.user.clone()), user);
     }
 
     /// Removes a user out of band.
     pub fn remove_user(&self, user: &str, db: &str) -> Option<User> {
-        lock(&self.shared.store)
-            .users
-            .remove(&(db.to_string(), user.to_string()))
+        lock(&self.shared.store).users.remove(&(db.to_string(), user.to_string()))
     }
 
     /// Forgets every role and user.

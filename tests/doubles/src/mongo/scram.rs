@@ -35,16 +35,12 @@ impl std::fmt::Debug for ScramCredential {
 
 fn random_bytes(len: usize) -> Result<Vec<u8>, CommandError> {
     let mut out = vec![0u8; len];
-    SystemRandom::new()
-        .fill(&mut out)
-        .map_err(|_| CommandError::new(1, "no randomness available"))?;
+    SystemRandom::new().fill(&mut out).map_err(|_| CommandError::new(1, "no randomness available"))?;
     Ok(out)
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-        .as_ref()
-        .to_vec()
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data).as_ref().to_vec()
 }
 
 fn auth_failed() -> CommandError {
@@ -54,8 +50,8 @@ fn auth_failed() -> CommandError {
 impl ScramCredential {
     /// Derives the secrets for `password` with a fresh salt.
     pub(crate) fn derive(password: &str) -> Result<Self, CommandError> {
-        let prepared = stringprep::saslprep(password)
-            .map_err(|_| CommandError::bad_value("password fails SASLprep"))?;
+        let prepared =
+            stringprep::saslprep(password).map_err(|_| CommandError::bad_value("password fails SASLprep"))?;
         let salt = random_bytes(SALT_LEN)?;
         let iterations = NonZeroU32::new(ITERATIONS).unwrap_or(NonZeroU32::MIN);
         let mut salted = [0u8; 32];
@@ -63,12 +59,7 @@ impl ScramCredential {
         let client_key = hmac_sha256(&salted, b"Client Key");
         let stored_key = digest::digest(&digest::SHA256, &client_key).as_ref().to_vec();
         let server_key = hmac_sha256(&salted, b"Server Key");
-        Ok(Self {
-            salt,
-            iterations: ITERATIONS,
-            stored_key,
-            server_key,
-        })
+        Ok(Self { salt, iterations: ITERATIONS, stored_key, server_key })
     }
 }
 
@@ -112,12 +103,7 @@ pub(crate) fn parse_client_first(payload: &[u8]) -> Result<ClientFirst, CommandE
     if nonce.is_empty() {
         return Err(bad_payload());
     }
-    Ok(ClientFirst {
-        username,
-        nonce,
-        bare: bare.to_string(),
-        gs2_header: format!("{cbind},{authzid},"),
-    })
+    Ok(ClientFirst { username, nonce, bare: bare.to_string(), gs2_header: format!("{cbind},{authzid},") })
 }
 
 fn bad_payload() -> CommandError {
@@ -208,10 +194,7 @@ impl Conversation {
     pub(crate) fn step(&mut self, payload: &[u8]) -> Result<StepReply, CommandError> {
         match self.step {
             Step::AwaitingProof => self.verify_proof(payload),
-            Step::AwaitingEmpty => Ok(StepReply {
-                payload: Vec::new(),
-                done: true,
-            }),
+            Step::AwaitingEmpty => Ok(StepReply { payload: Vec::new(), done: true }),
         }
     }
 

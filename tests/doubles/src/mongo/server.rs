@@ -185,11 +185,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
 async fn handle(shared: &Shared, session: &mut Session, request: Request) -> After {
     let request_id = shared.next_request_id.fetch_add(1, Ordering::SeqCst);
     match request {
-        Request::Msg {
-            request_id: response_to,
-            more_to_come,
-            body,
-        } => {
+        Request::Msg { request_id: response_to, more_to_come, body } => {
             let db = body.get_str("$db").ok().map(str::to_string);
             match command(shared, session, body, db, more_to_come).await {
                 None => After::Close,
@@ -200,11 +196,7 @@ async fn handle(shared: &Shared, session: &mut Session, request: Request) -> Aft
                 },
             }
         }
-        Request::Query {
-            request_id: response_to,
-            db,
-            mut query,
-        } => {
+        Request::Query { request_id: response_to, db, mut query } => {
             if let Ok(inner) = query.get_document("$query") {
                 query = inner.clone();
             }
@@ -263,21 +255,14 @@ async fn command(
         let mut faults = lock(&shared.faults);
         (faults.delay_for(&name), faults.take(&name, kind))
     };
-    let _umc_guard = if kind.is_user_management() {
-        Some(shared.umc_lock.lock().await)
-    } else {
-        None
-    };
+    let _umc_guard = if kind.is_user_management() { Some(shared.umc_lock.lock().await) } else { None };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
 
     let mut execute = || match &db {
         Some(db) => commands::execute(&shared.info, &shared.store, session, &name, db, &body),
-        None => Err(CommandError::new(
-            codes::MISSING_DB,
-            "OP_MSG requests require a $db argument",
-        )),
+        None => Err(CommandError::new(codes::MISSING_DB, "OP_MSG requests require a $db argument")),
     };
     let injected = fault.is_some();
     let (reply, outcome) = match fault {
@@ -312,11 +297,7 @@ fn reply_for(result: Result<Document, CommandError>, no_reply: bool) -> (Option<
             (Some(doc), if no_reply { Outcome::NoReply } else { Outcome::Ok })
         }
         Err(e) => {
-            let outcome = if no_reply {
-                Outcome::NoReply
-            } else {
-                Outcome::Failed { code: e.code }
-            };
+            let outcome = if no_reply { Outcome::NoReply } else { Outcome::Failed { code: e.code } };
             (Some(e.to_document()), outcome)
         }
     }

@@ -21,10 +21,7 @@ pub struct RoleName {
 impl RoleName {
     /// `role` in `db`.
     pub fn new(role: impl Into<String>, db: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            db: db.into(),
-        }
+        Self { role: role.into(), db: db.into() }
     }
 
     /// Whether this names a built-in role.
@@ -63,18 +60,12 @@ pub enum Resource {
 impl Resource {
     /// A whole database: `{db, collection: ""}`.
     pub fn database(db: impl Into<String>) -> Self {
-        Self::Namespace {
-            db: db.into(),
-            collection: String::new(),
-        }
+        Self::Namespace { db: db.into(), collection: String::new() }
     }
 
     /// One collection.
     pub fn collection(db: impl Into<String>, collection: impl Into<String>) -> Self {
-        Self::Namespace {
-            db: db.into(),
-            collection: collection.into(),
-        }
+        Self::Namespace { db: db.into(), collection: collection.into() }
     }
 
     /// The resource document as the server prints it.
@@ -105,10 +96,7 @@ pub struct Privilege {
 impl Privilege {
     /// `actions` on `resource`.
     pub fn new<S: Into<String>>(resource: Resource, actions: impl IntoIterator<Item = S>) -> Self {
-        Self {
-            resource,
-            actions: actions.into_iter().map(Into::into).collect(),
-        }
+        Self { resource, actions: actions.into_iter().map(Into::into).collect() }
     }
 
     /// `{resource, actions}`.
@@ -315,20 +303,11 @@ mod tests {
     fn inheritance_is_transitive_and_cycle_safe() {
         let mut store = AuthzStore::default();
         let a = Role::new("a", "admin").with_role("b", "admin");
-        let b = Role::new("b", "admin")
-            .with_role("a", "admin")
-            .with_role("read", "app");
+        let b = Role::new("b", "admin").with_role("a", "admin").with_role("read", "app");
         store.roles.insert(a.name.clone(), a);
         store.roles.insert(b.name.clone(), b);
         let inherited = store.inherited_roles(&[RoleName::new("a", "admin")]);
-        assert_eq!(
-            inherited,
-            [
-                RoleName::new("b", "admin"),
-                RoleName::new("a", "admin"),
-                RoleName::new("read", "app")
-            ]
-        );
+        assert_eq!(inherited, [RoleName::new("b", "admin"), RoleName::new("a", "admin"), RoleName::new("read", "app")]);
         let privileges = store.all_privileges(&[RoleName::new("a", "admin")]);
         assert_eq!(privileges[0].resource, Resource::database("app"));
     }

@@ -49,7 +49,8 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor> {
         return Err(anyhow!("no certificate in cert_chain_pem"));
     }
     let key = PrivateKeyDer::from_pem_slice(config.key_pem.as_bytes()).context("parsing server key PEM")?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = match &config.client_ca_pem {
         Some(ca_pem) => {
             let mut roots = RootCertStore::empty();
@@ -107,11 +108,8 @@ impl TestPki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "dbgrant test CA");
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        ca_params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
         let mut server_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
@@ -155,10 +153,7 @@ impl TestPki {
     /// Writes `ca.pem` and `client.pem` into `dir` (created if missing).
     pub fn write_files(&self, dir: &Path) -> std::io::Result<PkiFiles> {
         std::fs::create_dir_all(dir)?;
-        let files = PkiFiles {
-            ca_file: dir.join("ca.pem"),
-            client_pem_file: dir.join("client.pem"),
-        };
+        let files = PkiFiles { ca_file: dir.join("ca.pem"), client_pem_file: dir.join("client.pem") };
         std::fs::write(&files.ca_file, &self.ca_cert_pem)?;
         std::fs::write(&files.client_pem_file, self.client_certificate_key_pem())?;
         Ok(files)

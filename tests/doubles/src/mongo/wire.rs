@@ -81,10 +81,7 @@ fn parse_op_msg(request_id: i32, bytes: &[u8]) -> io::Result<Request> {
     }
     let end = if flags & FLAG_CHECKSUM_PRESENT != 0 {
         // The CRC-32C is not verified: the driver only sends one when asked.
-        bytes
-            .len()
-            .checked_sub(4)
-            .ok_or_else(|| invalid("missing checksum"))?
+        bytes.len().checked_sub(4).ok_or_else(|| invalid("missing checksum"))?
     } else {
         bytes.len()
     };
@@ -103,8 +100,7 @@ fn parse_op_msg(request_id: i32, bytes: &[u8]) -> io::Result<Request> {
                 pos += len;
             }
             1 => {
-                let size = usize::try_from(i32_at(bytes, pos)?)
-                    .map_err(|_| invalid("negative section size"))?;
+                let size = usize::try_from(i32_at(bytes, pos)?).map_err(|_| invalid("negative section size"))?;
                 let section_end = pos
                     .checked_add(size)
                     .filter(|e| *e <= end && size > 4)
@@ -130,11 +126,7 @@ fn parse_op_msg(request_id: i32, bytes: &[u8]) -> io::Result<Request> {
         }
         body.insert(identifier, Bson::Array(docs));
     }
-    Ok(Request::Msg {
-        request_id,
-        more_to_come: flags & FLAG_MORE_TO_COME != 0,
-        body,
-    })
+    Ok(Request::Msg { request_id, more_to_come: flags & FLAG_MORE_TO_COME != 0, body })
 }
 
 fn parse_op_query(request_id: i32, bytes: &[u8]) -> io::Result<Request> {
@@ -143,11 +135,7 @@ fn parse_op_query(request_id: i32, bytes: &[u8]) -> io::Result<Request> {
     let query_at = 4 + ns_len + 8;
     let (query, _) = read_document(bytes, query_at)?;
     let db = namespace.strip_suffix(".$cmd").map(str::to_string);
-    Ok(Request::Query {
-        request_id,
-        db,
-        query,
-    })
+    Ok(Request::Query { request_id, db, query })
 }
 
 /// Reads the BSON document that starts at `pos`; returns it and its length.
@@ -165,19 +153,13 @@ fn read_document(bytes: &[u8], pos: usize) -> io::Result<(Document, usize)> {
 /// including the NUL.
 fn read_cstring(bytes: &[u8], pos: usize) -> io::Result<(String, usize)> {
     let rest = bytes.get(pos..).ok_or_else(|| invalid("cstring out of range"))?;
-    let nul = rest
-        .iter()
-        .position(|b| *b == 0)
-        .ok_or_else(|| invalid("unterminated cstring"))?;
+    let nul = rest.iter().position(|b| *b == 0).ok_or_else(|| invalid("unterminated cstring"))?;
     let s = std::str::from_utf8(&rest[..nul]).map_err(|_| invalid("cstring is not UTF-8"))?;
     Ok((s.to_string(), nul + 1))
 }
 
 fn take<const N: usize>(bytes: &[u8], pos: usize) -> io::Result<[u8; N]> {
-    bytes
-        .get(pos..pos.saturating_add(N))
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| invalid("truncated message"))
+    bytes.get(pos..pos.saturating_add(N)).and_then(|s| s.try_into().ok()).ok_or_else(|| invalid("truncated message"))
 }
 
 fn i32_at(bytes: &[u8], pos: usize) -> io::Result<i32> {
@@ -196,8 +178,7 @@ fn header(length: usize, request_id: i32, response_to: i32, op_code: i32) -> Vec
 
 fn serialize(doc: &Document) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    doc.to_writer(&mut bytes)
-        .map_err(|e| io::Error::other(format!("cannot encode reply: {e}")))?;
+    doc.to_writer(&mut bytes).map_err(|e| io::Error::other(format!("cannot encode reply: {e}")))?;
     Ok(bytes)
 }
 
