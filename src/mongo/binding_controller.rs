@@ -33,7 +33,7 @@ use crate::{
     plan::{
         expiry::{self, ExpiryState},
         index::{Affected, Contribution},
-        mongo::{MongoGrant, ROLE_DB, objects_for},
+        mongo::{MongoGrant, ROLE_DB, USER_DB, objects_for},
         policy,
     },
     runtime::status,
@@ -199,25 +199,21 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (Some(blocked), Some(t)) if !affected.is_empty() || !st.roles.is_empty() || !st.users.is_empty() => {
             // Revoke what this binding contributed; the index already
             // excludes it, so the sync shrinks or drops.
-            match revoke(ctx, t, affected, false).await {
-                Ok(()) => {
-                    st.roles.clear();
-                    st.users.clear();
-                    blocked.clone()
-                }
-                Err(e) => return Err(e),
-            }
+            revoke(ctx, t, affected, false).await?;
+            st.roles.clear();
+            st.users.clear();
+            blocked.clone()
         }
         (Some(blocked), _) => blocked.clone(),
-        (None, None) => unreachable_outcome(),
+        // evaluate() only yields a contribution when the target exists.
+        (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
         (None, Some(t)) if !target_controller::is_ready(t) => Outcome::progressing(
             reason::TARGET_NOT_READY,
             format!("waiting for MongoTarget {} to be Ready", t.name_any()),
         ),
-        (None, Some(t)) if affected.is_empty() && already_applied => {
+        (None, Some(_)) if affected.is_empty() && already_applied => {
             // Nothing changed: drift is the target's periodic resync's job,
             // so a steady state costs no backend calls per binding.
-            let _ = t;
             conditions::ready(&current.conditions)
                 .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
                 .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied"))
@@ -235,16 +231,9 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
                     _ => {}
                 }
             }
-            st.roles = own_subjects
-                .iter()
-                .filter_map(|s| objects_for(&t.spec.oidc, s).ok())
-                .map(|o| format!("{ROLE_DB}.{}", o.role))
-                .collect();
-            st.users = own_subjects
-                .iter()
-                .filter_map(|s| objects_for(&t.spec.oidc, s).ok().and_then(|o| o.user))
-                .map(|u| format!("$external.{u}"))
-                .collect();
+            let objects: Vec<_> = own_subjects.iter().filter_map(|s| objects_for(&t.spec.oidc, s).ok()).collect();
+            st.roles = objects.iter().map(|o| format!("{ROLE_DB}.{}", o.role)).collect();
+            st.users = objects.iter().filter_map(|o| o.user.as_ref()).map(|u| format!("{USER_DB}.{u}")).collect();
             if !conflicts.is_empty() {
                 Outcome::stalled(
                     reason::CONFLICT,
@@ -270,10 +259,6 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     status::apply(&api, &b, b.status.as_ref(), &st).await?;
     status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
     Ok(Action::requeue(expiry::requeue_after(now, eval.expiry, ctx.shared.resync)))
-}
-
-fn unreachable_outcome() -> Outcome {
-    Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found")
 }
 
 async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {

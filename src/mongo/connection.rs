@@ -32,8 +32,11 @@ pub struct TargetConnection {
     pub client: Client,
     /// Held while writing to this target.
     pub write_lock: tokio::sync::Mutex<()>,
-    /// Fingerprint of the spec and Secrets the client was built from.
+    /// The target generation the client was built for.
     pub generation: Option<i64>,
+    /// Whether TLS certificates are verified (`Enabled`, `Disabled`,
+    /// `NotUsed`), decided while building the client.
+    pub tls_verification: &'static str,
 }
 
 /// What a successful probe found.

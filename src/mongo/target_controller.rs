@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt, runtime::controller::Action};
 use super::{
     BACKEND, MongoContext,
     connection::{self, TargetConnection},
-    sync::{self, SubjectWork},
+    sync::{self, SubjectResult, SubjectWork},
 };
 use crate::{
     Error, Result,
@@ -72,8 +72,7 @@ pub fn target_outcome(e: &Error) -> Outcome {
 async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut MongoTargetStatus) -> Result<()> {
     let name = target.name_any();
     let conn = connect(ctx, target).await?;
-    let (_, tls) = connection::client_options(&ctx.shared, target).await?;
-    let probe = connection::probe(&name, &conn.client, tls).await?;
+    let probe = connection::probe(&name, &conn.client, conn.tls_verification).await?;
     st.server_version = Some(probe.version);
     st.tls_verification = Some(probe.tls_verification.to_string());
 
@@ -93,9 +92,14 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
         tracing::warn!(target = %name, drifted = ?report.drifted, "drift corrected");
         status::publish_warning(&ctx.shared, target, "DriftCorrected", &note).await;
     }
-    let owned = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
-    st.managed_roles = Some(owned.iter().filter(|i| i.starts_with("admin.")).count() as u32);
-    st.managed_users = Some(owned.iter().filter(|i| i.starts_with("$external.")).count() as u32);
+    // What dbgrant manages after this pass: every wanted subject whose
+    // objects now match (orphans were just dropped, conflicts are not ours).
+    let managed: Vec<&SubjectWork> = work
+        .iter()
+        .filter(|w| w.desired.is_some() && report.results.get(&w.subject) == Some(&SubjectResult::Applied))
+        .collect();
+    st.managed_roles = Some(managed.len() as u32);
+    st.managed_users = Some(managed.iter().filter(|w| w.objects.user.is_some()).count() as u32);
     st.last_resync_time = Some(status::now());
     Ok(())
 }
@@ -155,10 +159,11 @@ pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<Tar
     {
         return Ok(c.clone());
     }
-    let (opts, _) = connection::client_options(&ctx.shared, target).await?;
+    let (opts, tls_verification) = connection::client_options(&ctx.shared, target).await?;
     let client = mongodb::Client::with_options(opts).map_err(|e| connection::classify(&name, "connecting", &e))?;
     let conn = Arc::new(TargetConnection {
         client,
+        tls_verification,
         write_lock: tokio::sync::Mutex::new(()),
         generation: target.metadata.generation,
     });
