@@ -1,12 +1,15 @@
 //! Command dispatch for one connection: the handshake (`hello`/`isMaster`),
-//! SCRAM (`saslStart`/`saslContinue`, speculative or not), the small admin
+//! SCRAM and MONGODB-OIDC (`saslStart`/`saslContinue`, speculative or not),
+//! the small admin
 //! commands drivers send, the access checks, and hand-off to the
 //! user-management commands.
 
+use super::data::{self, DocumentStore};
 use super::error::{CommandError, CommandResult, codes};
 use super::journal::CommandKind;
+use super::oidc::{self, OidcConfig};
 use super::scram::{self, Conversation, ScramCredential};
-use super::state::AuthzStore;
+use super::state::{AuthzStore, privileges_bson};
 use super::umc;
 use super::wire::MAX_MESSAGE_SIZE;
 use bson::{Binary, Bson, DateTime, Document, doc, spec::BinarySubtype};
@@ -33,6 +36,8 @@ pub(crate) struct ServerInfo {
     pub(crate) require_auth: bool,
     /// Logins keyed by `(db, user)`.
     pub(crate) logins: HashMap<(String, String), Login>,
+    /// MONGODB-OIDC, when enabled.
+    pub(crate) oidc: Option<OidcConfig>,
 }
 
 /// Who a connection is authenticated as.
@@ -41,6 +46,8 @@ pub(crate) struct Identity {
     pub(crate) user: String,
     pub(crate) db: String,
     pub(crate) user_admin: bool,
+    /// Set for MONGODB-OIDC logins: their roles, privileges and expiry.
+    pub(crate) oidc: Option<oidc::Login>,
 }
 
 /// Per-connection state.
@@ -49,11 +56,13 @@ pub(crate) struct Session {
     pub(crate) connection_id: i64,
     pub(crate) identity: Option<Identity>,
     conversation: Option<Conversation>,
+    /// A MONGODB-OIDC human-flow conversation awaits its token.
+    oidc_pending: bool,
 }
 
 impl Session {
     pub(crate) fn new(connection_id: i64) -> Self {
-        Self { connection_id, identity: None, conversation: None }
+        Self { connection_id, identity: None, conversation: None, oidc_pending: false }
     }
 }
 
@@ -75,13 +84,14 @@ fn is_public(name: &str) -> bool {
 }
 
 fn is_known(name: &str) -> bool {
-    is_public(name) || name == "getParameter" || umc::implements(name)
+    is_public(name) || name == "getParameter" || umc::implements(name) || data::implements(name)
 }
 
 /// Runs one command and returns the success reply (without `ok`).
 pub(crate) fn execute(
     info: &ServerInfo,
     store: &Mutex<AuthzStore>,
+    documents: &Mutex<DocumentStore>,
     session: &mut Session,
     name: &str,
     db: &str,
@@ -90,12 +100,26 @@ pub(crate) fn execute(
     if !is_known(name) {
         return Err(CommandError::new(codes::COMMAND_NOT_FOUND, format!("no such command: '{name}'")));
     }
+    if !is_public(name)
+        && let Some(login) = session.identity.as_ref().and_then(|id| id.oidc.as_ref())
+        && login.expires_at.is_some_and(|t| t <= std::time::SystemTime::now())
+    {
+        return Err(CommandError::new(
+            codes::REAUTHENTICATION_REQUIRED,
+            "Reauthentication required: the access token of this connection has expired",
+        ));
+    }
     if info.require_auth && !is_public(name) {
         match &session.identity {
             None => {
                 return Err(CommandError::new(codes::UNAUTHORIZED, format!("Command {name} requires authentication")));
             }
-            Some(id) if CommandKind::of(name).is_user_management() && !id.user_admin => {
+            // Logins without user_admin read like readAnyDatabase: no
+            // user-management commands and no data writes.
+            Some(id)
+                if (CommandKind::of(name).is_user_management() || CommandKind::of(name) == CommandKind::DataWrite)
+                    && !id.user_admin =>
+            {
                 return Err(CommandError::new(
                     codes::UNAUTHORIZED,
                     format!("not authorized on {db} to execute command {{ {name}: ... }}"),
@@ -105,13 +129,17 @@ pub(crate) fn execute(
         }
     }
     match name {
-        "hello" | "isMaster" | "ismaster" => Ok(hello(info, session, body)),
-        "saslStart" => sasl_start(info, session, db, body),
-        "saslContinue" => sasl_continue(info, session, body),
+        "hello" | "isMaster" | "ismaster" => Ok(hello(info, store, session, body)),
+        "saslStart" => sasl_start(info, store, session, db, body),
+        "saslContinue" => sasl_continue(info, store, session, body),
         "ping" | "endSessions" => Ok(Document::new()),
         "buildInfo" | "buildinfo" => Ok(build_info(info)),
         "getParameter" => get_parameter(info, body),
         "connectionStatus" => Ok(connection_status(session, body)),
+        _ if data::implements(name) => {
+            let mut documents = documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            data::run(&mut documents, name, db, body)
+        }
         _ => {
             let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             umc::run(&mut store, name, db, body)
@@ -119,7 +147,7 @@ pub(crate) fn execute(
     }
 }
 
-fn hello(info: &ServerInfo, session: &mut Session, body: &Document) -> Document {
+fn hello(info: &ServerInfo, store: &Mutex<AuthzStore>, session: &mut Session, body: &Document) -> Document {
     let mut reply = doc! {
         "helloOk": true,
         "ismaster": true,
@@ -141,12 +169,12 @@ fn hello(info: &ServerInfo, session: &mut Session, body: &Document) -> Document 
         reply.insert("saslSupportedMechs", vec![scram::MECHANISM]);
     }
     if let Ok(speculative) = body.get_document("speculativeAuthenticate")
-        && speculative.get_str("mechanism") == Ok(scram::MECHANISM)
+        && matches!(speculative.get_str("mechanism"), Ok(scram::MECHANISM | oidc::MECHANISM))
     {
         let db = speculative.get_str("db").unwrap_or("admin");
         // A failed speculative attempt is simply not answered; the driver
         // then authenticates the long way and sees the real error.
-        if let Ok(first) = sasl_start(info, session, db, speculative) {
+        if let Ok(first) = sasl_start(info, store, session, db, speculative) {
             reply.insert("speculativeAuthenticate", first);
         }
     }
@@ -169,9 +197,21 @@ fn sasl_reply(payload: Vec<u8>, done: bool) -> Document {
     }
 }
 
-fn sasl_start(info: &ServerInfo, session: &mut Session, db: &str, body: &Document) -> CommandResult {
+fn sasl_start(
+    info: &ServerInfo,
+    store: &Mutex<AuthzStore>,
+    session: &mut Session,
+    db: &str,
+    body: &Document,
+) -> CommandResult {
     session.conversation = None;
+    session.oidc_pending = false;
     let mechanism = body.get_str("mechanism").unwrap_or_default();
+    if mechanism == oidc::MECHANISM
+        && let Some(config) = &info.oidc
+    {
+        return oidc_start(config, store, session, db, body);
+    }
     if mechanism != scram::MECHANISM {
         return Err(CommandError::new(
             codes::MECHANISM_UNAVAILABLE,
@@ -189,16 +229,27 @@ fn sasl_start(info: &ServerInfo, session: &mut Session, db: &str, body: &Documen
     Ok(sasl_reply(payload, false))
 }
 
-fn sasl_continue(info: &ServerInfo, session: &mut Session, body: &Document) -> CommandResult {
+fn sasl_continue(
+    info: &ServerInfo,
+    store: &Mutex<AuthzStore>,
+    session: &mut Session,
+    body: &Document,
+) -> CommandResult {
+    if session.oidc_pending
+        && let Some(config) = &info.oidc
+    {
+        session.oidc_pending = false;
+        if conversation_id(body) != Some(i64::from(CONVERSATION_ID)) {
+            return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
+        }
+        let token = oidc::parse_continue(&payload_bytes(body)?)?;
+        oidc_login(config, store, session, &token)?;
+        return Ok(sasl_reply(Vec::new(), true));
+    }
     let Some(conversation) = session.conversation.as_mut() else {
         return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
     };
-    let id = body.get("conversationId").and_then(|v| match v {
-        Bson::Int32(i) => Some(i64::from(*i)),
-        Bson::Int64(i) => Some(*i),
-        _ => None,
-    });
-    if id != Some(i64::from(CONVERSATION_ID)) {
+    if conversation_id(body) != Some(i64::from(CONVERSATION_ID)) {
         session.conversation = None;
         return Err(CommandError::new(codes::PROTOCOL_ERROR, "No SASL session state found"));
     }
@@ -213,9 +264,61 @@ fn sasl_continue(info: &ServerInfo, session: &mut Session, body: &Document) -> C
         && let Some(done) = session.conversation.take()
     {
         let user_admin = info.logins.get(&(done.db.clone(), done.username.clone())).is_some_and(|l| l.user_admin);
-        session.identity = Some(Identity { user: done.username, db: done.db, user_admin });
+        session.identity = Some(Identity { user: done.username, db: done.db, user_admin, oidc: None });
     }
     Ok(sasl_reply(step.payload, step.done))
+}
+
+fn conversation_id(body: &Document) -> Option<i64> {
+    body.get("conversationId").and_then(|v| match v {
+        Bson::Int32(i) => Some(i64::from(*i)),
+        Bson::Int64(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// MONGODB-OIDC `saslStart`: a token authenticates at once (machine flow);
+/// no token starts the human flow with the identity provider's info.
+fn oidc_start(
+    config: &OidcConfig,
+    store: &Mutex<AuthzStore>,
+    session: &mut Session,
+    db: &str,
+    body: &Document,
+) -> CommandResult {
+    if db != "$external" {
+        return Err(CommandError::bad_value("MONGODB-OIDC authentication must use the $external database"));
+    }
+    match oidc::parse_start(&payload_bytes(body)?)? {
+        oidc::Start::Token(token) => {
+            oidc_login(config, store, session, &token)?;
+            Ok(sasl_reply(Vec::new(), true))
+        }
+        oidc::Start::NeedIdpInfo => {
+            let info = oidc::idp_info(config)?;
+            session.oidc_pending = true;
+            Ok(sasl_reply(info, false))
+        }
+    }
+}
+
+fn oidc_login(
+    config: &OidcConfig,
+    store: &Mutex<AuthzStore>,
+    session: &mut Session,
+    token: &str,
+) -> Result<(), CommandError> {
+    let login = {
+        let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        oidc::authenticate(config, &store, token)?
+    };
+    session.identity = Some(Identity {
+        user: login.user.clone(),
+        db: "$external".into(),
+        user_admin: login.user_admin,
+        oidc: Some(login),
+    });
+    Ok(())
 }
 
 fn version_parts(version: &str) -> Vec<i32> {
@@ -245,7 +348,7 @@ fn get_parameter(info: &ServerInfo, body: &Document) -> CommandResult {
     let fcv = format!("{}.{}", parts[0], parts[1]);
     let known: Vec<(&str, Bson)> = vec![
         ("featureCompatibilityVersion", Bson::Document(doc! { "version": fcv })),
-        ("authenticationMechanisms", Bson::from(vec![scram::MECHANISM])),
+        ("authenticationMechanisms", Bson::from(mechanisms(info))),
         ("userCacheInvalidationIntervalSecs", Bson::Int32(30)),
         ("scramSHA256IterationCount", Bson::Int32(4096)),
     ];
@@ -262,7 +365,28 @@ fn get_parameter(info: &ServerInfo, body: &Document) -> CommandResult {
     Ok(reply)
 }
 
+fn mechanisms(info: &ServerInfo) -> Vec<&'static str> {
+    let mut all = vec![scram::MECHANISM];
+    if info.oidc.is_some() {
+        all.push(oidc::MECHANISM);
+    }
+    all
+}
+
 fn connection_status(session: &Session, body: &Document) -> Document {
+    if let Some(id) = &session.identity
+        && let Some(login) = &id.oidc
+    {
+        let roles: Vec<Document> = login.roles.iter().map(|r| r.to_document()).collect();
+        let mut auth_info = doc! {
+            "authenticatedUsers": [{ "user": id.user.clone(), "db": id.db.clone() }],
+            "authenticatedUserRoles": roles,
+        };
+        if body.get_bool("showPrivileges") == Ok(true) {
+            auth_info.insert("authenticatedUserPrivileges", privileges_bson(&login.privileges));
+        }
+        return doc! { "authInfo": auth_info };
+    }
     let (users, roles) = match &session.identity {
         Some(id) => {
             let role = if id.user_admin { "root" } else { "readAnyDatabase" };
@@ -290,13 +414,14 @@ mod tests {
             ("admin".to_string(), "ro".to_string()),
             Login { credential: ScramCredential::derive("pw").unwrap(), user_admin: false },
         );
-        ServerInfo { version: "8.0.4".into(), max_wire_version: 21, require_auth, logins }
+        ServerInfo { version: "8.0.4".into(), max_wire_version: 21, require_auth, logins, oidc: None }
     }
 
     fn exec(info: &ServerInfo, session: &mut Session, body: Document) -> CommandResult {
         let store = Mutex::new(AuthzStore::default());
+        let documents = Mutex::new(DocumentStore::default());
         let name = body.keys().next().unwrap().clone();
-        execute(info, &store, session, &name, "admin", &body)
+        execute(info, &store, &documents, session, &name, "admin", &body)
     }
 
     #[test]
@@ -306,7 +431,7 @@ mod tests {
         assert!(exec(&info, &mut session, doc! {"ping": 1}).is_ok());
         assert_eq!(exec(&info, &mut session, doc! {"nope": 1}).unwrap_err().code, 59);
         assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
-        session.identity = Some(Identity { user: "ro".into(), db: "admin".into(), user_admin: false });
+        session.identity = Some(Identity { user: "ro".into(), db: "admin".into(), user_admin: false, oidc: None });
         assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
         assert!(exec(&info, &mut session, doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).is_ok());
         assert!(exec(&server_info(false), &mut Session::new(2), doc! {"rolesInfo": 1}).is_ok());

@@ -14,6 +14,10 @@ pub enum CommandKind {
     UserManagementRead,
     /// Commands that change roles or users (`createRole`, `dropUser`, ...).
     UserManagementWrite,
+    /// Commands that read documents: `find`, `getMore`, `killCursors`.
+    DataRead,
+    /// Commands that change documents: `insert`, `update`, `delete`.
+    DataWrite,
     /// Anything else (`ping`, `buildInfo`, unknown commands, ...).
     Other,
 }
@@ -39,8 +43,25 @@ impl CommandKind {
             | "dropAllUsersFromDatabase"
             | "grantRolesToUser"
             | "revokeRolesFromUser" => Self::UserManagementWrite,
+            "find" | "getMore" | "killCursors" => Self::DataRead,
+            "insert" | "update" | "delete" => Self::DataWrite,
             _ => Self::Other,
         }
+    }
+
+    /// Whether this reads users, roles or documents.
+    pub fn is_read(self) -> bool {
+        matches!(self, Self::UserManagementRead | Self::DataRead)
+    }
+
+    /// Whether this changes users, roles or documents.
+    pub fn is_write(self) -> bool {
+        matches!(self, Self::UserManagementWrite | Self::DataWrite)
+    }
+
+    /// Whether this is a data command (read or write).
+    pub fn is_data(self) -> bool {
+        matches!(self, Self::DataRead | Self::DataWrite)
     }
 
     /// Whether this is a user-management command (read or write).
@@ -83,7 +104,7 @@ pub struct CommandRecord {
     pub body: Document,
     /// Classification of `name`.
     pub kind: CommandKind,
-    /// Whether the command writes users or roles.
+    /// Whether the command writes users, roles or documents.
     pub is_write: bool,
     /// The authenticated user, as `user@db`, if any.
     pub user: Option<String>,
@@ -93,15 +114,22 @@ pub struct CommandRecord {
     pub injected: bool,
 }
 
-/// Numbers of user-management commands received since the log was cleared.
+/// Numbers of reads and writes received since the log was cleared.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// `rolesInfo` / `usersInfo`.
+    /// Reads: `rolesInfo` / `usersInfo` and the data reads (`find`,
+    /// `getMore`, `killCursors`).
     pub reads: usize,
-    /// Commands that write users or roles, whatever their outcome.
+    /// Writes, whatever their outcome: commands that change users or roles,
+    /// and the data writes (`insert`, `update`, `delete`).
     pub writes: usize,
-    /// Writes that replied `ok: 1`.
+    /// Writes that replied `ok: 1` (a data write with `writeErrors` still
+    /// replies `ok: 1`).
     pub successful_writes: usize,
+    /// The data reads among `reads`.
+    pub data_reads: usize,
+    /// The data writes among `writes`.
+    pub data_writes: usize,
     /// All commands, handshakes included.
     pub total: usize,
 }
@@ -131,15 +159,16 @@ impl Journal {
     pub(crate) fn counters(&self) -> Counters {
         let mut c = Counters { total: self.records.len(), ..Counters::default() };
         for r in &self.records {
-            match r.kind {
-                CommandKind::UserManagementRead => c.reads += 1,
-                CommandKind::UserManagementWrite => {
-                    c.writes += 1;
-                    if r.outcome == Outcome::Ok {
-                        c.successful_writes += 1;
-                    }
+            if r.kind.is_read() {
+                c.reads += 1;
+                c.data_reads += usize::from(r.kind.is_data());
+            }
+            if r.kind.is_write() {
+                c.writes += 1;
+                c.data_writes += usize::from(r.kind.is_data());
+                if r.outcome == Outcome::Ok {
+                    c.successful_writes += 1;
                 }
-                _ => {}
             }
         }
         c

@@ -9,9 +9,15 @@
 //!   `speculativeAuthenticate`), `ping`, `buildInfo`, `getParameter`,
 //!   `connectionStatus`, `endSessions`.
 //! - SCRAM-SHA-256 via `saslStart`/`saslContinue` for the users given in
-//!   [`MongoDoubleConfig::users`]. When any user is configured, other
-//!   commands need authentication (13 `Unauthorized` otherwise), and
+//!   [`MongoDoubleConfig::users`]. When any user (or OIDC) is configured,
+//!   other commands need authentication (13 `Unauthorized` otherwise), and
 //!   user/role commands need a user with `user_admin`.
+//! - MONGODB-OIDC (`$external`) when [`MongoDoubleConfig::oidc`] is set:
+//!   the machine flow (`{jwt}` in `saslStart`, also speculatively in
+//!   `hello`), the human flow's two steps, token validation by the test's
+//!   [`OidcConfig::validate`], roles from the authorization claim as with
+//!   `useAuthorizationClaim`, and 391 `ReauthenticationRequired` once the
+//!   token expires. See [`OidcConfig`].
 //! - Roles and users: `createRole`, `updateRole`, `dropRole`,
 //!   `grantRolesToRole`, `revokeRolesFromRole`, `grantPrivilegesToRole`,
 //!   `revokePrivilegesFromRole`, `rolesInfo`, `createUser`, `updateUser`,
@@ -19,21 +25,33 @@
 //!   with the server's error codes. `rolesInfo` returns privileges
 //!   normalised (same-resource privileges merged, actions in the server's
 //!   order), so clients must compare them as sets.
+//! - Documents, for what a client such as dbgrant's ownership ledger
+//!   needs: `find` (first batch of 101, then `getMore`), `getMore`,
+//!   `killCursors`, `insert`, `update` (operators `$set`, `$unset`,
+//!   `$setOnInsert`, `$inc`, replacements, `upsert`, `multi`) and `delete`
+//!   on an in-memory store per namespace, with `_id` uniqueness (11000) and
+//!   the common query operators. Logins without `user_admin` may read
+//!   documents but not write them.
 //!
-//! What it does not model: data commands (`find`, `insert`, ...), replica
-//! sets, MONGODB-OIDC and X.509 authentication, logins for users made with
+//! What it does not model: other data commands (`aggregate`, `count`,
+//! `createIndexes`, ...), projections, collations, regular expressions and
+//! array update operators (refused with `BadValue`, never ignored), replica
+//! sets, X.509 authentication, logins for users made with
 //! `createUser` (only configured users can log in), and the privileges of
 //! built-in roles other than `read`/`readWrite`.
 //!
-//! Test hooks on [`MongoDouble`]: the command log, counters, latency and
-//! per-command delays, injected errors and dropped connections, refusing
-//! connections, and direct access to the roles and users.
+//! Test hooks on [`MongoDouble`]: the command log, counters (reads and
+//! writes of users, roles and documents), latency and per-command delays,
+//! injected errors and dropped connections, refusing connections, and
+//! direct access to the roles, users and documents.
 
 mod catalog;
 mod commands;
+mod data;
 mod error;
 mod faults;
 mod journal;
+mod oidc;
 mod scram;
 mod server;
 mod state;
@@ -45,6 +63,7 @@ pub use catalog::{ACTIONS, ADMIN_BUILTIN_ROLES, DATABASE_BUILTIN_ROLES};
 pub use error::{CommandError, code_name, codes};
 pub use faults::{Fault, FaultAction};
 pub use journal::{CommandKind, CommandRecord, Counters, Outcome};
+pub use oidc::{MECHANISM as OIDC_MECHANISM, OidcConfig, OidcIdentity, Validator as OidcValidator};
 pub use state::{Privilege, Resource, Role, RoleName, User, normalize_privileges};
 pub use tls::{PkiFiles, TestPki, TlsConfig};
 
@@ -112,6 +131,8 @@ pub struct MongoDoubleConfig {
     pub max_wire_version: i32,
     /// Serve TLS instead of plain TCP.
     pub tls: Option<TlsConfig>,
+    /// Accept MONGODB-OIDC logins (`None`: the mechanism is not enabled).
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for MongoDoubleConfig {
@@ -124,6 +145,7 @@ impl Default for MongoDoubleConfig {
             server_version: "8.0.4".into(),
             max_wire_version: 21,
             tls: None,
+            oidc: None,
         }
     }
 }
@@ -144,6 +166,12 @@ impl MongoDoubleConfig {
     /// Serves TLS with `tls`.
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Enables MONGODB-OIDC with `oidc`.
+    pub fn oidc(mut self, oidc: OidcConfig) -> Self {
+        self.oidc = Some(oidc);
         self
     }
 
@@ -191,8 +219,9 @@ impl MongoDouble {
         let info = ServerInfo {
             version: config.server_version.clone(),
             max_wire_version: config.max_wire_version,
-            require_auth: config.require_auth.unwrap_or(!config.users.is_empty()),
+            require_auth: config.require_auth.unwrap_or(!config.users.is_empty() || config.oidc.is_some()),
             logins,
+            oidc: config.oidc.clone(),
         };
         let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -257,7 +286,7 @@ impl MongoDouble {
         self.shared.max_inflight_writes.store(now, Ordering::SeqCst);
     }
 
-    /// Reads vs writes of users/roles since the last clear.
+    /// Reads vs writes of users, roles and documents since the last clear.
     pub fn counters(&self) -> Counters {
         lock(&self.shared.journal).counters()
     }
@@ -376,11 +405,34 @@ impl MongoDouble {
         lock(&self.shared.store).users.remove(&(db.to_string(), user.to_string()))
     }
 
-    /// Forgets every role and user.
+    /// The documents in `db.collection`, in natural (insertion) order.
+    pub fn documents(&self, db: &str, collection: &str) -> Vec<bson::Document> {
+        lock(&self.shared.documents).collections.get(&format!("{db}.{collection}")).cloned().unwrap_or_default()
+    }
+
+    /// Inserts a document out of band, without validation (an `_id` is
+    /// generated if missing); replaces a document with the same `_id`.
+    pub fn insert_document(&self, db: &str, collection: &str, document: bson::Document) {
+        lock(&self.shared.documents).put(&format!("{db}.{collection}"), document);
+    }
+
+    /// Removes every document of `db.collection` out of band; returns how
+    /// many there were.
+    pub fn drop_collection(&self, db: &str, collection: &str) -> usize {
+        lock(&self.shared.documents).collections.remove(&format!("{db}.{collection}")).map_or(0, |c| c.len())
+    }
+
+    /// Cursors opened by `find` and not yet exhausted or killed.
+    pub fn open_cursors(&self) -> usize {
+        lock(&self.shared.documents).open_cursors()
+    }
+
+    /// Forgets every role, user, document and cursor.
     pub fn reset_state(&self) {
         let mut store = lock(&self.shared.store);
         store.roles.clear();
         store.users.clear();
+        lock(&self.shared.documents).clear();
     }
 
     // -------------------------------------------------------- lifecycle

@@ -3,6 +3,7 @@
 //! execution, logging, reply).
 
 use super::commands::{self, ServerInfo, Session};
+use super::data::DocumentStore;
 use super::error::{CommandError, codes};
 use super::faults::{FaultAction, Faults};
 use super::journal::{CommandKind, CommandRecord, Journal, Outcome};
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) struct Shared {
     pub(crate) info: ServerInfo,
     pub(crate) store: Mutex<AuthzStore>,
+    pub(crate) documents: Mutex<DocumentStore>,
     pub(crate) journal: Mutex<Journal>,
     pub(crate) faults: Mutex<Faults>,
     /// Close new connections as soon as they are accepted.
@@ -49,6 +51,7 @@ impl Shared {
         Self {
             info,
             store: Mutex::new(AuthzStore::default()),
+            documents: Mutex::new(DocumentStore::default()),
             journal: Mutex::new(Journal::default()),
             faults: Mutex::new(faults),
             refuse: AtomicBool::new(false),
@@ -261,7 +264,7 @@ async fn command(
     }
 
     let mut execute = || match &db {
-        Some(db) => commands::execute(&shared.info, &shared.store, session, &name, db, &body),
+        Some(db) => commands::execute(&shared.info, &shared.store, &shared.documents, session, &name, db, &body),
         None => Err(CommandError::new(codes::MISSING_DB, "OP_MSG requests require a $db argument")),
     };
     let injected = fault.is_some();
@@ -274,6 +277,12 @@ async fn command(
         Some(FaultAction::Fail { code, message }) => reply_for(Err(CommandError::new(code, message)), no_reply),
         None => reply_for(execute(), no_reply),
     };
+    // OIDC tokens are bearer secrets: the log keeps the command, not the token.
+    let body = if kind == CommandKind::Auth || kind == CommandKind::Handshake {
+        super::oidc::redact_for_log(&name, body)
+    } else {
+        body
+    };
     lock(&shared.journal).push(CommandRecord {
         seq: 0,
         connection_id: session.connection_id,
@@ -281,7 +290,7 @@ async fn command(
         db: db.unwrap_or_default(),
         body,
         kind,
-        is_write: kind == CommandKind::UserManagementWrite,
+        is_write: kind.is_write(),
         user,
         outcome,
         injected,

@@ -266,7 +266,11 @@ pub(crate) fn parse_privileges(items: &[Bson]) -> CommandResult<Vec<Privilege>> 
         out.push(Privilege::new(resource, names));
     }
     if !unknown.is_empty() {
-        return Err(CommandError::bad_value(format!("Unrecognized action privilege strings: {}", unknown.join(", "))));
+        // The server reports unknown actions as FailedToParse, not BadValue.
+        return Err(CommandError::new(
+            codes::FAILED_TO_PARSE,
+            format!("Unrecognized action privilege strings: {}", unknown.join(",")),
+        ));
     }
     Ok(normalize_privileges(out))
 }

@@ -7,7 +7,7 @@
 //! command's own rules, then role existence (31), then the write (51002 /
 //! 51003 duplicates, 11 missing user). Messages mirror the server's.
 
-mod args;
+pub(crate) mod args;
 mod roles;
 mod users;
 

@@ -321,9 +321,9 @@ mod tests {
         let mut s = AuthzStore::default();
         let db_priv = doc! {"resource": {"db": "app", "collection": ""}, "actions": ["find"]};
         let cluster_priv = doc! {"resource": {"cluster": true}, "actions": ["serverStatus"]};
-        // Unknown actions and malformed resources are BadValue.
+        // Unknown actions are FailedToParse; malformed resources are BadValue.
         let unknown = doc! {"resource": {"db": "app", "collection": ""}, "actions": ["fly"]};
-        assert_eq!(run_err(&mut s, "admin", doc! {"createRole": "r", "privileges": [unknown], "roles": []}), 2);
+        assert_eq!(run_err(&mut s, "admin", doc! {"createRole": "r", "privileges": [unknown], "roles": []}), 9);
         let malformed = doc! {"resource": {"db": "app"}, "actions": ["find"]};
         assert_eq!(run_err(&mut s, "admin", doc! {"createRole": "r", "privileges": [malformed], "roles": []}), 2);
         let mixed = doc! {"resource": {"cluster": true, "db": "x", "collection": ""}, "actions": ["find"]};
