@@ -35,9 +35,11 @@ use super::common::{DeletionPolicy, Expiry, SecretKeyRef, SecretRef, Subject, Ta
 pub struct MongoTargetSpec {
     /// How to reach the deployment.
     pub connection: MongoConnection,
-    /// How dbgrant itself authenticates. The identity needs the
-    /// `userAdmin` role on `admin` (createRole, updateRole, dropRole,
-    /// createUser, grantRolesToUser, revokeRolesFromUser, viewRole, viewUser).
+    /// How dbgrant itself authenticates. The identity needs the roles
+    /// `userAdmin` on `admin` (createRole, updateRole, dropRole, createUser,
+    /// grantRolesToUser, revokeRolesFromUser, viewRole, viewUser) and
+    /// `readWrite` on `dbgrant` (the ownership ledger); the target reports
+    /// Unauthorized naming what is missing.
     pub auth: MongoAuth,
     /// The server's OIDC identity provider settings that decide role and
     /// user names.
@@ -93,8 +95,8 @@ pub struct MongoAuth {
     /// MONGODB-X509 with the client certificate from `connection.tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x509: Option<MongoX509Auth>,
-    /// MONGODB-OIDC with an Entra token for dbgrant's own workload
-    /// identity; no password anywhere.
+    /// MONGODB-OIDC with an Entra token for dbgrant's own Azure identity
+    /// (workload identity or managed identity); no password anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oidc: Option<MongoOidcAuth>,
     /// Use whatever credentials the connection string carries.
@@ -127,19 +129,66 @@ pub struct MongoX509Auth {}
 #[serde(rename_all = "camelCase")]
 pub struct MongoConnectionStringAuth {}
 
-/// MONGODB-OIDC for dbgrant itself, with a token from Entra.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// MONGODB-OIDC for dbgrant itself: the driver's machine flow, with an
+/// Entra access token dbgrant gets for its own identity (workload identity
+/// or managed identity). No password or key is stored anywhere. The
+/// server's `oidcIdentityProviders` entry must accept tokens for this
+/// identity (its `audience` is the application behind `scope`), and the
+/// identity needs a role there (through its groups or app roles with
+/// `useAuthorizationClaim`, or as an `$external` user) with `userAdmin` on
+/// `admin` and `readWrite` on `dbgrant`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.tenantId) || !has(self.credential) || self.credential == 'workloadIdentity'").message("tenantId applies to the workloadIdentity credential only"))]
 pub struct MongoOidcAuth {
-    /// Token scope to request, usually `api://<app-id>/.default` of the
-    /// application registered as the server's identity provider audience.
-    #[schemars(length(min = 1, max = 512))]
+    /// Token scope to request: `<application id URI>/.default` of the
+    /// application registered as the server's identity provider audience,
+    /// usually `api://<app-id>/.default`.
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+/\.default$"))]
     pub scope: String,
-    /// Client id of the workload identity to use; defaults to the pod's
-    /// `AZURE_CLIENT_ID`.
+    /// Which of the operator pod's Azure identities gets the token:
+    /// `workloadIdentity` (default; Microsoft Entra Workload ID, the
+    /// federated service-account token in `AZURE_FEDERATED_TOKEN_FILE` that
+    /// the workload identity webhook projects into the pod) or
+    /// `managedIdentity` (the node's or pod's managed identity).
+    #[serde(default)]
+    pub credential: MongoOidcCredential,
+    /// Entra tenant id (GUID) for `workloadIdentity`; defaults to the pod's
+    /// `AZURE_TENANT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    pub tenant_id: Option<String>,
+    /// Client id (GUID) of the identity: for `workloadIdentity` the
+    /// application or user-assigned managed identity federated with
+    /// dbgrant's ServiceAccount (defaults to the pod's `AZURE_CLIENT_ID`);
+    /// for `managedIdentity` a user-assigned identity (unset: the
+    /// system-assigned one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
     pub client_id: Option<String>,
+    /// Microsoft Entra authority host (https), for sovereign and private
+    /// clouds, e.g. `https://login.microsoftonline.us`; defaults to the
+    /// pod's `AZURE_AUTHORITY_HOST`, else `https://login.microsoftonline.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https://[^\s/]+(:[0-9]+)?/?$"))]
+    pub authority_host: Option<String>,
+    /// Secret key with PEM CA certificates to trust for the authority host
+    /// in addition to the system roots (private clouds, TLS inspection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// The Azure identity dbgrant authenticates to MongoDB as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MongoOidcCredential {
+    /// Microsoft Entra Workload ID: the pod's federated service-account
+    /// token (`AZURE_FEDERATED_TOKEN_FILE`) exchanged for an Entra token.
+    #[default]
+    WorkloadIdentity,
+    /// An Azure managed identity of the node or pod (IMDS, or the endpoint
+    /// in `IDENTITY_ENDPOINT`).
+    ManagedIdentity,
 }
 
 /// The server's OIDC identity provider settings

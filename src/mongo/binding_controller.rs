@@ -32,7 +32,7 @@ use crate::{
     },
     plan::{
         expiry::{self, ExpiryState},
-        index::{Affected, Contribution},
+        index::{Affected, BindingIndex, Contribution},
         mongo::{MongoGrant, ROLE_DB, USER_DB, objects_for},
         policy,
     },
@@ -41,6 +41,9 @@ use crate::{
 
 /// Kind label.
 pub const KIND: &str = "MongoRoleBinding";
+
+/// How often a binding whose target is not Ready looks again by itself.
+pub const TARGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What evaluating a binding against its target decided.
 #[derive(Debug)]
@@ -126,8 +129,8 @@ impl MongoContext {
         self.primed
             .get_or_init(|| async {
                 tracing::debug!("waiting for the target and binding caches");
-                wait_ready(&self.targets).await;
-                wait_ready(&self.bindings).await;
+                crate::runtime::cache::wait_ready(&self.targets).await;
+                crate::runtime::cache::wait_ready(&self.bindings).await;
                 tracing::debug!("caches ready; priming the binding index");
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,19 +143,6 @@ impl MongoContext {
                 tracing::info!(bindings = idx.len(), "binding index primed");
             })
             .await;
-    }
-}
-
-/// Wait until a reflector cache has seen its first full list. A store
-/// shared by several waiters does not wake every one of them reliably, so
-/// readiness is polled rather than awaited once.
-async fn wait_ready<K: kube::Resource + Clone + 'static>(store: &kube::runtime::reflector::Store<K>)
-where
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    use futures::FutureExt;
-    while store.wait_until_ready().now_or_never().is_none() {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -194,6 +184,7 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
 
     let mut st = current.clone();
+    let mut waiting_for_target = false;
     st.expires_at = eval.expiry.instant().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
     let outcome = match (&eval.blocked, target.as_deref()) {
         (Some(blocked), Some(t)) if !affected.is_empty() || !st.roles.is_empty() || !st.users.is_empty() => {
@@ -207,10 +198,23 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (Some(blocked), _) => blocked.clone(),
         // evaluate() only yields a contribution when the target exists.
         (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
-        (None, Some(t)) if !target_controller::is_ready(t) => Outcome::progressing(
+        (None, Some(t)) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
             reason::TARGET_NOT_READY,
-            format!("waiting for MongoTarget {} to be Ready", t.name_any()),
+            format!(
+                "MongoTarget {} is being deleted and waits for this binding; delete the binding to revoke its access",
+                t.name_any()
+            ),
         ),
+        (None, Some(t)) if !target_controller::is_ready(t) => {
+            // Woken when the target changes, but the watch that wakes this
+            // binding and the target cache it reads are separate streams:
+            // look again soon in case the cache lagged behind.
+            waiting_for_target = true;
+            Outcome::progressing(
+                reason::TARGET_NOT_READY,
+                format!("waiting for MongoTarget {} to be Ready", t.name_any()),
+            )
+        }
         (None, Some(_)) if affected.is_empty() && already_applied => {
             // Nothing changed: drift is the target's periodic resync's job,
             // so a steady state costs no backend calls per binding.
@@ -221,7 +225,26 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (None, Some(t)) => {
             let subjects: BTreeSet<SubjectKey> =
                 affected.iter().map(|(_, s)| s.clone()).chain(own_subjects.iter().cloned()).collect();
-            let report = sync_subjects(ctx, t, &subjects, false).await?;
+            let report = match sync_subjects(ctx, t, &subjects, false).await {
+                Ok(report) => report,
+                Err(e) => {
+                    // Say on the binding why it is not applied (yet); the
+                    // error policy retries with backoff.
+                    if let Some(outcome) = sync_failure(&e) {
+                        let mut failed = st.clone();
+                        failed.conditions =
+                            conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
+                        failed.observed_generation = b.metadata.generation;
+                        let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(&b));
+                        if let Err(se) = status::apply(&api, &b, b.status.as_ref(), &failed).await {
+                            tracing::warn!(binding = %key, error = %se, "could not report the failure on status");
+                        }
+                        status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &failed.conditions)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
             let mut conflicts = Vec::new();
             let mut rejected = Vec::new();
             for s in &own_subjects {
@@ -258,15 +281,50 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
     status::apply(&api, &b, b.status.as_ref(), &st).await?;
     status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
-    Ok(Action::requeue(expiry::requeue_after(now, eval.expiry, ctx.shared.resync)))
+    let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
+    if waiting_for_target {
+        requeue = requeue.min(TARGET_WAIT);
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn ns_of(b: &MongoRoleBinding) -> String {
+    b.namespace().unwrap_or_default()
+}
+
+/// The Ready outcome for a binding whose sync failed: the target is
+/// unreachable or failing over (retried), dbgrant's identity was refused,
+/// a Secret is missing, or another backend error. None for errors that are
+/// not about the backend (the apiserver itself).
+pub fn sync_failure(e: &Error) -> Option<Outcome> {
+    match e {
+        Error::Backend { .. } | Error::Secret { .. } => {
+            let o = target_controller::target_outcome(e);
+            Some(if o.reason == reason::INVALID_SPEC {
+                Outcome::progressing(reason::BACKEND_ERROR, e.to_string())
+            } else {
+                o
+            })
+        }
+        _ => None,
+    }
 }
 
 async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     let affected = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(&b));
+    // Targets keep the dbgrant.io/bindings finalizer while a binding names
+    // them, so a target is gone here only if it never existed or someone
+    // removed that finalizer by hand.
     let Some(target) = target_of(ctx, &b) else {
         tracing::info!(binding = %key(&b), target = %b.spec.target_ref.name, "target gone; nothing to revoke");
         return Ok(Action::await_change());
     };
+    if target_controller::never_connected(&target)
+        && b.status.as_ref().is_none_or(|s| s.roles.is_empty() && s.users.is_empty())
+    {
+        tracing::info!(binding = %key(&b), target = %target.name_any(), "target never connected; nothing to revoke");
+        return Ok(Action::await_change());
+    }
     // Subjects this binding named that the index no longer had (e.g. it
     // was denied) are still checked, so nothing it once created lingers.
     let mut all = affected;
@@ -282,7 +340,7 @@ async fn revoke(ctx: &MongoContext, target: &MongoTarget, affected: Affected, re
     if affected.is_empty() {
         return Ok(());
     }
-    if !target_controller::is_ready(target) {
+    if !target_controller::can_revoke(target) {
         return Err(Error::Backend {
             backend: super::BACKEND,
             target: target.name_any(),
@@ -302,19 +360,41 @@ async fn sync_subjects(
 ) -> Result<sync::SyncReport> {
     let name = target.name_any();
     let conn = target_controller::connect(ctx, target).await?;
-    let work: Vec<SubjectWork> = {
-        let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        subjects
-            .iter()
-            .filter_map(|s| {
-                let objects = objects_for(&target.spec.oidc, s).ok()?;
-                let desired = idx.desired(&name, s);
-                Some(SubjectWork { subject: s.clone(), retain: retain && desired.is_none(), desired, objects })
-            })
-            .collect()
-    };
+    // While a recent sync found the target unreachable, fail at once
+    // (before and after waiting for the lock) rather than hold the lock and
+    // a reconcile slot for the driver's whole server selection timeout.
+    conn.check_available(&name)?;
     let _guard = conn.write_lock.lock().await;
-    sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await
+    conn.check_available(&name)?;
+    // The union is read under the write lock, so no sync can apply an
+    // older union after a newer one.
+    let work = {
+        let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        subject_work(target, &idx, subjects, retain)
+    };
+    let result = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await;
+    conn.record(&result);
+    result
+}
+
+/// The sync work for `subjects` on `target`: each subject's objects and the
+/// union of its live bindings in `idx` (None revokes; `retain` then leaves
+/// the objects in place). Subjects the target cannot name are skipped. Pure.
+pub fn subject_work(
+    target: &MongoTarget,
+    idx: &BindingIndex<MongoGrant>,
+    subjects: &BTreeSet<SubjectKey>,
+    retain: bool,
+) -> Vec<SubjectWork> {
+    let name = target.name_any();
+    subjects
+        .iter()
+        .filter_map(|s| {
+            let objects = objects_for(&target.spec.oidc, s).ok()?;
+            let desired = idx.desired(&name, s);
+            Some(SubjectWork { subject: s.clone(), retain: retain && desired.is_none(), desired, objects })
+        })
+        .collect()
 }
 
 /// Error policy: log, count, back off.
@@ -326,4 +406,24 @@ pub fn error_policy(b: Arc<MongoRoleBinding>, error: &Error, ctx: Arc<MongoConte
     } else {
         60
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(message: &str, transient: bool) -> Error {
+        Error::Backend { backend: super::super::BACKEND, target: "t".into(), message: message.into(), transient }
+    }
+
+    #[test]
+    fn a_failed_sync_says_why_on_the_binding() {
+        let o = sync_failure(&backend("server unreachable: no MongoDB server answered within 5s", true)).unwrap();
+        assert_eq!((o.ready, o.reason), (false, reason::UNREACHABLE));
+        let o = sync_failure(&backend("rolesInfo unauthorized (code 13): ...", false)).unwrap();
+        assert_eq!((o.ready, o.reason), (false, reason::UNAUTHORIZED));
+        let o = sync_failure(&backend("createRole failed: something new (code 12345)", false)).unwrap();
+        assert_eq!((o.ready, o.reason), (false, reason::BACKEND_ERROR), "never InvalidSpec for a server error");
+        assert!(sync_failure(&Error::Config("x".into())).is_none());
+    }
 }

@@ -25,6 +25,9 @@ use crate::{
 pub const REQUIRED_ACTIONS: &[&str] =
     &["createRole", "dropRole", "grantRole", "revokeRole", "viewRole", "createUser", "dropUser", "viewUser"];
 
+/// Actions dbgrant needs on its ownership ledger's database.
+pub const LEDGER_ACTIONS: &[&str] = &["find", "insert", "update", "remove"];
+
 /// A connected client for one target, plus a lock that serialises writes
 /// (every user/role command takes a server-wide lock).
 pub struct TargetConnection {
@@ -37,6 +40,58 @@ pub struct TargetConnection {
     /// Whether TLS certificates are verified (`Enabled`, `Disabled`,
     /// `NotUsed`), decided while building the client.
     pub tls_verification: &'static str,
+    /// The last transient failure of a sync on this connection and until
+    /// when other syncs fail fast with it (see [`FAIL_FAST_FOR`]).
+    pub unavailable: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// How [`classify`] starts the message of a server selection timeout.
+const UNREACHABLE: &str = "server unreachable";
+
+/// After a sync finds a target unreachable (or failing over), other syncs
+/// on it fail at once for this long instead of each waiting out the
+/// driver's 5 s server selection while holding the target's write lock and
+/// a reconcile slot: N queued changes on a target that is down would
+/// otherwise stall every other target's reconciles for N × 5 s.
+pub const FAIL_FAST_FOR: Duration = Duration::from_secs(10);
+
+impl TargetConnection {
+    /// A new connection for `client`.
+    pub fn new(client: Client, generation: Option<i64>, tls_verification: &'static str) -> Self {
+        Self {
+            client,
+            write_lock: tokio::sync::Mutex::new(()),
+            generation,
+            tls_verification,
+            unavailable: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The recent transient failure as an error, while it is fresh.
+    pub fn check_available(&self, target: &str) -> Result<()> {
+        let unavailable = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
+        match &*unavailable {
+            Some((until, message)) if std::time::Instant::now() < *until => {
+                Err(backend_error(target, message.clone(), true))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Record how a sync ended: finding no server (a failure that took the
+    /// whole server selection timeout) makes the next syncs fail fast for
+    /// [`FAIL_FAST_FOR`]; success clears it. Quick failures (a command
+    /// error, a dropped connection) are left to each binding's backoff.
+    pub fn record<T>(&self, result: &Result<T>) {
+        let mut unavailable = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => *unavailable = None,
+            Err(Error::Backend { transient: true, message, .. }) if message.starts_with(UNREACHABLE) => {
+                *unavailable = Some((std::time::Instant::now() + FAIL_FAST_FOR, message.clone()))
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// What a successful probe found.
@@ -123,12 +178,13 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
         );
     } else if auth.x509.is_some() {
         opts.credential = Some(Credential::builder().mechanism(AuthMechanism::MongoDbX509).build());
-    } else if auth.oidc.is_some() {
-        return Err(backend_error(
-            &name,
-            "operator authentication with MONGODB-OIDC is not available in this version; use scram or x509",
-            false,
-        ));
+    } else if let Some(oidc) = &auth.oidc {
+        let ca = match &oidc.ca_secret_ref {
+            Some(r) => Some(secrets::read_key(&ctx.client, &ctx.namespace, r).await?),
+            None => None,
+        };
+        let env = |k: &str| std::env::var(k).ok();
+        opts.credential = Some(super::oidc::credential(&name, oidc, ca.as_ref().map(|c| c.expose_secret()), env)?);
     }
     Ok((opts, tls_verification))
 }
@@ -167,8 +223,9 @@ pub async fn probe(target: &str, client: &Client, tls_verification: &'static str
         return Err(backend_error(
             target,
             format!(
-                "dbgrant's MongoDB identity lacks {} on the admin database; grant it the userAdminAnyDatabase or userAdmin@admin role",
-                missing.join(", ")
+                "dbgrant's MongoDB identity lacks {}; grant it the roles userAdmin@admin (or userAdminAnyDatabase) and readWrite@{} (the ownership ledger)",
+                missing.join(", "),
+                crate::mongo::sync::LEDGER_DB
             ),
             false,
         ));
@@ -176,33 +233,58 @@ pub async fn probe(target: &str, client: &Client, tls_verification: &'static str
     Ok(Probe { version, tls_verification })
 }
 
-/// Which of [`REQUIRED_ACTIONS`] the authenticated user lacks, from a
-/// `connectionStatus` reply with privileges.
+/// Which rights the authenticated user lacks, from a `connectionStatus`
+/// reply with privileges: [`REQUIRED_ACTIONS`] on `admin` (user and role
+/// administration), then [`LEDGER_ACTIONS`] on the ownership ledger's
+/// database, named as `dbgrant.<action>`.
 pub fn missing_actions(status: &Document) -> Vec<String> {
     let Ok(auth) = status.get_document("authInfo") else {
-        return REQUIRED_ACTIONS.iter().map(|s| s.to_string()).collect();
+        let mut all: Vec<String> = REQUIRED_ACTIONS.iter().map(|s| s.to_string()).collect();
+        all.extend(LEDGER_ACTIONS.iter().map(|a| format!("{}.{a}", crate::mongo::sync::LEDGER_DB)));
+        return all;
     };
-    let mut have = std::collections::BTreeSet::new();
+    let roles: Vec<(String, String)> = auth
+        .get_array("authenticatedUserRoles")
+        .map(|r| r.to_vec())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.as_document())
+        .map(|r| (r.get_str("role").unwrap_or("").to_string(), r.get_str("db").unwrap_or("").to_string()))
+        .collect();
+    let has_role = |role: &str, db: &str| roles.iter().any(|(r, d)| r == role && d == db);
+    // (db the privilege applies to, or "" for any database; its actions)
+    let mut privileges: Vec<(String, Vec<String>)> = Vec::new();
     if let Ok(privs) = auth.get_array("authenticatedUserPrivileges") {
         for p in privs.iter().filter_map(|p| p.as_document()) {
-            let applies = p.get_document("resource").is_ok_and(|r| {
-                let db = r.get_str("db").unwrap_or("-");
-                r.get_str("collection").is_ok() && (db.is_empty() || db == "admin")
-            });
-            if applies && let Ok(actions) = p.get_array("actions") {
-                have.extend(actions.iter().filter_map(|a| a.as_str()).map(str::to_string));
+            let Ok(r) = p.get_document("resource") else { continue };
+            let db = if r.get_bool("anyResource").unwrap_or(false) { "" } else { r.get_str("db").unwrap_or("-") };
+            if r.get_str("collection").is_ok() || db.is_empty() {
+                let actions = p.get_array("actions").map(|a| a.to_vec()).unwrap_or_default();
+                privileges
+                    .push((db.to_string(), actions.iter().filter_map(|a| a.as_str()).map(str::to_string).collect()));
             }
         }
     }
-    let roles = auth.get_array("authenticatedUserRoles").map(|r| r.to_vec()).unwrap_or_default();
-    let is_root = roles.iter().filter_map(|r| r.as_document()).any(|r| {
-        matches!(r.get_str("role"), Ok("root" | "__system" | "userAdminAnyDatabase"))
-            || (r.get_str("role") == Ok("userAdmin") && r.get_str("db") == Ok("admin"))
-    });
-    if is_root || have.contains("anyAction") {
-        return Vec::new();
+    let has_action = |db: &str, action: &str| {
+        privileges
+            .iter()
+            .any(|(d, acts)| (d.is_empty() || d == db) && acts.iter().any(|a| a == action || a == "anyAction"))
+    };
+    let superuser = has_role("root", "admin") || has_role("__system", "admin");
+    let mut missing = Vec::new();
+    let user_admin = superuser || has_role("userAdminAnyDatabase", "admin") || has_role("userAdmin", "admin");
+    if !user_admin {
+        missing.extend(REQUIRED_ACTIONS.iter().filter(|a| !has_action("admin", a)).map(|a| a.to_string()));
     }
-    REQUIRED_ACTIONS.iter().filter(|a| !have.contains(**a)).map(|a| a.to_string()).collect()
+    let ledger_db = crate::mongo::sync::LEDGER_DB;
+    let ledger = superuser
+        || has_role("readWriteAnyDatabase", "admin")
+        || has_role("readWrite", ledger_db)
+        || has_role("dbOwner", ledger_db);
+    if !ledger {
+        missing.extend(LEDGER_ACTIONS.iter().filter(|a| !has_action(ledger_db, a)).map(|a| format!("{ledger_db}.{a}")));
+    }
+    missing
 }
 
 /// Server error code of a driver error, if it is a command error.
@@ -218,17 +300,35 @@ pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
 pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Error {
     use mongodb::error::ErrorKind;
     let (message, transient) = match e.kind.as_ref() {
+        ErrorKind::Custom(_) if let Some(t) = e.get_custom::<super::oidc::TokenError>() => {
+            (t.message.clone(), t.transient)
+        }
+        ErrorKind::Authentication { message, .. } if message.starts_with("MONGODB-OIDC") => (
+            "MONGODB-OIDC authentication failed: the server refused dbgrant's Entra token; check that the server's oidcIdentityProviders entry names the token's issuer (the tenant) and audience (the application in spec.auth.oidc.scope), and that dbgrant's identity has a role there".to_string(),
+            false,
+        ),
         ErrorKind::Authentication { .. } => (
             "authentication failed: check the credentials in the target's Secrets (they may have been rotated)"
                 .to_string(),
             false,
         ),
+        // Starts with UNREACHABLE: TargetConnection::record keys on it.
         ErrorKind::ServerSelection { .. } => (
             "server unreachable: no MongoDB server answered within 5s; check the connection string, network policy and TLS settings".to_string(),
             true,
         ),
         ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
             (format!("network error during {operation}; will retry"), true)
+        }
+        // Failover and shutdown: the primary stepped down or is going
+        // away (NotWritablePrimary, NotPrimaryNoSecondaryOk,
+        // NotPrimaryOrSecondary, PrimarySteppedDown, ShutdownInProgress,
+        // Interrupted*, HostUnreachable, HostNotFound, NetworkTimeout,
+        // SocketException, ExceededTimeLimit). Retrying soon succeeds.
+        ErrorKind::Command(c)
+            if matches!(c.code, 6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436) =>
+        {
+            (format!("{operation} failed: {} (code {}); will retry", c.message, c.code), true)
         }
         ErrorKind::Command(c) if c.code == 13 => (
             format!("{operation} unauthorized (code 13): dbgrant's MongoDB identity lacks user administration rights"),
@@ -238,4 +338,84 @@ pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Err
         _ => (format!("{operation} failed: {e}"), true),
     };
     backend_error(target, message, transient)
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::{Bson, doc};
+
+    use super::*;
+
+    fn status(roles: &[(&str, &str)], privileges: Vec<Document>) -> Document {
+        let roles: Vec<Bson> = roles.iter().map(|(r, d)| Bson::Document(doc! {"role": *r, "db": *d})).collect();
+        doc! {"authInfo": {"authenticatedUserRoles": roles, "authenticatedUserPrivileges": privileges}, "ok": 1}
+    }
+
+    fn command_error(code: i32, name: &str) -> mongodb::error::Error {
+        let e: mongodb::error::CommandError =
+            bson::from_document(doc! {"code": code, "codeName": name, "errmsg": "injected"}).expect("command error");
+        mongodb::error::ErrorKind::Command(e).into()
+    }
+
+    #[test]
+    fn failover_errors_are_transient_and_rights_errors_are_not() {
+        for (code, name) in [(10107, "NotWritablePrimary"), (189, "PrimarySteppedDown"), (91, "ShutdownInProgress")] {
+            let e = classify("t", "createRole", &command_error(code, name));
+            assert!(matches!(e, Error::Backend { transient: true, .. }), "{name}: {e}");
+        }
+        let e = classify("t", "createRole", &command_error(13, "Unauthorized"));
+        assert!(matches!(e, Error::Backend { transient: false, .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_target_fails_fast_until_it_answers_again() {
+        let opts = ClientOptions::builder()
+            .hosts(vec![mongodb::options::ServerAddress::parse("127.0.0.1:1").unwrap()])
+            .build();
+        let conn = TargetConnection::new(Client::with_options(opts).unwrap(), Some(1), "NotUsed");
+        assert!(conn.check_available("t").is_ok());
+        // A quick failure (a command error, a dropped connection) does not.
+        conn.record::<()>(&Err(backend_error("t", "network error during rolesInfo; will retry", true)));
+        assert!(conn.check_available("t").is_ok());
+        // A server selection timeout does, with the same message.
+        let unreachable = format!("{UNREACHABLE}: no MongoDB server answered within 5s");
+        conn.record::<()>(&Err(backend_error("t", unreachable.clone(), true)));
+        let e = conn.check_available("t").unwrap_err();
+        assert!(matches!(&e, Error::Backend { transient: true, message, .. } if *message == unreachable), "{e}");
+        conn.record(&Ok(()));
+        assert!(conn.check_available("t").is_ok());
+    }
+
+    #[test]
+    fn user_admin_alone_lacks_the_ledger() {
+        let missing = missing_actions(&status(&[("userAdmin", "admin")], vec![]));
+        assert_eq!(missing, ["dbgrant.find", "dbgrant.insert", "dbgrant.update", "dbgrant.remove"]);
+        let missing = missing_actions(&status(&[("userAdminAnyDatabase", "admin")], vec![]));
+        assert_eq!(missing.len(), LEDGER_ACTIONS.len());
+    }
+
+    #[test]
+    fn the_documented_roles_are_enough() {
+        assert!(missing_actions(&status(&[("userAdmin", "admin"), ("readWrite", "dbgrant")], vec![])).is_empty());
+        assert!(missing_actions(&status(&[("root", "admin")], vec![])).is_empty());
+    }
+
+    #[test]
+    fn privileges_count_only_on_the_right_database() {
+        let admin = doc! {"resource": {"db": "admin", "collection": ""}, "actions": REQUIRED_ACTIONS.to_vec()};
+        let elsewhere =
+            doc! {"resource": {"db": "orders", "collection": ""}, "actions": ["find", "insert", "update", "remove"]};
+        let missing = missing_actions(&status(&[], vec![admin.clone(), elsewhere]));
+        assert_eq!(missing.len(), LEDGER_ACTIONS.len(), "{missing:?}");
+        let ledger = doc! {"resource": {"db": "dbgrant", "collection": "ownership"}, "actions": ["find", "insert", "update", "remove"]};
+        assert!(missing_actions(&status(&[], vec![admin, ledger])).is_empty());
+    }
+
+    #[test]
+    fn nothing_known_means_everything_missing() {
+        let missing = missing_actions(&doc! {"ok": 1});
+        assert_eq!(missing.len(), REQUIRED_ACTIONS.len() + LEDGER_ACTIONS.len());
+        let no_rights = missing_actions(&status(&[("read", "orders")], vec![]));
+        assert!(no_rights.contains(&"createRole".to_string()) && no_rights.contains(&"dbgrant.insert".to_string()));
+    }
 }

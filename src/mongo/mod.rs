@@ -4,6 +4,7 @@
 
 pub mod binding_controller;
 pub mod connection;
+pub mod oidc;
 pub mod sync;
 pub mod target_controller;
 

@@ -97,7 +97,6 @@ pub async fn sync(
             report.results.insert(w.subject.clone(), SubjectResult::Conflict(plan.conflicts));
             continue;
         }
-        report.drifted.extend(plan.drifted.iter().cloned());
         // Ledger entries for objects that no longer exist and are not
         // wanted are cleaned up here (crash between drop and unledger).
         if w.desired.is_none() {
@@ -122,6 +121,10 @@ pub async fn sync(
                 }
                 Err(Failed(e)) => return Err(e),
             }
+        }
+        // Drift counts as corrected only once the writes went through.
+        if result == SubjectResult::Applied {
+            report.drifted.extend(plan.drifted.iter().cloned());
         }
         report.results.insert(w.subject.clone(), result);
     }
@@ -183,13 +186,20 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
             unledger(target, client, metrics, name).await.map_err(Failed)?;
             return Ok(());
         }
+        Action::Adopt { name } => {
+            let kind = if name.starts_with(&format!("{USER_DB}.")) { "user" } else { "role" };
+            ledger_put(target, client, metrics, name, kind).await.map_err(Failed)?;
+            return Ok(());
+        }
     };
     metrics.backend_op(BACKEND, op, result.is_ok());
     match result {
         Ok(_) => Ok(()),
         Err(e) => match connection::error_code(&e) {
-            // Bad input that only this subject's grant carries.
-            Some(code @ (2 | 31 | 49 | 51002 | 51003 | 40415)) => {
+            // Bad input that only this subject's grant carries. 9
+            // (FailedToParse) is what the server says about an unknown
+            // privilege action.
+            Some(code @ (2 | 9 | 31 | 49 | 51002 | 51003 | 40415)) => {
                 let err = connection::classify(target, op, &e);
                 tracing::warn!(%target, operation = op, code, error = %err, "server refused grant");
                 Err(Rejected(err.to_string()))
@@ -294,21 +304,34 @@ pub async fn users_info(
         metrics.backend_op(BACKEND, "usersInfo", r.is_ok());
         let reply = r.map_err(|e| connection::classify(target, "usersInfo", &e))?;
         for u in reply.get_array("users").map(|a| a.to_vec()).unwrap_or_default() {
-            let Some(u) = u.as_document() else { continue };
-            let Ok(name) = u.get_str("user") else { continue };
-            let roles = u
-                .get_array("roles")
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r.as_document())
-                        .filter_map(|r| Some((r.get_str("role").ok()?.to_string(), r.get_str("db").ok()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.insert(name.to_string(), ActualUser { roles });
+            if let Some((name, user)) = u.as_document().and_then(parse_user) {
+                out.insert(name, user);
+            }
         }
     }
     Ok(out)
+}
+
+/// Parse a `usersInfo` entry into the user's name and roles. Entries
+/// without a name are skipped and malformed roles ignored, never a panic.
+pub fn parse_user(u: &Document) -> Option<(String, ActualUser)> {
+    let name = u.get_str("user").ok()?;
+    let roles = u
+        .get_array("roles")
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_document())
+                .filter_map(|r| Some((r.get_str("role").ok()?.to_string(), r.get_str("db").ok()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((name.to_string(), ActualUser { roles }))
+}
+
+/// The ids of ledger documents; documents whose `_id` is not a string are
+/// not dbgrant's and are ignored.
+pub fn ledger_ids(docs: &[Document]) -> BTreeSet<String> {
+    docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect()
 }
 
 /// Which of `ids` the ledger records as created by dbgrant.
@@ -322,7 +345,7 @@ pub async fn ledger(target: &str, client: &Client, metrics: &Metrics, ids: &[Str
         .await;
         metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
         let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
-        out.extend(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)));
+        out.extend(ledger_ids(&docs));
     }
     Ok(out)
 }
@@ -335,7 +358,7 @@ pub async fn ledger_all(target: &str, client: &Client, metrics: &Metrics) -> Res
     let r = async { coll.find(doc! { "target": target }).await?.try_collect::<Vec<_>>().await }.await;
     metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
     let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
-    Ok(docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect())
+    Ok(ledger_ids(&docs))
 }
 
 async fn ledger_put(target: &str, client: &Client, metrics: &Metrics, id: &str, kind: &str) -> Result<()> {

@@ -1,10 +1,21 @@
 //! The MongoTarget controller: connect, check dbgrant's rights, report
 //! status, and run the periodic full resync that corrects drift and
 //! collects objects whose bindings vanished while the operator was down.
+//!
+//! The target carries the `dbgrant.io/bindings` finalizer: deleted, it
+//! stays (Ready=False, `Terminating`) while any MongoRoleBinding still
+//! names it, so each binding can revoke its roles through it, and goes
+//! when the last one is gone.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
 
 use super::{
     BACKEND, MongoContext,
@@ -12,11 +23,15 @@ use super::{
     sync::{self, SubjectResult, SubjectWork},
 };
 use crate::{
-    Error, Result,
+    Error, Result, TARGET_FINALIZER,
     api::{
-        MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions, conditions::Outcome, conditions::reason,
+        MongoRoleBinding, MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions, conditions::Outcome,
+        conditions::reason,
     },
-    plan::mongo::{ROLE_DB, SubjectObjects, USER_DB, objects_for},
+    plan::{
+        index::BindingIndex,
+        mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB, objects_for},
+    },
     runtime::status,
 };
 
@@ -26,13 +41,28 @@ pub const KIND: &str = "MongoTarget";
 /// How long a target that is not Ready waits before the next attempt.
 pub const NOT_READY_RETRY: Duration = Duration::from_secs(30);
 
+/// How often a deleted target looks again for the bindings it waits for.
+pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
+
 /// Reconcile one MongoTarget.
 pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Result<Action> {
     let _timer = ctx.shared.metrics.reconcile(KIND);
+    let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
+    finalizer(&api, TARGET_FINALIZER, target, |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(t, &ctx).await,
+            Finalizer::Cleanup(t) => cleanup(t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
     let name = target.name_any();
     let mut st = target.status.clone().unwrap_or_default();
     let before = st.conditions.clone();
-    let (outcome, requeue) = match connect_and_resync(&target, &ctx, &mut st).await {
+    let (outcome, requeue) = match connect_and_resync(&target, ctx, &mut st).await {
         Ok(()) => (
             Outcome::ready(reason::CONNECTED, "reachable, authenticated and authorised to manage roles and users"),
             ctx.shared.resync,
@@ -54,6 +84,75 @@ pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Resu
     Ok(Action::requeue(requeue))
 }
 
+/// A deleted target: keep it while bindings use it, so they can still
+/// revoke through it; release it when the last one is gone.
+async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
+    ctx.prime().await;
+    let name = target.name_any();
+    let users: Vec<Arc<MongoRoleBinding>> =
+        ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name).collect();
+    if users.is_empty() {
+        ctx.connections.lock().await.remove(&name);
+        tracing::info!(target = %name, "no bindings use the target any more; released");
+        return Ok(Action::await_change());
+    }
+    let mut names: Vec<String> = users.iter().map(|b| super::binding_controller::key(b)).collect();
+    names.sort();
+    let deleting = users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count();
+    let waiting = waiting_message(&names);
+    let mut st = target.status.clone().unwrap_or_default();
+    let before = st.conditions.clone();
+    let terminating = |message: String| {
+        if deleting == names.len() {
+            Outcome::progressing(reason::TERMINATING, message)
+        } else {
+            Outcome::stalled(
+                reason::TERMINATING,
+                format!("{message}; delete them (or point them elsewhere) to let the target go"),
+            )
+        }
+    };
+    // A target that was Ready when it was deleted (deletion bumps the
+    // generation), or has since shown it works, only refreshes the count —
+    // without reading its Secrets again, which a prune may have deleted
+    // already; otherwise it is connected to like a live target, because
+    // revocation needs a working target.
+    let (outcome, retry) = if is_terminating(&target) || ready_before_deletion(&target) || never_connected(&target) {
+        (terminating(waiting), TERMINATING_POLL)
+    } else {
+        match connect_and_resync(&target, ctx, &mut st).await {
+            Ok(()) => (terminating(waiting), TERMINATING_POLL),
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "deleted target not usable; bindings cannot revoke yet");
+                ctx.connections.lock().await.remove(&name);
+                let o = target_outcome(&e);
+                (Outcome { message: format!("{waiting}; {}", o.message), ..o }, NOT_READY_RETRY)
+            }
+        }
+    };
+    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
+    st.observed_generation = target.metadata.generation;
+    let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
+    status::apply(&api, &target, target.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
+}
+
+/// "Terminating: waiting for N binding(s) to be deleted (a, b, …)".
+pub fn waiting_message(bindings: &[String]) -> String {
+    let shown: Vec<&str> = bindings.iter().take(5).map(String::as_str).collect();
+    let more = if bindings.len() > shown.len() {
+        format!(" and {} more", bindings.len() - shown.len())
+    } else {
+        String::new()
+    };
+    format!(
+        "Terminating: waiting for {} MongoRoleBinding(s) to be deleted ({}{more}); each revokes its access first",
+        bindings.len(),
+        shown.join(", ")
+    )
+}
+
 /// Map an error to the target's Ready condition.
 pub fn target_outcome(e: &Error) -> Outcome {
     match e {
@@ -72,15 +171,24 @@ pub fn target_outcome(e: &Error) -> Outcome {
 async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut MongoTargetStatus) -> Result<()> {
     let name = target.name_any();
     let conn = connect(ctx, target).await?;
-    let probe = connection::probe(&name, &conn.client, conn.tls_verification).await?;
+    let probe = connection::probe(&name, &conn.client, conn.tls_verification).await;
+    conn.record(&probe);
+    let probe = probe?;
     st.server_version = Some(probe.version);
     st.tls_verification = Some(probe.tls_verification.to_string());
 
     // Full resync: every subject the index knows, plus ledger entries that
     // no live binding wants any more.
     ctx.prime().await;
-    let work = resync_work(target, ctx, &conn).await?;
+    // Hold the write lock while reading the ledger and the index, so a
+    // binding's sync cannot create an object between the two reads (it
+    // would look like an orphan and be dropped).
     let _guard = conn.write_lock.lock().await;
+    let ledger = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
+    let work = {
+        let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        resync_work(target, &idx, &ledger)
+    };
     let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await?;
     if !report.drifted.is_empty() {
         ctx.shared
@@ -104,28 +212,31 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     Ok(())
 }
 
-async fn resync_work(target: &MongoTarget, ctx: &MongoContext, conn: &TargetConnection) -> Result<Vec<SubjectWork>> {
+/// The work of a full resync of `target`: every subject the index knows
+/// there, plus the target's `ledger` entries no live binding covers (to be
+/// dropped: bindings deleted while the operator was down). Pure.
+pub fn resync_work(
+    target: &MongoTarget,
+    idx: &BindingIndex<MongoGrant>,
+    ledger: &BTreeSet<String>,
+) -> Vec<SubjectWork> {
     let name = target.name_any();
     let mut work = Vec::new();
     let mut covered = BTreeSet::new();
-    {
-        let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        for subject in idx.subjects(&name) {
-            if let Ok(objects) = objects_for(&target.spec.oidc, subject) {
-                covered.insert(format!("{ROLE_DB}.{}", objects.role));
-                if let Some(u) = &objects.user {
-                    covered.insert(format!("{USER_DB}.{u}"));
-                }
-                work.push(SubjectWork {
-                    subject: subject.clone(),
-                    desired: idx.desired(&name, subject),
-                    objects,
-                    retain: false,
-                });
+    for subject in idx.subjects(&name) {
+        if let Ok(objects) = objects_for(&target.spec.oidc, subject) {
+            covered.insert(format!("{ROLE_DB}.{}", objects.role));
+            if let Some(u) = &objects.user {
+                covered.insert(format!("{USER_DB}.{u}"));
             }
+            work.push(SubjectWork {
+                subject: subject.clone(),
+                desired: idx.desired(&name, subject),
+                objects,
+                retain: false,
+            });
         }
     }
-    let ledger = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
     for id in ledger.difference(&covered) {
         if let Some(role) = id.strip_prefix("admin.") {
             let user_id = format!("{USER_DB}.{role}");
@@ -147,40 +258,38 @@ async fn resync_work(target: &MongoTarget, ctx: &MongoContext, conn: &TargetConn
             });
         }
     }
-    Ok(work)
+    work
 }
 
 /// The cached connection for `target`, built anew when its spec changed.
 pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<TargetConnection>> {
     let name = target.name_any();
     let mut conns = ctx.connections.lock().await;
+    // Deleting a target bumps its generation but not its spec: the
+    // connection stays, so bindings revoke through it even when a prune
+    // has deleted the target's Secrets already.
+    let deleted_only =
+        |g: Option<i64>| target.metadata.deletion_timestamp.is_some() && g.map(|g| g + 1) == target.metadata.generation;
     if let Some(c) = conns.get(&name)
-        && c.generation == target.metadata.generation
+        && (c.generation == target.metadata.generation || deleted_only(c.generation))
     {
         return Ok(c.clone());
     }
     let (opts, tls_verification) = connection::client_options(&ctx.shared, target).await?;
     let client = mongodb::Client::with_options(opts).map_err(|e| connection::classify(&name, "connecting", &e))?;
-    let conn = Arc::new(TargetConnection {
-        client,
-        tls_verification,
-        write_lock: tokio::sync::Mutex::new(()),
-        generation: target.metadata.generation,
-    });
+    let conn = Arc::new(TargetConnection::new(client, target.metadata.generation, tls_verification));
     conns.insert(name, conn.clone());
     Ok(conn)
 }
 
-/// Whether a target's status says it is Ready for its current spec.
-pub fn is_ready(target: &MongoTarget) -> bool {
-    target.status.as_ref().is_some_and(|s| {
-        s.observed_generation == target.metadata.generation
-            && conditions::ready(&s.conditions).is_some_and(|c| c.status == "True")
-    })
-}
+pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connected, ready_before_deletion};
 
 /// Error policy: log, count, back off.
 pub fn error_policy(target: Arc<MongoTarget>, error: &Error, ctx: Arc<MongoContext>) -> Action {
+    if let Error::Wait { retry_after, .. } = error {
+        tracing::info!(target = %target.name_any(), reason = %error, "waiting");
+        return Action::requeue(*retry_after);
+    }
     tracing::warn!(target = %target.name_any(), error = %error, "reconcile failed");
     ctx.shared.metrics.reconcile_failed(KIND, error);
     Action::requeue(NOT_READY_RETRY)

@@ -195,6 +195,12 @@ pub enum Action {
         /// Object name.
         name: String,
     },
+    /// Record an existing object in the ledger without changing it: a
+    /// target with `adopt` takes over an object that already matches.
+    Adopt {
+        /// Ledger id (`admin.<role>` or `$external.<user>`).
+        name: String,
+    },
 }
 
 /// [`MongoGrant`] with a total order so actions sort deterministically.
@@ -247,24 +253,44 @@ pub fn plan(
             if !p.conflicts.is_empty() {
                 return p;
             }
+            // An owned object that is missing or different was changed out
+            // of band (or a write of ours was lost): drift being corrected.
+            let role_id = format!("{ROLE_DB}.{}", objects.role);
             match &actual.role {
-                None => p.actions.push(Action::CreateRole { name: objects.role.clone(), grant: ord(want) }),
+                None => {
+                    if actual.role_owned {
+                        p.drifted.push(role_id);
+                    }
+                    p.actions.push(Action::CreateRole { name: objects.role.clone(), grant: ord(want) })
+                }
                 Some(have) if &have.grant != want => {
                     if actual.role_owned {
-                        p.drifted.push(format!("{ROLE_DB}.{}", objects.role));
+                        p.drifted.push(role_id);
                     }
                     p.actions.push(Action::UpdateRole { name: objects.role.clone(), grant: ord(want) })
                 }
+                // Adopting an object that already matches still makes it
+                // dbgrant's, so it is managed (and dropped) from now on.
+                Some(_) if !actual.role_owned => p.actions.push(Action::Adopt { name: role_id }),
                 Some(_) => {}
             }
             if let Some(user) = &objects.user {
+                let user_id = format!("{USER_DB}.{user}");
                 let want_roles: BTreeSet<RoleName> = [(objects.role.clone(), ROLE_DB.to_string())].into();
                 match &actual.user {
-                    None => p.actions.push(Action::CreateUser { name: user.clone(), role: objects.role.clone() }),
+                    None => {
+                        if actual.user_owned {
+                            p.drifted.push(user_id);
+                        }
+                        p.actions.push(Action::CreateUser { name: user.clone(), role: objects.role.clone() })
+                    }
                     Some(have) if have.roles != want_roles => {
-                        p.drifted.push(format!("{USER_DB}.{user}"));
+                        if actual.user_owned {
+                            p.drifted.push(user_id);
+                        }
                         p.actions.push(Action::UpdateUser { name: user.clone(), role: objects.role.clone() })
                     }
+                    Some(_) if !actual.user_owned => p.actions.push(Action::Adopt { name: user_id }),
                     Some(_) => {}
                 }
             }
@@ -398,6 +424,23 @@ mod tests {
         // Adoption is explicit.
         let adopted = plan(&o, Some(&grant(&[("read", "orders")], &[])), &foreign, true, false);
         assert!(matches!(adopted.actions.as_slice(), [Action::UpdateRole { .. }]));
+        assert!(adopted.drifted.is_empty(), "taking over is not drift");
+        // A foreign object that already matches is adopted without a change.
+        let same = plan(&o, Some(&grant(&[("root", "admin")], &[])), &foreign, true, false);
+        assert_eq!(same.actions, vec![Action::Adopt { name: format!("{ROLE_DB}.{}", o.role) }]);
+        assert_eq!(plan(&o, Some(&grant(&[("root", "admin")], &[])), &foreign, false, false).conflicts.len(), 1);
+    }
+
+    #[test]
+    fn an_owned_object_that_vanished_is_drift() {
+        let o = objects_for(&oidc(true), &group()).unwrap();
+        let gone = Actual { role_owned: true, ..Default::default() };
+        let p = plan(&o, Some(&grant(&[("read", "orders")], &[])), &gone, false, false);
+        assert!(matches!(p.actions.as_slice(), [Action::CreateRole { .. }]));
+        assert_eq!(p.drifted, vec![format!("{ROLE_DB}.{}", o.role)]);
+        // Never created by dbgrant: a plain create, not drift.
+        let fresh = plan(&o, Some(&grant(&[("read", "orders")], &[])), &Actual::default(), false, false);
+        assert!(fresh.drifted.is_empty());
     }
 
     #[test]

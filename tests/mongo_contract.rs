@@ -1,0 +1,1133 @@
+//! Contract tests for dbgrant's MongoDB backend.
+//!
+//! They run dbgrant's real backend code — `sync::sync`, `roles_info`,
+//! `users_info`, the ownership ledger, `connection::probe`, and the pure
+//! steps the controllers take around them (`evaluate`, the binding index,
+//! `subject_work`, `resync_work`) — over real TCP with the real `mongodb`
+//! driver, and check BRIEF.md's invariants on the server's state.
+//!
+//! By default each test starts its own `MongoDouble`. With
+//! `DBGRANT_TEST_MONGODB_URI` set (a user-admin login with read/write on the
+//! `dbgrant` database), the same tests run against that server: each test
+//! uses its own random `authNamePrefix` and target names and removes what
+//! it created when it ends (also on failure). Assertions that need the
+//! double's command log or fault injection are skipped there; the
+//! operator's own metrics stand in for the log where they can.
+//!
+//! `Operator` below mirrors what the controllers do with a binding
+//! (binding_controller::apply / cleanup, MongoContext::prime,
+//! target_controller's resync) without Kubernetes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex,
+    time::Duration,
+};
+
+use bson::{Bson, Document, doc, oid::ObjectId};
+use dbgrant::{
+    api::{
+        AuthorizationClaim, DeletionPolicy, MongoAuth, MongoConnection, MongoConnectionStringAuth, MongoOidc,
+        MongoPolicy, MongoPrivilege, MongoResource, MongoRoleBinding, MongoRoleBindingSpec, MongoRoleRef, MongoTarget,
+        MongoTargetSpec, SecretKeyRef, Subject, SubjectKey, SubjectKind, TargetRef, conditions::reason,
+    },
+    mongo::{
+        binding_controller::{self, Evaluation},
+        connection,
+        sync::{self, SubjectResult, SyncReport},
+        target_controller,
+    },
+    plan::{index::BindingIndex, mongo::MongoGrant},
+    runtime::metrics::{BackendLabels, Metrics},
+};
+use dbgrant_doubles::mongo::{CommandRecord, MongoDouble, MongoDoubleConfig, ScramUser};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use mongodb::{Client, options::ClientOptions};
+
+// ============================================================== builders
+
+const URI_ENV: &str = "DBGRANT_TEST_MONGODB_URI";
+const LOGIN: &str = "dbgrant-operator";
+const PASSWORD: &str = "contract-s3cret-pw";
+
+/// The instant the tests' clock starts at.
+fn t0() -> Timestamp {
+    "2030-01-01T00:00:00Z".parse().unwrap()
+}
+
+fn hours(h: i64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_hours(h)
+}
+
+/// An Entra group, by a GUID made from `n`.
+fn group(n: u32) -> Subject {
+    subject(SubjectKind::Group, &format!("0b0b0b0b-0000-4000-8000-{n:012}"))
+}
+
+/// An Entra user.
+fn user(n: u32) -> Subject {
+    subject(SubjectKind::User, &format!("1c1c1c1c-0000-4000-8000-{n:012}"))
+}
+
+/// A service principal.
+fn service_principal(n: u32) -> Subject {
+    subject(SubjectKind::ServicePrincipal, &format!("2d2d2d2d-0000-4000-8000-{n:012}"))
+}
+
+fn subject(kind: SubjectKind, id: &str) -> Subject {
+    Subject { kind, object_id: Some(id.into()), value: None, display_name: None }
+}
+
+fn role(role: &str, db: &str) -> MongoRoleRef {
+    MongoRoleRef { role: role.into(), db: db.into() }
+}
+
+fn privilege(db: &str, collection: &str, actions: &[&str]) -> MongoPrivilege {
+    MongoPrivilege {
+        resource: MongoResource { db: Some(db.into()), collection: Some(collection.into()), cluster: None },
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+/// The grant dbgrant should put on a subject's role: the same shapes a
+/// binding uses, normalised.
+fn grant(roles: &[MongoRoleRef], privileges: &[MongoPrivilege]) -> MongoGrant {
+    MongoGrant::from_spec(roles, privileges)
+}
+
+/// A MongoRoleBinding under construction (namespace `team-a`, created a day
+/// before [`t0`]).
+struct BindingBuilder(MongoRoleBinding);
+
+fn binding(name: &str, subjects: &[&Subject]) -> BindingBuilder {
+    let spec = MongoRoleBindingSpec {
+        target_ref: TargetRef { name: String::new() },
+        subjects: subjects.iter().map(|s| (*s).clone()).collect(),
+        roles: Vec::new(),
+        privileges: Vec::new(),
+        expiry: Default::default(),
+        deletion_policy: DeletionPolicy::Delete,
+    };
+    let mut b = MongoRoleBinding::new(name, spec);
+    b.metadata.namespace = Some("team-a".into());
+    b.metadata.creation_timestamp = Some(Time(t0() - hours(24)));
+    BindingBuilder(b)
+}
+
+impl BindingBuilder {
+    fn roles(mut self, roles: &[MongoRoleRef]) -> Self {
+        self.0.spec.roles = roles.to_vec();
+        self
+    }
+    fn privileges(mut self, privileges: &[MongoPrivilege]) -> Self {
+        self.0.spec.privileges = privileges.to_vec();
+        self
+    }
+    fn namespace(mut self, ns: &str) -> Self {
+        self.0.metadata.namespace = Some(ns.into());
+        self
+    }
+    fn expires_at(mut self, at: Timestamp) -> Self {
+        self.0.spec.expiry.expires_at = Some(Time(at));
+        self
+    }
+    fn on(mut self, target: &MongoTarget) -> MongoRoleBinding {
+        self.0.spec.target_ref.name = target.metadata.name.clone().unwrap_or_default();
+        self.0
+    }
+}
+
+// ============================================================ environment
+
+/// One test's server (a fresh double, or the real server from the
+/// environment), names, metrics and cleanup.
+struct Env {
+    double: Option<MongoDouble>,
+    uri: String,
+    /// The `authNamePrefix` of every target in this test.
+    prefix: String,
+    /// Target names start with this.
+    base: String,
+    metrics: Metrics,
+    /// A separate client for out-of-band changes and reading state.
+    admin: Client,
+    targets: Mutex<Vec<String>>,
+}
+
+async fn connect(uri: &str) -> Client {
+    let mut options = ClientOptions::parse(uri).await.expect("the test server's URI parses");
+    options.app_name = Some("dbgrant-contract".into());
+    options.connect_timeout = Some(Duration::from_secs(5));
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    Client::with_options(options).expect("client")
+}
+
+impl Env {
+    async fn start() -> Self {
+        let id = ObjectId::new().to_hex();
+        let (double, uri) = match std::env::var(URI_ENV) {
+            Ok(uri) if !uri.trim().is_empty() => (None, uri),
+            _ => {
+                let double = MongoDouble::start(
+                    MongoDoubleConfig::default()
+                        .latency(Duration::ZERO)
+                        .user(ScramUser::admin(LOGIN, PASSWORD))
+                        .user(ScramUser::read_only("viewer", "viewer-pw")),
+                )
+                .await
+                .expect("start the MongoDB double");
+                let uri = double.uri_with_credentials(LOGIN, PASSWORD);
+                (Some(double), uri)
+            }
+        };
+        let admin = connect(&uri).await;
+        Env {
+            double,
+            admin,
+            uri,
+            prefix: format!("ct{id}"),
+            base: format!("contract-{id}"),
+            metrics: Metrics::default(),
+            targets: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A MongoTarget on this server: groups become roles (`claims`), or
+    /// principals become `$external` users. Bindings from `team-*` may use it.
+    fn target(&self, suffix: &str, claims: bool) -> MongoTarget {
+        let name = format!("{}-{suffix}", self.base);
+        self.targets.lock().unwrap().push(name.clone());
+        MongoTarget::new(
+            &name,
+            MongoTargetSpec {
+                connection: MongoConnection {
+                    uri_secret_ref: SecretKeyRef { name: "mongo".into(), key: "uri".into() },
+                    tls: None,
+                },
+                auth: MongoAuth {
+                    scram: None,
+                    x509: None,
+                    oidc: None,
+                    connection_string: Some(MongoConnectionStringAuth {}),
+                },
+                oidc: MongoOidc {
+                    auth_name_prefix: self.prefix.clone(),
+                    use_authorization_claim: claims,
+                    authorization_claim: AuthorizationClaim::Groups,
+                },
+                policy: MongoPolicy { allowed_namespaces: vec!["team-*".into()], ..Default::default() },
+                adopt: false,
+            },
+        )
+    }
+
+    /// The role (and, for principals, user) name of `s`.
+    fn name(&self, s: &Subject) -> String {
+        format!("{}/{}", self.prefix, s.key().id)
+    }
+
+    /// The ledger id of `s`'s role.
+    fn role_id(&self, s: &Subject) -> String {
+        format!("admin.{}", self.name(s))
+    }
+
+    /// The ledger id of `s`'s `$external` user.
+    fn user_id(&self, s: &Subject) -> String {
+        format!("$external.{}", self.name(s))
+    }
+
+    /// Every role (in `admin`) and `$external` user with this test's prefix,
+    /// as the server reports them.
+    async fn state(&self) -> State {
+        let mut state = State::default();
+        let reply = self.run("admin", doc! { "rolesInfo": 1, "showPrivileges": true }).await.expect("rolesInfo");
+        for r in reply.get_array("roles").unwrap().iter().filter_map(Bson::as_document) {
+            let name = r.get_str("role").unwrap();
+            if name.starts_with(&format!("{}/", self.prefix)) {
+                state.roles.insert(name.to_string(), sync::parse_role(r).grant);
+            }
+        }
+        let reply = self.run("$external", doc! { "usersInfo": 1 }).await.expect("usersInfo");
+        for u in reply.get_array("users").unwrap().iter().filter_map(Bson::as_document) {
+            let name = u.get_str("user").unwrap();
+            if name.starts_with(&format!("{}/", self.prefix)) {
+                let roles = u
+                    .get_array("roles")
+                    .unwrap()
+                    .iter()
+                    .filter_map(Bson::as_document)
+                    .map(|r| (r.get_str("role").unwrap().to_string(), r.get_str("db").unwrap().to_string()))
+                    .collect();
+                state.users.insert(name.to_string(), roles);
+            }
+        }
+        state
+    }
+
+    /// The expected state: these roles with these grants, no users.
+    fn roles(&self, roles: &[(&Subject, MongoGrant)]) -> State {
+        State { roles: roles.iter().map(|(s, g)| (self.name(s), g.clone())).collect(), users: BTreeMap::new() }
+    }
+
+    /// Every ledger entry `target` owns.
+    async fn ledger(&self, target: &MongoTarget) -> BTreeSet<String> {
+        let name = target.metadata.name.clone().unwrap();
+        sync::ledger_all(&name, &self.admin, &self.metrics).await.expect("ledger_all")
+    }
+
+    /// Run a command as an out-of-band administrator would.
+    async fn run(&self, db: &str, cmd: Document) -> mongodb::error::Result<Document> {
+        self.admin.database(db).run_command(cmd).await
+    }
+
+    /// The double's log, or None against a real server.
+    fn log(&self) -> Option<Vec<CommandRecord>> {
+        self.double.as_ref().map(MongoDouble::log)
+    }
+
+    fn clear_log(&self) {
+        if let Some(d) = &self.double {
+            d.clear_log();
+        }
+    }
+
+    /// Commands in the double's log that changed something.
+    fn writes(&self) -> Option<Vec<CommandRecord>> {
+        self.log().map(|log| log.into_iter().filter(|r| r.is_write).collect())
+    }
+
+    /// How many times dbgrant ran `operation` (its own metrics).
+    fn ops(&self, operation: &str) -> u64 {
+        ["ok", "error"]
+            .iter()
+            .map(|outcome| {
+                self.metrics
+                    .backend_operations
+                    .get_or_create(&BackendLabels {
+                        backend: "mongodb".into(),
+                        operation: operation.into(),
+                        outcome: outcome.to_string(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Every write dbgrant counted in its metrics (roles, users, ledger).
+    fn write_ops(&self) -> u64 {
+        ["createRole", "updateRole", "dropRole", "createUser", "updateUser", "dropUser", "ledgerPut", "ledgerDelete"]
+            .iter()
+            .map(|op| self.ops(op))
+            .sum()
+    }
+}
+
+impl Drop for Env {
+    /// Against a real server, remove every role, user and ledger entry this
+    /// test created (it runs on panic too). A double just stops.
+    fn drop(&mut self) {
+        if self.double.is_some() {
+            return;
+        }
+        let (uri, prefix) = (self.uri.clone(), format!("{}/", self.prefix));
+        let targets = std::mem::take(&mut *self.targets.lock().unwrap_or_else(|p| p.into_inner()));
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let client = connect(&uri).await;
+                let external = client.database("$external");
+                if let Ok(reply) = external.run_command(doc! { "usersInfo": 1 }).await {
+                    for u in reply.get_array("users").map(|a| a.to_vec()).unwrap_or_default() {
+                        if let Some(name) = u.as_document().and_then(|u| u.get_str("user").ok())
+                            && name.starts_with(&prefix)
+                        {
+                            let _ = external.run_command(doc! { "dropUser": name }).await;
+                        }
+                    }
+                }
+                let admin = client.database("admin");
+                if let Ok(reply) = admin.run_command(doc! { "rolesInfo": 1 }).await {
+                    for r in reply.get_array("roles").map(|a| a.to_vec()).unwrap_or_default() {
+                        if let Some(name) = r.as_document().and_then(|r| r.get_str("role").ok())
+                            && name.starts_with(&prefix)
+                        {
+                            let _ = admin.run_command(doc! { "dropRole": name }).await;
+                        }
+                    }
+                }
+                let ledger = client.database(sync::LEDGER_DB).collection::<Document>(sync::LEDGER_COLLECTION);
+                let _ = ledger.delete_many(doc! { "target": { "$in": targets } }).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Roles and `$external` users with a test's prefix, by full name.
+#[derive(Debug, Default, PartialEq)]
+struct State {
+    roles: BTreeMap<String, MongoGrant>,
+    users: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+impl State {
+    /// Adds `s`'s `$external` user, granted exactly its own role.
+    fn with_user(mut self, env: &Env, s: &Subject) -> Self {
+        self.users.insert(env.name(s), [(env.name(s), "admin".to_string())].into());
+        self
+    }
+}
+
+// ====================================================== the operator model
+
+/// What the controllers do with bindings, minus Kubernetes: the same pure
+/// steps (evaluate, index, subject_work, resync_work) around the same
+/// `sync::sync`, on one target.
+struct Operator<'e> {
+    env: &'e Env,
+    client: Client,
+    target: MongoTarget,
+    index: BindingIndex<MongoGrant>,
+    /// The operator's clock.
+    now: Timestamp,
+}
+
+/// What applying one binding did.
+struct Applied {
+    eval: Evaluation,
+    /// None when nothing was synced.
+    report: Option<SyncReport>,
+}
+
+impl<'e> Operator<'e> {
+    async fn new(env: &'e Env, target: &MongoTarget) -> Operator<'e> {
+        Operator {
+            env,
+            client: connect(&env.uri).await,
+            target: target.clone(),
+            index: BindingIndex::default(),
+            now: t0(),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.target.metadata.name.clone().unwrap()
+    }
+
+    async fn sync(&self, work: &[sync::SubjectWork]) -> SyncReport {
+        sync::sync(&self.name(), &self.client, &self.env.metrics, self.target.spec.adopt, work)
+            .await
+            .expect("sync reaches the server")
+    }
+
+    /// binding_controller::apply: evaluate at `now`, update the index, then
+    /// revoke what a blocked binding contributed, or sync the affected
+    /// subjects and the binding's own.
+    async fn apply(&mut self, b: &MongoRoleBinding) -> Applied {
+        let eval = binding_controller::evaluate(b, Some(&self.target), self.now);
+        let key = binding_controller::key(b);
+        let own: BTreeSet<SubjectKey> = eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
+        let affected = match eval.contribution.clone() {
+            Some(c) => self.index.upsert(&key, c),
+            None => self.index.remove(&key),
+        };
+        let mut subjects: BTreeSet<SubjectKey> = affected.into_iter().map(|(_, s)| s).collect();
+        if eval.blocked.is_none() {
+            subjects.extend(own);
+        }
+        if subjects.is_empty() {
+            return Applied { eval, report: None };
+        }
+        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, false);
+        let report = self.sync(&work).await;
+        Applied { eval, report: Some(report) }
+    }
+
+    /// Put a binding in the index without syncing (as priming does).
+    fn index(&mut self, b: &MongoRoleBinding) {
+        let c = binding_controller::evaluate(b, Some(&self.target), self.now).contribution.expect("allowed");
+        self.index.upsert(&binding_controller::key(b), c);
+    }
+
+    /// Apply several bindings, expecting each to be allowed and applied.
+    async fn apply_all(&mut self, bindings: &[&MongoRoleBinding]) {
+        for b in bindings {
+            let applied = self.apply(b).await;
+            assert!(applied.eval.blocked.is_none(), "{:?}", applied.eval.blocked);
+            let report = applied.report.expect("synced");
+            assert!(
+                report.results.values().all(|r| *r == SubjectResult::Applied),
+                "{}: {:?}",
+                binding_controller::key(b),
+                report.results
+            );
+        }
+    }
+
+    /// binding_controller::cleanup: take the binding out of the index and
+    /// sync its subjects (and those it affected).
+    async fn delete(&mut self, b: &MongoRoleBinding) -> SyncReport {
+        let affected = self.index.remove(&binding_controller::key(b));
+        let mut subjects: BTreeSet<SubjectKey> = affected.into_iter().map(|(_, s)| s).collect();
+        subjects.extend(b.spec.subjects.iter().map(Subject::key));
+        let retain = b.spec.deletion_policy == DeletionPolicy::Retain;
+        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, retain);
+        self.sync(&work).await
+    }
+
+    /// The target controller's periodic resync: every indexed subject, plus
+    /// ledger entries nothing wants.
+    async fn resync(&self) -> SyncReport {
+        let ledger = sync::ledger_all(&self.name(), &self.client, &self.env.metrics).await.expect("ledger_all");
+        let work = target_controller::resync_work(&self.target, &self.index, &ledger);
+        self.sync(&work).await
+    }
+
+    /// A new process: a fresh connection and an index primed from the
+    /// bindings that exist now (MongoContext::prime).
+    async fn restart(self, live: &[&MongoRoleBinding]) -> Operator<'e> {
+        let mut next = Operator::new(self.env, &self.target).await;
+        next.now = self.now;
+        for b in live {
+            if let Some(c) = binding_controller::evaluate(b, Some(&next.target), next.now).contribution {
+                next.index.upsert(&binding_controller::key(b), c);
+            }
+        }
+        next
+    }
+}
+
+fn result<'r>(report: &'r SyncReport, s: &Subject) -> Option<&'r SubjectResult> {
+    report.results.get(&s.key())
+}
+
+// ================================================================ tests
+
+#[tokio::test]
+async fn convergence_after_creates_updates_deletes_and_a_restart() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2, g3, g4) = (group(1), group(2), group(3), group(4));
+    let audit = privilege("orders", "audit", &["find", "insert"]);
+
+    let b1 = binding("readers", &[&g1]).roles(&[role("read", "orders")]).on(&t);
+    let b2 = binding("auditors", &[&g1, &g2]).privileges(std::slice::from_ref(&audit)).on(&t);
+    let b3 = binding("billing", &[&g3]).roles(&[role("readWrite", "billing")]).on(&t);
+    op.apply_all(&[&b1, &b2, &b3]).await;
+    assert_eq!(
+        env.state().await,
+        env.roles(&[
+            (&g1, grant(&[role("read", "orders")], std::slice::from_ref(&audit))),
+            (&g2, grant(&[], std::slice::from_ref(&audit))),
+            (&g3, grant(&[role("readWrite", "billing")], &[])),
+        ])
+    );
+
+    // Update b2 (drop g1, narrow the actions), delete b3, create b4.
+    let b2 = binding("auditors", &[&g2]).privileges(&[privilege("orders", "audit", &["find"])]).on(&t);
+    op.apply(&b2).await;
+    op.delete(&b3).await;
+    let b4 = binding("billing-readers", &[&g4, &g1]).roles(&[role("read", "billing")]).on(&t);
+    op.apply(&b4).await;
+
+    // Restart, resync, then one more change.
+    let mut op = op.restart(&[&b1, &b2, &b4]).await;
+    op.resync().await;
+    op.delete(&b1).await;
+
+    let find = [privilege("orders", "audit", &["find"])];
+    let expected = env.roles(&[
+        (&g1, grant(&[role("read", "billing")], &[])),
+        (&g2, grant(&[], &find)),
+        (&g4, grant(&[role("read", "billing")], &[])),
+    ]);
+    assert_eq!(env.state().await, expected, "nothing missing, nothing extra");
+    let ledger: BTreeSet<String> = [&g1, &g2, &g4].iter().map(|s| env.role_id(s)).collect();
+    assert_eq!(env.ledger(&t).await, ledger, "the ledger lists exactly what dbgrant manages");
+    // Converged means a resync finds nothing to do.
+    let report = op.resync().await;
+    assert_eq!(report.writes, 0, "{report:?}");
+    assert_eq!(env.state().await, expected);
+}
+
+#[tokio::test]
+async fn union_shrinks_when_one_of_two_bindings_on_a_group_goes() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let b1 = binding("read-orders", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let b2 = binding("write-billing", &[&g])
+        .roles(&[role("readWrite", "billing")])
+        .privileges(&[privilege("orders", "audit", &["insert"])])
+        .on(&t);
+    op.apply_all(&[&b1, &b2]).await;
+    let union =
+        grant(&[role("read", "orders"), role("readWrite", "billing")], &[privilege("orders", "audit", &["insert"])]);
+    assert_eq!(env.state().await, env.roles(&[(&g, union)]));
+
+    op.delete(&b2).await;
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]), "shrunk to b1");
+    op.delete(&b1).await;
+    assert_eq!(env.state().await, State::default(), "dropped with the last binding");
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_foreign_role_with_dbgrants_name_is_a_conflict_and_left_untouched() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2) = (group(1), group(2));
+    // Somebody made this role by hand; the ledger does not list it.
+    env.run(
+        "admin",
+        doc! { "createRole": env.name(&g1), "roles": [{ "role": "read", "db": "secret" }], "privileges": [] },
+    )
+    .await
+    .expect("plant a foreign role");
+    let foreign = env.state().await;
+    env.clear_log();
+
+    let b = binding("team", &[&g1, &g2]).roles(&[role("readWrite", "orders")]).on(&t);
+    let report = op.apply(&b).await.report.expect("synced");
+    assert_eq!(result(&report, &g1), Some(&SubjectResult::Conflict(vec![env.role_id(&g1)])));
+    assert_eq!(result(&report, &g2), Some(&SubjectResult::Applied), "other subjects proceed");
+    let state = env.state().await;
+    assert_eq!(state.roles[&env.name(&g1)], foreign.roles[&env.name(&g1)], "not changed");
+    assert_eq!(state.roles[&env.name(&g2)], grant(&[role("readWrite", "orders")], &[]));
+    if let Some(writes) = env.writes() {
+        let touched: Vec<&CommandRecord> =
+            writes.iter().filter(|r| format!("{:?}", r.body).contains(&env.name(&g1))).collect();
+        assert!(touched.is_empty(), "no write mentions the foreign role: {touched:?}");
+    }
+
+    // Deleting the binding and resyncing leave it alone too.
+    op.delete(&b).await;
+    op.resync().await;
+    assert_eq!(env.state().await, foreign, "foreign role kept, dbgrant's own role dropped");
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn deletion_policy_retain_leaves_objects_and_stops_managing_them() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2) = (group(1), group(2));
+    let mut b = binding("keep-access", &[&g1, &g2]).roles(&[role("read", "orders")]).on(&t);
+    b.spec.deletion_policy = DeletionPolicy::Retain;
+    let other = binding("other", &[&g2]).roles(&[role("read", "billing")]).on(&t);
+    op.apply_all(&[&b, &other]).await;
+
+    op.delete(&b).await;
+    let expected =
+        env.roles(&[(&g1, grant(&[role("read", "orders")], &[])), (&g2, grant(&[role("read", "billing")], &[]))]);
+    assert_eq!(env.state().await, expected, "g1 retained as it was; the shared g2 still shrinks");
+    assert_eq!(env.ledger(&t).await, [env.role_id(&g2)].into(), "g1 is no longer dbgrant's");
+    op.resync().await;
+    assert_eq!(env.state().await, expected, "so the resync does not collect it");
+    let again = binding("again", &[&g1]).roles(&[role("read", "orders")]).on(&t);
+    let report = op.apply(&again).await.report.unwrap();
+    assert!(matches!(result(&report, &g1), Some(SubjectResult::Conflict(_))), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_steady_state_resync_issues_zero_writes() {
+    let env = Env::start().await;
+    let claims = env.target("claims", true);
+    let principals = env.target("principals", false);
+    let mut op = Operator::new(&env, &claims).await;
+    let mut op2 = Operator::new(&env, &principals).await;
+    let (g1, g2, u1) = (group(1), group(2), user(1));
+    op.apply_all(&[
+        // Actions given out of the server's order and split across two
+        // privileges on one resource: rolesInfo returns them merged.
+        &binding("a", &[&g1, &g2])
+            .roles(&[role("read", "orders")])
+            .privileges(&[
+                privilege("orders", "audit", &["update", "find"]),
+                privilege("orders", "audit", &["insert", "find"]),
+            ])
+            .on(&claims),
+        &binding("b", &[&g2]).roles(&[role("readWrite", "billing")]).on(&claims),
+    ])
+    .await;
+    op2.apply_all(&[&binding("c", &[&u1]).roles(&[role("read", "orders")]).on(&principals)]).await;
+    let before = env.state().await;
+    assert_eq!((before.roles.len(), before.users.len()), (3, 1));
+
+    env.clear_log();
+    let (writes, reads) = (env.write_ops(), env.ops("rolesInfo"));
+    for report in [op.resync().await, op2.resync().await] {
+        assert_eq!(report.writes, 0, "{report:?}");
+        assert!(report.drifted.is_empty());
+        assert!(report.results.values().all(|r| *r == SubjectResult::Applied), "{:?}", report.results);
+    }
+    assert_eq!(env.write_ops(), writes, "no write in dbgrant's own metrics");
+    assert_eq!(env.ops("rolesInfo"), reads + 2, "the resyncs did read the roles");
+    if let (Some(log), Some(double)) = (env.log(), &env.double) {
+        assert_eq!(double.counters().writes, 0, "no role, user or ledger write: {log:#?}");
+        assert!(log.iter().any(|r| r.name == "usersInfo"));
+        assert!(log.iter().any(|r| r.name == "find"), "the ledger was read");
+    }
+    assert_eq!(env.state().await, before);
+}
+
+#[tokio::test]
+async fn drift_is_restored_by_the_resync() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2, g3) = (group(1), group(2), group(3));
+    let b = binding("team", &[&g1, &g2, &g3])
+        .roles(&[role("read", "orders")])
+        .privileges(&[privilege("orders", "audit", &["find"])])
+        .on(&t);
+    op.apply_all(&[&b]).await;
+    let expected = env.state().await;
+
+    // Out of band: widen g1, empty g2, drop g3.
+    env.run("admin", doc! { "updateRole": env.name(&g1), "roles": [{ "role": "root", "db": "admin" }] }).await.unwrap();
+    env.run("admin", doc! { "updateRole": env.name(&g2), "roles": [], "privileges": [] }).await.unwrap();
+    env.run("admin", doc! { "dropRole": env.name(&g3) }).await.unwrap();
+    assert_ne!(env.state().await, expected);
+
+    let report = op.resync().await;
+    assert_eq!(env.state().await, expected, "restored");
+    let drifted: BTreeSet<String> = report.drifted.iter().cloned().collect();
+    let want: BTreeSet<String> = [&g1, &g2, &g3].iter().map(|s| env.role_id(s)).collect();
+    assert_eq!(drifted, want, "each correction is reported as drift");
+    assert_eq!(env.ledger(&t).await, want, "a re-created role stays dbgrant's");
+    let again = op.resync().await;
+    assert_eq!((again.writes, again.drifted.len()), (0, 0), "{again:?}");
+}
+
+#[tokio::test]
+async fn expiry_revokes_the_expired_bindings_grant() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2, g3) = (group(1), group(2), group(3));
+    let lasting = binding("lasting", &[&g1]).roles(&[role("read", "orders")]).on(&t);
+    let temporary =
+        binding("break-glass", &[&g1, &g2]).roles(&[role("readWrite", "orders")]).expires_at(t0() + hours(1)).on(&t);
+    op.apply_all(&[&lasting, &temporary]).await;
+    assert_eq!(
+        env.state().await,
+        env.roles(&[
+            (&g1, grant(&[role("read", "orders"), role("readWrite", "orders")], &[])),
+            (&g2, grant(&[role("readWrite", "orders")], &[])),
+        ])
+    );
+
+    // The requeue at the expiry instant: access ends exactly then.
+    op.now = t0() + hours(1);
+    let applied = op.apply(&temporary).await;
+    assert_eq!(applied.eval.blocked.as_ref().map(|o| o.reason), Some(reason::EXPIRED));
+    assert!(applied.eval.expiry.is_expired());
+    let expected = env.roles(&[(&g1, grant(&[role("read", "orders")], &[]))]);
+    assert_eq!(env.state().await, expected, "g1 shrinks to the lasting grant, g2 goes");
+    assert_eq!(env.ledger(&t).await, [env.role_id(&g1)].into());
+
+    // A binding that is already expired grants nothing, and a restart does
+    // not bring the expired one back.
+    let stale = binding("stale", &[&g3]).roles(&[role("read", "orders")]).expires_at(t0()).on(&t);
+    let applied = op.apply(&stale).await;
+    assert_eq!(applied.eval.blocked.as_ref().map(|o| o.reason), Some(reason::EXPIRED));
+    assert!(applied.report.is_none(), "nothing to sync");
+    let op = op.restart(&[&lasting, &temporary, &stale]).await;
+    op.resync().await;
+    assert_eq!(env.state().await, expected);
+}
+
+#[tokio::test]
+async fn a_forbidden_binding_applies_nothing_and_says_why() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2, g3, g4) = (group(1), group(2), group(3), group(4));
+    env.clear_log();
+
+    let cases = [
+        (
+            binding("intruder", &[&g1]).namespace("intruder").roles(&[role("read", "orders")]).on(&t),
+            "namespace intruder may not bind",
+        ),
+        // An allowed role next to an escalation: nothing at all is applied.
+        (binding("root", &[&g2]).roles(&[role("read", "orders"), role("root", "admin")]).on(&t), "root@admin"),
+        (
+            binding("granter", &[&g3])
+                .privileges(&[privilege("orders", "audit", &["find"]), privilege("orders", "", &["grantRole"])])
+                .on(&t),
+            "grantRole",
+        ),
+    ];
+    for (b, why) in &cases {
+        let applied = op.apply(b).await;
+        let blocked = applied.eval.blocked.expect("denied");
+        assert_eq!(blocked.reason, reason::GRANT_DENIED);
+        assert!(blocked.message.contains("nothing applied") && blocked.message.contains(why), "{}", blocked.message);
+        assert!(applied.report.is_none());
+    }
+    assert_eq!(env.state().await, State::default());
+    if let Some(writes) = env.writes() {
+        assert!(writes.is_empty(), "{writes:?}");
+    }
+
+    // A binding that turns forbidden loses what it had.
+    let b = binding("team", &[&g4]).roles(&[role("read", "orders")]).on(&t);
+    op.apply_all(&[&b]).await;
+    let b = binding("team", &[&g4]).roles(&[role("read", "orders"), role("userAdminAnyDatabase", "admin")]).on(&t);
+    let applied = op.apply(&b).await;
+    assert_eq!(applied.eval.blocked.map(|o| o.reason), Some(reason::GRANT_DENIED));
+    assert_eq!(env.state().await, State::default(), "the earlier grant is revoked, the new one not applied");
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
+    let env = Env::start().await;
+    let mut t = env.target("main", true);
+    // Roles in admin (dbgrant's own) may be granted here, to build a cycle.
+    t.spec.policy.allowed_databases = Some(vec!["*".into()]);
+    let mut op = Operator::new(&env, &t).await;
+    let (good, ghost, teleport, g4, g5) = (group(1), group(2), group(3), group(4), group(5));
+
+    let b_good = binding("good", &[&good]).roles(&[role("read", "orders")]).on(&t);
+    let b_ghost = binding("ghost", &[&ghost]).roles(&[role("ghost", "orders")]).on(&t);
+    let b_teleport = binding("teleport", &[&teleport]).privileges(&[privilege("orders", "", &["teleport"])]).on(&t);
+    for b in [&b_ghost, &b_teleport, &b_good] {
+        op.index(b);
+    }
+    // One sync with all three: the bad ones sort around the good one.
+    let report = op.resync().await;
+    let rejected = |s: &Subject| match result(&report, s) {
+        Some(SubjectResult::Rejected(m)) => m.clone(),
+        other => panic!("{s:?}: {other:?}"),
+    };
+    let m = rejected(&ghost);
+    assert!(m.contains("code 31") && m.contains("ghost"), "{m}");
+    let m = rejected(&teleport);
+    assert!(m.contains("code 9") && m.contains("teleport"), "{m}");
+    assert_eq!(result(&report, &good), Some(&SubjectResult::Applied));
+    assert_eq!(env.state().await, env.roles(&[(&good, grant(&[role("read", "orders")], &[]))]), "only the good role");
+
+    // 49: a cycle between two of dbgrant's roles. The update that would
+    // close it is refused and g5 keeps its previous grant exactly.
+    let b5 = binding("five", &[&g5]).roles(&[role("read", "orders")]).on(&t);
+    let b4 = binding("four", &[&g4]).roles(&[role(&env.name(&g5), "admin")]).on(&t);
+    op.apply_all(&[&b5, &b4]).await;
+    let before = env.state().await;
+    let b5 = binding("five", &[&g5]).roles(&[role("read", "orders"), role(&env.name(&g4), "admin")]).on(&t);
+    let report = op.apply(&b5).await.report.unwrap();
+    let Some(SubjectResult::Rejected(m)) = result(&report, &g5) else { panic!("{report:?}") };
+    assert!(m.contains("code 49"), "{m}");
+    assert!(report.drifted.is_empty(), "a refused update corrected nothing: {:?}", report.drifted);
+    assert_eq!(env.state().await, before, "nothing half-applied");
+
+    // Fixing the bad binding converges; removing everything leaves nothing,
+    // not even the ledger entries of the refused creates.
+    let b_ghost = binding("ghost", &[&ghost]).roles(&[role("read", "orders")]).on(&t);
+    op.apply_all(&[&b_ghost]).await;
+    assert_eq!(env.state().await.roles[&env.name(&ghost)], grant(&[role("read", "orders")], &[]));
+    for b in [&b_ghost, &b_teleport, &b_good, &b4, &b5] {
+        op.delete(b).await;
+    }
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty(), "{:?}", env.ledger(&t).await);
+}
+
+#[tokio::test]
+async fn a_refused_role_leaves_no_user_behind() {
+    let env = Env::start().await;
+    let t = env.target("principals", false);
+    let mut op = Operator::new(&env, &t).await;
+    let (bad, ok) = (user(1), user(2));
+    let b_bad = binding("bad", &[&bad]).roles(&[role("ghost", "orders")]).on(&t);
+    let b_ok = binding("ok", &[&ok]).roles(&[role("read", "orders")]).on(&t);
+    let report = op.apply(&b_bad).await.report.unwrap();
+    assert!(matches!(result(&report, &bad), Some(SubjectResult::Rejected(m)) if m.contains("code 31")), "{report:?}");
+    op.apply_all(&[&b_ok]).await;
+    let expected = env.roles(&[(&ok, grant(&[role("read", "orders")], &[]))]).with_user(&env, &ok);
+    assert_eq!(env.state().await, expected, "no role and no user for the refused subject");
+    if let Some(log) = env.log() {
+        let created: Vec<&str> =
+            log.iter().filter(|r| r.name == "createUser").filter_map(|r| r.body.get_str("createUser").ok()).collect();
+        assert_eq!(created, [env.name(&ok)], "createUser never ran for the refused subject");
+    }
+    op.delete(&b_bad).await;
+    op.delete(&b_ok).await;
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn role_reads_are_batched_by_500_not_per_binding() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let bindings: Vec<MongoRoleBinding> =
+        (0..1200).map(|i| binding(&format!("b{i}"), &[&group(i)]).roles(&[role("read", "orders")]).on(&t)).collect();
+    for b in &bindings {
+        op.index(b);
+    }
+
+    let check = |label: &str, rolesinfo_before: u64| {
+        assert_eq!(env.ops("rolesInfo") - rolesinfo_before, 3, "{label}: ceil(1200 / 500) rolesInfo calls");
+        if let Some(log) = env.log() {
+            let sizes: Vec<usize> = log
+                .iter()
+                .filter(|r| r.name == "rolesInfo")
+                .map(|r| r.body.get_array("rolesInfo").map_or(0, Vec::len))
+                .collect();
+            assert_eq!(sizes, [500, 500, 200], "{label}");
+            let finds = log.iter().filter(|r| r.name == "find").count();
+            assert_eq!(finds, 1 + 3, "{label}: ledger_all, then the ledger in chunks of 500");
+        }
+    };
+    env.clear_log();
+    let before = env.ops("rolesInfo");
+    let report = op.resync().await;
+    assert_eq!(report.results.len(), 1200);
+    assert!(report.results.values().all(|r| *r == SubjectResult::Applied));
+    check("first pass", before);
+    assert_eq!(env.state().await.roles.len(), 1200);
+
+    env.clear_log();
+    let before = env.ops("rolesInfo");
+    let report = op.resync().await;
+    assert_eq!(report.writes, 0);
+    check("steady pass", before);
+    if let Some(double) = &env.double {
+        assert_eq!(double.counters().writes, 0);
+    }
+}
+
+#[tokio::test]
+async fn bindings_deleted_while_the_operator_was_down_are_collected_from_the_ledger() {
+    let env = Env::start().await;
+    let claims = env.target("claims", true);
+    let principals = env.target("principals", false);
+    let neighbour = env.target("neighbour", true);
+    let (g1, g2, g3, u1) = (group(1), group(2), group(3), user(1));
+    let keep = binding("keep", &[&g1]).roles(&[role("read", "orders")]).on(&claims);
+    let gone = binding("gone", &[&g2]).roles(&[role("read", "billing")]).on(&claims);
+    let gone_user = binding("gone-user", &[&u1]).roles(&[role("read", "orders")]).on(&principals);
+    let other = binding("other", &[&g3]).roles(&[role("read", "orders")]).on(&neighbour);
+    let mut op = Operator::new(&env, &claims).await;
+    op.apply_all(&[&keep, &gone]).await;
+    let mut op_users = Operator::new(&env, &principals).await;
+    op_users.apply_all(&[&gone_user]).await;
+    let mut op_neighbour = Operator::new(&env, &neighbour).await;
+    op_neighbour.apply_all(&[&other]).await;
+    // Not dbgrant's: same prefix, never in the ledger.
+    let stranger = group(9);
+    env.run("admin", doc! { "createRole": env.name(&stranger), "roles": [], "privileges": [] }).await.unwrap();
+
+    // Down; `gone` and `gone-user` are deleted meanwhile (finalizers
+    // removed by hand). The new process never hears about them.
+    let op = op.restart(&[&keep]).await;
+    let op_users = op_users.restart(&[]).await;
+    env.clear_log();
+    op.resync().await;
+    op_users.resync().await;
+
+    let expected = env.roles(&[
+        (&g1, grant(&[role("read", "orders")], &[])),
+        (&g3, grant(&[role("read", "orders")], &[])),
+        (&stranger, MongoGrant::default()),
+    ]);
+    assert_eq!(env.state().await, expected, "orphans collected; the neighbour's and the stranger's roles kept");
+    assert_eq!(env.ledger(&claims).await, [env.role_id(&g1)].into());
+    assert!(env.ledger(&principals).await.is_empty());
+    assert_eq!(env.ledger(&neighbour).await, [env.role_id(&g3)].into());
+    if let Some(log) = env.log() {
+        let drops: Vec<&str> = log.iter().filter(|r| r.name.starts_with("drop")).map(|r| r.name.as_str()).collect();
+        assert_eq!(drops, ["dropRole", "dropUser", "dropRole"], "the user goes before its role");
+    }
+}
+
+#[tokio::test]
+async fn principals_get_external_users_when_the_authorization_claim_is_off() {
+    let env = Env::start().await;
+    let t = env.target("principals", false);
+    let mut op = Operator::new(&env, &t).await;
+    let (u1, sp1, g1) = (user(1), service_principal(1), group(1));
+    let b = binding("app", &[&u1, &sp1]).roles(&[role("readWrite", "orders")]).on(&t);
+    op.apply_all(&[&b]).await;
+    let g = grant(&[role("readWrite", "orders")], &[]);
+    let expected = env.roles(&[(&u1, g.clone()), (&sp1, g)]).with_user(&env, &u1).with_user(&env, &sp1);
+    assert_eq!(env.state().await, expected);
+    let ledger: BTreeSet<String> =
+        [env.role_id(&u1), env.user_id(&u1), env.role_id(&sp1), env.user_id(&sp1)].into_iter().collect();
+    assert_eq!(env.ledger(&t).await, ledger);
+    // No password for $external users.
+    let reply = env.run("$external", doc! { "usersInfo": env.name(&u1), "showCredentials": true }).await.unwrap();
+    let u = reply.get_array("users").unwrap()[0].as_document().unwrap().clone();
+    assert_eq!(u.get_array("mechanisms").unwrap(), &vec![Bson::from("external")], "{u:?}");
+    if let Some(log) = env.log() {
+        assert!(log.iter().filter(|r| r.name == "createUser").all(|r| !r.body.contains_key("pwd")));
+    }
+
+    // Groups cannot be named on such a target.
+    let groups = binding("groups", &[&g1]).roles(&[role("read", "orders")]).on(&t);
+    let applied = op.apply(&groups).await;
+    assert_eq!(applied.eval.blocked.map(|o| o.reason), Some(reason::INVALID_SPEC));
+
+    // A user's roles edited out of band are restored.
+    env.run("$external", doc! { "grantRolesToUser": env.name(&u1), "roles": [{ "role": "root", "db": "admin" }] })
+        .await
+        .unwrap();
+    let report = op.resync().await;
+    assert_eq!(report.drifted, vec![env.user_id(&u1)]);
+    assert_eq!(env.state().await, expected);
+
+    // Deleting drops each user before its role.
+    env.clear_log();
+    op.delete(&b).await;
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty());
+    if let Some(log) = env.log() {
+        let drops: Vec<String> = log
+            .iter()
+            .filter(|r| r.name.starts_with("drop"))
+            .map(|r| format!("{} {}", r.name, r.body.get_str(&r.name).unwrap_or_default()))
+            .collect();
+        let (n1, n2) = (env.name(&u1), env.name(&sp1));
+        let mut want = vec![
+            format!("dropUser {n1}"),
+            format!("dropRole {n1}"),
+            format!("dropUser {n2}"),
+            format!("dropRole {n2}"),
+        ];
+        // Subjects sync in key order (User after ServicePrincipal).
+        if SubjectKey::cmp(&u1.key(), &sp1.key()).is_gt() {
+            want.rotate_left(2);
+        }
+        assert_eq!(drops, want);
+    }
+}
+
+#[tokio::test]
+async fn adoption_takes_over_existing_objects_only_when_the_target_says_so() {
+    let env = Env::start().await;
+    let mut t = env.target("main", true);
+    let (same, different) = (group(1), group(2));
+    let want = grant(&[role("read", "orders")], &[]);
+    // Hand-made roles: one already equal to what the binding grants.
+    env.run(
+        "admin",
+        doc! { "createRole": env.name(&same), "roles": [{ "role": "read", "db": "orders" }], "privileges": [] },
+    )
+    .await
+    .unwrap();
+    env.run(
+        "admin",
+        doc! { "createRole": env.name(&different), "roles": [{ "role": "readWrite", "db": "x" }], "privileges": [] },
+    )
+    .await
+    .unwrap();
+    let b = binding("team", &[&same, &different]).roles(&[role("read", "orders")]).on(&t);
+
+    let mut op = Operator::new(&env, &t).await;
+    let report = op.apply(&b).await.report.unwrap();
+    assert!(report.results.values().all(|r| matches!(r, SubjectResult::Conflict(_))), "{report:?}");
+    op.delete(&b).await;
+
+    t.spec.adopt = true;
+    let mut op = Operator::new(&env, &t).await;
+    op.apply_all(&[&b]).await;
+    assert_eq!(env.state().await, env.roles(&[(&same, want.clone()), (&different, want)]));
+    assert_eq!(
+        env.ledger(&t).await,
+        [env.role_id(&same), env.role_id(&different)].into(),
+        "adopted objects are dbgrant's from now on, even one that needed no change"
+    );
+    op.delete(&b).await;
+    assert_eq!(env.state().await, State::default(), "so they go with the binding");
+
+    // A hand-made $external user is adopted the same way.
+    let mut tu = env.target("principals", false);
+    tu.spec.adopt = true;
+    let u1 = user(1);
+    env.run("$external", doc! { "createUser": env.name(&u1), "roles": [{ "role": "read", "db": "x" }] }).await.unwrap();
+    let mut op = Operator::new(&env, &tu).await;
+    let bu = binding("app", &[&u1]).roles(&[role("read", "orders")]).on(&tu);
+    op.apply_all(&[&bu]).await;
+    assert_eq!(env.state().await, env.roles(&[(&u1, grant(&[role("read", "orders")], &[]))]).with_user(&env, &u1));
+    assert_eq!(env.ledger(&tu).await, [env.role_id(&u1), env.user_id(&u1)].into());
+    op.delete(&bu).await;
+    assert_eq!(env.state().await, State::default());
+}
+
+#[tokio::test]
+async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
+    let env = Env::start().await;
+    let Some(double) = &env.double else { return }; // needs fault injection
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let b = binding("team", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    op.index(&b);
+    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false);
+
+    // The ledger write fails: createRole is never sent.
+    double.fail_next(1, 8, Some("update"));
+    let err = sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.expect_err("ledger write failed");
+    assert!(err.to_string().contains("ownership ledger"), "{err}");
+    assert!(double.commands_named("createRole").is_empty());
+    assert_eq!(env.state().await, State::default());
+
+    // The connection dies right after createRole ran: the role exists and
+    // is already in the ledger, so the retry finishes without a conflict.
+    double.drop_after_apply_next(1, Some("createRole"));
+    assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
+    assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
+    let report = op.resync().await;
+    assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]));
+
+    // Crash after dropRole, before the ledger delete: the next sync cleans
+    // the ledger entry up.
+    double.drop_after_apply_next(1, Some("dropRole"));
+    op.index.remove(&binding_controller::key(&b));
+    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false);
+    assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
+    assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
+    op.resync().await;
+    assert!(env.ledger(&t).await.is_empty());
+    assert_eq!(env.state().await, State::default());
+}
+
+#[tokio::test]
+async fn probe_checks_rights_and_errors_never_quote_credentials() {
+    let env = Env::start().await;
+    let client = connect(&env.uri).await;
+    let probe = connection::probe("main", &client, "NotUsed").await.expect("the operator login has the rights");
+    assert!(!probe.version.is_empty());
+    if let Some(double) = &env.double {
+        assert_eq!(probe.version, "8.0.4");
+        let viewer = connect(&double.uri_with_credentials("viewer", "viewer-pw")).await;
+        let err = connection::probe("main", &viewer, "NotUsed").await.expect_err("a read-only login");
+        assert!(err.to_string().contains("lacks") && err.to_string().contains("createRole"), "{err}");
+    }
+
+    // Wrong password, and nobody listening: fixed messages, no secrets.
+    if let Some(double) = &env.double {
+        let wrong = connect(&double.uri_with_credentials(LOGIN, "not-the-password")).await;
+        let err = connection::probe("main", &wrong, "NotUsed").await.expect_err("bad password");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("authentication failed"), "{text}");
+        assert!(!text.contains("not-the-password") && !text.contains(PASSWORD), "{text}");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut options =
+        ClientOptions::parse(format!("mongodb://u:{PASSWORD}@{closed}/?directConnection=true")).await.unwrap();
+    options.server_selection_timeout = Some(Duration::from_millis(300));
+    let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed").await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("server unreachable") && !text.contains(PASSWORD), "{text}");
+}
