@@ -37,6 +37,30 @@ pub enum Error {
         transient: bool,
     },
 
+    /// An Azure Resource Manager call for a CosmosTarget failed.
+    #[error("cosmosdb target {target}: {source}")]
+    Azure {
+        /// CosmosTarget name.
+        target: String,
+        /// The typed ARM failure (secret-free).
+        #[source]
+        source: crate::cosmos::arm::ArmError,
+    },
+
+    /// Work on a target must wait and will be retried after `retry_after`
+    /// (revocation behind throttling, a role definition still in use).
+    #[error("{backend} target {target}: {message}")]
+    Wait {
+        /// `mongodb` or `cosmosdb`.
+        backend: &'static str,
+        /// Target name.
+        target: String,
+        /// What is awaited.
+        message: String,
+        /// When to try again.
+        retry_after: std::time::Duration,
+    },
+
     /// The operator's own configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -54,7 +78,27 @@ impl Error {
             Error::Secret { .. } => "secret",
             Error::Backend { transient: true, .. } => "backend-transient",
             Error::Backend { transient: false, .. } => "backend",
+            Error::Azure { source, .. } => {
+                use crate::cosmos::arm::ArmError;
+                match source {
+                    ArmError::Throttled { .. } | ArmError::Locked { .. } => "throttled",
+                    ArmError::Credential(_) => "credential",
+                    ArmError::Unauthorized { .. } => "unauthorized",
+                    e if e.is_transient() => "backend-transient",
+                    _ => "backend",
+                }
+            }
+            Error::Wait { .. } => "waiting",
             Error::Config(_) => "config",
+        }
+    }
+
+    /// How long the backend asked dbgrant to wait, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Azure { source, .. } => source.retry_after(),
+            Error::Wait { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cosmos;
 pub mod error;
 pub mod mongo;
 pub mod plan;
@@ -24,3 +25,8 @@ pub const MANAGER: &str = "dbgrant";
 
 /// Finalizer that keeps an object until dbgrant has revoked its access.
 pub const FINALIZER: &str = "dbgrant.io/revoke";
+
+/// Finalizer that keeps a target (MongoTarget, CosmosTarget) until no
+/// binding or role definition uses it, so each of them can still revoke its
+/// access through the target when everything is deleted at once.
+pub const TARGET_FINALIZER: &str = "dbgrant.io/bindings";

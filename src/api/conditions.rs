@@ -53,6 +53,10 @@ pub mod reason {
     pub const REVOKING: &str = "Revoking";
     /// A Cosmos DB account limit would be exceeded.
     pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
+    /// The target is being deleted and waits for the bindings (and role
+    /// definitions) that use it to be deleted first, so they can still
+    /// revoke their access through it.
+    pub const TERMINATING: &str = "Terminating";
 }
 
 /// How a Ready=False outcome should be read by kstatus tooling.

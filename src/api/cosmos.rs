@@ -157,8 +157,9 @@ pub struct ClientCertificateCredential {
     /// Application (client) id.
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
     pub client_id: String,
-    /// Secret key holding the certificate and its private key (PEM or
-    /// PKCS#12).
+    /// Secret key holding the certificate and its unencrypted private key,
+    /// both PEM (PKCS#12 is not supported: convert it with `openssl pkcs12
+    /// -nodes`).
     pub certificate_secret_ref: SecretKeyRef,
 }
 

@@ -14,6 +14,7 @@ pub mod conditions;
 pub mod cosmos;
 pub mod crdgen;
 pub mod mongo;
+pub mod target;
 
 pub use common::*;
 pub use cosmos::*;

@@ -2,6 +2,7 @@
 //! desired-versus-actual diff for each backend. Nothing here talks to
 //! Kubernetes or a database, so all of it is tested with plain `#[test]`s.
 
+pub mod cosmos;
 pub mod expiry;
 pub mod index;
 pub mod mongo;

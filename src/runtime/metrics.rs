@@ -44,6 +44,18 @@ pub struct DriftLabels {
     pub target: String,
 }
 
+/// Labels for a backend asking dbgrant to slow down.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    /// `mongodb` or `cosmosdb`.
+    pub backend: String,
+    /// Target name.
+    pub target: String,
+    /// Why: `429`, `503`, `412` (account lock), `budget` (dbgrant's own
+    /// per-account write budget) or `pending` (an operation still running).
+    pub reason: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +69,8 @@ pub struct Metrics {
     pub backend_operations: Family<BackendLabels, Counter>,
     /// Out-of-band changes found and corrected, by backend and target.
     pub drift_corrections: Family<DriftLabels, Counter>,
+    /// Times a backend made dbgrant wait, by backend, target and reason.
+    pub throttles: Family<ThrottleLabels, Counter>,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
 }
@@ -71,12 +85,14 @@ impl Default for Metrics {
         });
         let backend_operations = Family::<BackendLabels, Counter>::default();
         let drift_corrections = Family::<DriftLabels, Counter>::default();
+        let throttles = Family::<ThrottleLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconciles that failed", reconcile_errors.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         registry.register("backend_operations", "Calls to MongoDB and Azure", backend_operations.clone());
         registry.register("drift_corrections", "Out-of-band changes corrected", drift_corrections.clone());
+        registry.register("backend_throttles", "Times a backend made dbgrant wait", throttles.clone());
         registry.register("leader", "1 while this replica leads", leader.clone());
         Self {
             registry,
@@ -85,6 +101,7 @@ impl Default for Metrics {
             reconcile_duration,
             backend_operations,
             drift_corrections,
+            throttles,
             leader,
         }
     }
@@ -113,6 +130,17 @@ impl Metrics {
                 backend: backend.to_string(),
                 operation: operation.to_string(),
                 outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count a backend making dbgrant wait.
+    pub fn throttled(&self, backend: &str, target: &str, reason: &str) {
+        self.throttles
+            .get_or_create(&ThrottleLabels {
+                backend: backend.to_string(),
+                target: target.to_string(),
+                reason: reason.to_string(),
             })
             .inc();
     }
@@ -150,12 +178,14 @@ mod tests {
         drop(m.reconcile("MongoRoleBinding"));
         m.backend_op("mongodb", "createRole", true);
         m.reconcile_failed("MongoTarget", &crate::Error::Config("x".into()));
+        m.throttled("cosmosdb", "acct", "429");
         let text = m.render();
         for name in [
             "dbgrant_reconciles_total{kind=\"MongoRoleBinding\"} 1",
             "dbgrant_reconcile_duration_seconds_count{kind=\"MongoRoleBinding\"} 1",
             "dbgrant_backend_operations_total{backend=\"mongodb\",operation=\"createRole\",outcome=\"ok\"} 1",
             "dbgrant_reconcile_errors_total{kind=\"MongoTarget\",category=\"config\"} 1",
+            "dbgrant_backend_throttles_total{backend=\"cosmosdb\",target=\"acct\",reason=\"429\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::{context::Context, http, leader, metrics::Metrics, telemetry};
 use crate::{
     MANAGER,
-    api::{MongoRoleBinding, MongoTarget},
+    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget},
     cli::RunArgs,
+    cosmos::{self, CosmosContext},
     mongo::{self, MongoContext},
 };
 
@@ -79,7 +80,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let controllers = mongo_controllers(shared.clone(), args.concurrency, shutdown.clone());
+    // Ready once both backends' caches are synced and their binding indexes
+    // primed, so no reconcile acts on a partial view.
+    let (mongo_primed, mongo_rx) = tokio::sync::oneshot::channel();
+    let (cosmos_primed, cosmos_rx) = tokio::sync::oneshot::channel();
+    let health = shared.health.clone();
+    tokio::spawn(async move {
+        if let (Ok(()), Ok(())) = tokio::join!(mongo_rx, cosmos_rx) {
+            tracing::info!("caches synced and binding indexes primed; ready");
+            health.set_ready(true);
+        }
+    });
+    let controllers = futures::future::join(
+        mongo_controllers(shared.clone(), args.concurrency, shutdown.clone(), mongo_primed),
+        cosmos_controllers(shared.clone(), args.concurrency, shutdown.clone(), cosmos_primed),
+    );
     tracing::info!(namespace = %args.namespace, "dbgrant started");
     controllers.await;
     tracing::info!("controllers stopped; shutting down");
@@ -132,7 +147,12 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
-async fn mongo_controllers(shared: Arc<Context>, concurrency: u16, shutdown: CancellationToken) {
+async fn mongo_controllers(
+    shared: Arc<Context>,
+    concurrency: u16,
+    shutdown: CancellationToken,
+    primed: tokio::sync::oneshot::Sender<()>,
+) {
     let client = shared.client.clone();
     let targets: Api<MongoTarget> = Api::all(client.clone());
     let bindings: Api<MongoRoleBinding> = Api::all(client.clone());
@@ -159,11 +179,10 @@ async fn mongo_controllers(shared: Arc<Context>, concurrency: u16, shutdown: Can
             .collect::<Vec<_>>()
     });
 
-    let health = shared.health.clone();
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
         ready_ctx.prime().await;
-        health.set_ready(true);
+        let _ = primed.send(());
     });
 
     let t = target_ctrl
@@ -183,4 +202,96 @@ async fn mongo_controllers(shared: Arc<Context>, concurrency: u16, shutdown: Can
             }
         });
     tokio::join!(t, b);
+}
+
+async fn cosmos_controllers(
+    shared: Arc<Context>,
+    concurrency: u16,
+    shutdown: CancellationToken,
+    primed: tokio::sync::oneshot::Sender<()>,
+) {
+    let client = shared.client.clone();
+    let targets: Api<CosmosTarget> = Api::all(client.clone());
+    let definitions: Api<CosmosRoleDefinition> = Api::all(client.clone());
+    let bindings: Api<CosmosRoleBinding> = Api::all(client.clone());
+    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
+
+    let target_ctrl = Controller::new(targets.clone(), watcher::Config::default()).with_config(config.clone());
+    let definition_ctrl = Controller::new(definitions.clone(), watcher::Config::default()).with_config(config.clone());
+    let binding_ctrl = Controller::new(bindings, watcher::Config::default()).with_config(config);
+    let ctx = Arc::new(CosmosContext::new(
+        shared.clone(),
+        target_ctrl.store(),
+        binding_ctrl.store(),
+        definition_ctrl.store(),
+        Default::default(),
+    ));
+
+    // Bindings wake up when their target or role definition changes;
+    // definitions when their target does.
+    let store = binding_ctrl.store();
+    let binding_ctrl = binding_ctrl.watches(targets.clone(), watcher::Config::default(), move |t: CosmosTarget| {
+        let name = t.metadata.name.unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|b| b.spec.target_ref.name == name)
+            .map(|b| ObjectRef::from(b.as_ref()))
+            .collect::<Vec<_>>()
+    });
+    let store = ctx.bindings.clone();
+    let binding_ctrl = binding_ctrl.watches(definitions, watcher::Config::default(), move |d: CosmosRoleDefinition| {
+        let name = d.metadata.name.unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|b| {
+                b.spec.target_ref.name == d.spec.target_ref.name
+                    && b.spec.role_definition.name.as_deref() == Some(name.as_str())
+            })
+            .map(|b| ObjectRef::from(b.as_ref()))
+            .collect::<Vec<_>>()
+    });
+    let store = definition_ctrl.store();
+    let definition_ctrl = definition_ctrl.watches(targets, watcher::Config::default(), move |t: CosmosTarget| {
+        let name = t.metadata.name.unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|d| d.spec.target_ref.name == name)
+            .map(|d| ObjectRef::from(d.as_ref()))
+            .collect::<Vec<_>>()
+    });
+
+    let prime_ctx = ctx.clone();
+    tokio::spawn(async move {
+        prime_ctx.prime().await;
+        let _ = primed.send(());
+    });
+
+    let t = target_ctrl
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(cosmos::target_controller::reconcile, cosmos::target_controller::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "CosmosTarget controller event");
+            }
+        });
+    let d = definition_ctrl
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(cosmos::definition_controller::reconcile, cosmos::definition_controller::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "CosmosRoleDefinition controller event");
+            }
+        });
+    let b = binding_ctrl
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(cosmos::binding_controller::reconcile, cosmos::binding_controller::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "CosmosRoleBinding controller event");
+            }
+        });
+    tokio::join!(t, d, b);
 }

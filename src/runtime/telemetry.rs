@@ -1,5 +1,7 @@
 //! Structured logging with `tracing`: text for people, JSON for machines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::cli::LogFormat;
@@ -10,7 +12,10 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_current_span(true)).try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        // Colours only for a terminal: not in files, pipes or log collectors.
+        LogFormat::Text => {
+            registry.with(fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal())).try_init()
+        }
     }
     .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

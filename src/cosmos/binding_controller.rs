@@ -1,0 +1,775 @@
+//! The CosmosRoleBinding controller.
+//!
+//! ```text
+//! dereference target + role definition ─▶ evaluate (expiry, policy, scopes)
+//!        ─▶ index ─▶ sync the account ─▶ status from the report + Event
+//! ```
+//!
+//! Revocation (delete, expiry, denial) is the same path with the binding
+//! taken out of the index. Cleanup never re-validates the policy: a binding
+//! that is no longer allowed must still be revocable.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
+    },
+};
+
+use super::{
+    CosmosContext, Freshness, binding_key, reason as cosmos_reason,
+    sync::{AssignmentOutcome, PENDING_RETRY, SyncReport, principal_backoff},
+    target_controller,
+};
+use crate::{
+    Error, FINALIZER, Result,
+    api::{
+        CosmosAssignmentStatus, CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, DeletionPolicy, SubjectKind,
+        conditions,
+        conditions::{Outcome, reason},
+    },
+    plan::{
+        cosmos::{Action as PlanAction, AssignmentKey, CosmosGrant, RoleKey},
+        expiry::{self, ExpiryState},
+        index::Contribution,
+        policy,
+    },
+    runtime::status,
+};
+
+/// Kind label.
+pub const KIND: &str = "CosmosRoleBinding";
+
+/// What evaluating a binding decided.
+#[derive(Debug)]
+pub struct Evaluation {
+    /// The contribution to put in the index, or None to revoke.
+    pub contribution: Option<Contribution<CosmosGrant>>,
+    /// Why there is no contribution.
+    pub blocked: Option<Outcome>,
+    /// Expiry.
+    pub expiry: ExpiryState,
+}
+
+/// Evaluate a binding against its target and role definition at `now`.
+/// Pure. `ignore_deletion` evaluates a deleting binding as if it were live
+/// (to know what it contributed, for revocation).
+pub fn evaluate(
+    b: &CosmosRoleBinding,
+    target: Option<&CosmosTarget>,
+    definition: Option<&CosmosRoleDefinition>,
+    now: jiff::Timestamp,
+    ignore_deletion: bool,
+) -> Evaluation {
+    let ns = b.namespace().unwrap_or_default();
+    let target_name = &b.spec.target_ref.name;
+    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let blocked = |o: Outcome, expiry| Evaluation { contribution: None, blocked: Some(o), expiry };
+    let at = match expiry::expiry_instant(created, &b.spec.expiry) {
+        Ok(at) => at,
+        Err(e) => return blocked(Outcome::stalled(reason::INVALID_SPEC, e), ExpiryState::Never),
+    };
+    let exp = expiry::state(now, at);
+    if b.metadata.deletion_timestamp.is_some() && !ignore_deletion {
+        return blocked(Outcome::progressing(reason::REVOKING, "revoking access before deletion"), exp);
+    }
+    if let ExpiryState::Expired(t) = exp {
+        return blocked(Outcome::not_ready(reason::EXPIRED, format!("access expired at {t} and was revoked")), exp);
+    }
+    let Some(target) = target else {
+        return blocked(
+            Outcome::stalled(
+                reason::TARGET_NOT_FOUND,
+                format!("CosmosTarget {target_name} does not exist; create it or fix spec.targetRef"),
+            ),
+            exp,
+        );
+    };
+    let rd = &b.spec.role_definition;
+    let (role, data_actions, assignable): (RoleKey, Vec<String>, Vec<String>) = match (&rd.built_in, &rd.name) {
+        (Some(r), None) => (
+            RoleKey::BuiltIn(*r),
+            policy::built_in_data_actions(*r).iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
+        ),
+        (None, Some(n)) => {
+            let Some(def) = definition.filter(|d| &d.spec.target_ref.name == target_name) else {
+                return blocked(
+                    Outcome::stalled(
+                        cosmos_reason::ROLE_DEFINITION_NOT_FOUND,
+                        format!(
+                            "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
+                        ),
+                    ),
+                    exp,
+                );
+            };
+            if def.metadata.deletion_timestamp.is_some() {
+                return blocked(
+                    Outcome::stalled(
+                        cosmos_reason::ROLE_DEFINITION_NOT_FOUND,
+                        format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
+                    ),
+                    exp,
+                );
+            }
+            let scopes: Vec<String> = def.spec.assignable_scopes.iter().map(|s| s.relative_path()).collect();
+            (RoleKey::Custom(n.clone()), def.spec.data_actions.clone(), scopes)
+        }
+        _ => {
+            return blocked(
+                Outcome::stalled(
+                    reason::INVALID_SPEC,
+                    "set exactly one of roleDefinition.builtIn and roleDefinition.name",
+                ),
+                exp,
+            );
+        }
+    };
+    let denials = policy::evaluate_cosmos(&target.spec.policy, &ns, target_name, &b.spec, &data_actions);
+    if !denials.is_empty() {
+        return blocked(
+            Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
+            exp,
+        );
+    }
+    let mut invalid = Vec::new();
+    if !assignable.is_empty() && !assignable.iter().any(|s| s.is_empty()) {
+        for scope in &b.spec.scopes {
+            let rel = scope.relative_path();
+            let within = assignable.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/")));
+            if !within {
+                let shown = if rel.is_empty() { "the account".to_string() } else { rel };
+                invalid.push(format!("scope {shown} is outside the assignable scopes of {role}"));
+            }
+        }
+    }
+    let mut subjects = BTreeSet::new();
+    for s in &b.spec.subjects {
+        let key = s.key();
+        if key.kind == SubjectKind::AppRole {
+            invalid.push(format!("subject {key}: Cosmos DB assigns roles to object ids, not app roles"));
+        } else if key.id.is_empty() {
+            invalid.push(format!("subject {key} has no objectId"));
+        } else {
+            subjects.insert(key);
+        }
+    }
+    if !invalid.is_empty() {
+        return blocked(
+            Outcome::stalled(reason::INVALID_SPEC, format!("nothing applied: {}", invalid.join("; "))),
+            exp,
+        );
+    }
+    Evaluation {
+        contribution: Some(Contribution {
+            target: target_name.clone(),
+            subjects,
+            grant: CosmosGrant::new(&role, &b.spec.scopes),
+        }),
+        blocked: None,
+        expiry: exp,
+    }
+}
+
+/// The assignments a contribution wants.
+pub fn keys_of(c: &Contribution<CosmosGrant>) -> BTreeSet<AssignmentKey> {
+    c.subjects
+        .iter()
+        .flat_map(|s| {
+            c.grant.0.iter().map(move |(role, scope)| AssignmentKey {
+                principal_id: s.id.to_ascii_lowercase(),
+                role: role.clone(),
+                scope: scope.clone(),
+            })
+        })
+        .collect()
+}
+
+impl CosmosContext {
+    /// Put every binding that exists at start-up into the index before any
+    /// reconcile writes, so no sync revokes a shared assignment because
+    /// its other bindings are not known yet.
+    pub async fn prime(&self) {
+        self.primed
+            .get_or_init(|| async {
+                crate::runtime::cache::wait_ready(&self.targets).await;
+                crate::runtime::cache::wait_ready(&self.definitions).await;
+                crate::runtime::cache::wait_ready(&self.bindings).await;
+                let now = jiff::Timestamp::now();
+                let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+                for b in self.bindings.state() {
+                    let target = self.target(&b.spec.target_ref.name);
+                    let def = definition_of(self, &b);
+                    if let Some(c) = evaluate(&b, target.as_deref(), def.as_deref(), now, false).contribution {
+                        idx.upsert(&binding_key(&b), c);
+                    }
+                }
+                tracing::info!(bindings = idx.len(), "cosmos binding index primed");
+            })
+            .await;
+    }
+}
+
+fn definition_of(ctx: &CosmosContext, b: &CosmosRoleBinding) -> Option<Arc<CosmosRoleDefinition>> {
+    b.spec.role_definition.name.as_ref().and_then(|n| ctx.definitions.get(&ObjectRef::new(n)))
+}
+
+/// Reconcile one CosmosRoleBinding.
+pub async fn reconcile(b: Arc<CosmosRoleBinding>, ctx: Arc<CosmosContext>) -> Result<Action> {
+    let _timer = ctx.shared.metrics.reconcile(KIND);
+    ctx.prime().await;
+    let ns = b.namespace().unwrap_or_default();
+    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    finalizer(&api, FINALIZER, b, |event| async {
+        match event {
+            Finalizer::Apply(b) => apply(b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
+    let now = jiff::Timestamp::now();
+    let target = ctx.target(&b.spec.target_ref.name);
+    let definition = definition_of(ctx, &b);
+    let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
+    let key = binding_key(&b);
+    let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
+    let affected = {
+        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        match eval.contribution.clone() {
+            Some(c) => idx.upsert(&key, c),
+            None => idx.remove(&key),
+        }
+    };
+    if !affected.is_empty() {
+        ctx.bump(&b.spec.target_ref.name);
+    }
+    let current = b.status.clone().unwrap_or_default();
+    let already_applied = current.observed_generation == b.metadata.generation
+        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
+
+    let mut st = current.clone();
+    st.expires_at = eval.expiry.instant().map(Time);
+    let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
+    let outcome = match (&eval.blocked, target.as_deref()) {
+        (Some(blocked), Some(t)) if !affected.is_empty() || !st.assignments.is_empty() => {
+            // Revoke what this binding contributed: the index already
+            // excludes it, so the sync deletes what nobody else wants.
+            let report = revoke(ctx, t, BTreeSet::new()).await?;
+            if let Some((stop, wait)) = &report.stopped {
+                requeue = requeue.min(*wait);
+                Outcome::progressing(reason::REVOKING, format!("revoking: {}", stop.describe()))
+            } else {
+                st.assignments.clear();
+                blocked.clone()
+            }
+        }
+        (Some(blocked), _) => blocked.clone(),
+        (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
+        (None, Some(t)) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
+            reason::TARGET_NOT_READY,
+            format!(
+                "CosmosTarget {} is being deleted and waits for this binding; delete the binding to revoke its access",
+                t.name_any()
+            ),
+        ),
+        (None, Some(t)) if !target_controller::is_ready(t) => {
+            requeue = requeue.min(target_controller::NOT_READY_RETRY);
+            Outcome::progressing(
+                reason::TARGET_NOT_READY,
+                format!("waiting for CosmosTarget {} to be Ready", t.name_any()),
+            )
+        }
+        (None, Some(t)) if affected.is_empty() && already_applied => {
+            // Nothing changed here: drift is the target's periodic resync's
+            // job, so a steady state costs no Azure calls per binding. The
+            // resync may have changed what grants this binding's access
+            // (an identical foreign assignment went and dbgrant created its
+            // own, say): the status follows the account's last report,
+            // when it covers this binding.
+            match ctx.last_report(t).filter(|r| covers(r, &own)) {
+                Some(report) => {
+                    let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
+                    if outcome.ready && assignments != st.assignments {
+                        st.last_applied_time = Some(status::now());
+                    }
+                    st.assignments = assignments;
+                    if let Some(r) = retry {
+                        requeue = requeue.min(r);
+                    }
+                    outcome
+                }
+                None => conditions::ready(&current.conditions)
+                    .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
+                    .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
+            }
+        }
+        (None, Some(t)) => match ctx.sync(t, BTreeSet::new(), Freshness::Coalesce).await {
+            Ok(report) => {
+                let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
+                st.assignments = assignments;
+                if outcome.ready {
+                    st.last_applied_time = Some(status::now());
+                }
+                if let Some(r) = retry {
+                    requeue = requeue.min(r);
+                }
+                outcome
+            }
+            Err(e) if e.retry_after().is_some() => {
+                let wait = e.retry_after().unwrap_or(PENDING_RETRY);
+                requeue = requeue.min(wait);
+                Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
+    st.observed_generation = b.metadata.generation;
+    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
+    status::apply(&api, &b, b.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
+    Ok(Action::requeue(requeue))
+}
+
+/// Whether a report planned every assignment in `own` (it is from a sync
+/// that knew this binding's contribution).
+pub fn covers(report: &SyncReport, own: &BTreeSet<AssignmentKey>) -> bool {
+    own.iter().all(|k| report.plan.assignments.contains_key(k))
+}
+
+/// The binding's Ready outcome, its assignment list and when to look again,
+/// from an account report.
+pub fn outcome_from(
+    report: &SyncReport,
+    key: &str,
+    own: &BTreeSet<AssignmentKey>,
+    target: &CosmosTarget,
+) -> (Outcome, Vec<CosmosAssignmentStatus>, Option<Duration>) {
+    let mut assignments = Vec::new();
+    let (mut conflicts, mut rejected, mut principals, mut limits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut unavailable, mut in_progress) = (BTreeSet::new(), 0usize);
+    let mut pre_existing = 0usize;
+    let mut attempts = 0u32;
+    for k in own {
+        match report.assignment(k) {
+            AssignmentOutcome::Applied { name, managed } => {
+                if !managed {
+                    pre_existing += 1;
+                }
+                assignments.push(CosmosAssignmentStatus {
+                    name,
+                    principal_id: k.principal_id.clone(),
+                    scope: k.scope.clone(),
+                    ownership: if managed { "Managed".into() } else { "PreExisting".into() },
+                });
+            }
+            AssignmentOutcome::Conflict(name) => conflicts.push(format!("{name} ({k})")),
+            AssignmentOutcome::Rejected(m) => rejected.push(format!("{k}: {m}")),
+            AssignmentOutcome::PrincipalNotFound { attempts: n, .. } => {
+                attempts = attempts.max(n);
+                principals.push(k.principal_id.clone());
+            }
+            AssignmentOutcome::LimitExceeded(m) => limits.push(m),
+            AssignmentOutcome::RoleUnavailable => {
+                unavailable.insert(k.role.to_string());
+            }
+            AssignmentOutcome::InProgress => in_progress += 1,
+        }
+    }
+    assignments.sort_by(|a, b| (&a.principal_id, &a.scope, &a.name).cmp(&(&b.principal_id, &b.scope, &b.name)));
+    principals.sort();
+    principals.dedup();
+    let t = target.name_any();
+    let outcome = if let Some(why) = report.plan.refused.get(key) {
+        (Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {why}")), None)
+    } else if !conflicts.is_empty() {
+        (
+            Outcome::stalled(
+                reason::CONFLICT,
+                format!(
+                    "role assignment name(s) {} are taken by assignments dbgrant did not create; left untouched",
+                    conflicts.join(", ")
+                ),
+            ),
+            None,
+        )
+    } else if !rejected.is_empty() {
+        (Outcome::stalled(reason::REJECTED, format!("Azure refused: {}", rejected.join("; "))), None)
+    } else if !limits.is_empty() {
+        (Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {}", limits.join("; "))), None)
+    } else if !principals.is_empty() {
+        let wait = principal_backoff(attempts);
+        (
+            Outcome::progressing(
+                reason::PRINCIPAL_NOT_FOUND,
+                format!(
+                    "Microsoft Entra ID does not know principal(s) {} yet (new identities take minutes to replicate); attempt {attempts}, retrying in {}s",
+                    principals.join(", "),
+                    wait.as_secs()
+                ),
+            ),
+            Some(wait),
+        )
+    } else if !unavailable.is_empty() {
+        (
+            Outcome::progressing(
+                cosmos_reason::ROLE_DEFINITION_NOT_READY,
+                format!(
+                    "{} is not applied on the account yet; see its status",
+                    unavailable.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            Some(target_controller::NOT_READY_RETRY),
+        )
+    } else if in_progress > 0 {
+        let (why, wait) = match &report.stopped {
+            Some((stop, wait)) => (stop.describe(), *wait),
+            None => ("Azure operations are running".to_string(), PENDING_RETRY),
+        };
+        let reason = match &report.stopped {
+            Some((super::sync::Stop::Pending(_), _)) | None => reason::PROGRESSING,
+            Some(_) => reason::THROTTLED,
+        };
+        (Outcome::progressing(reason, format!("{in_progress} assignment(s) still being written: {why}")), Some(wait))
+    } else {
+        let mut msg = format!("{} role assignment(s) in place on CosmosTarget {t}", assignments.len());
+        if pre_existing > 0 {
+            msg.push_str(&format!(
+                " ({pre_existing} granted by identical assignments dbgrant does not manage, left untouched)"
+            ));
+        }
+        (Outcome::ready(reason::APPLIED, msg), None)
+    };
+    (outcome.0, assignments, outcome.1)
+}
+
+async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
+    let key = binding_key(&b);
+    let removed = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    // Targets keep the dbgrant.io/bindings finalizer while a binding names
+    // them, so a target is gone here only if it never existed or someone
+    // removed that finalizer by hand.
+    let Some(target) = ctx.target(&b.spec.target_ref.name) else {
+        tracing::info!(binding = %key, target = %b.spec.target_ref.name, "target gone; nothing to revoke");
+        return Ok(Action::await_change());
+    };
+    if target_controller::never_connected(&target)
+        && ctx.last_report(&target).is_none()
+        && b.status.as_ref().is_none_or(|s| s.assignments.is_empty())
+    {
+        tracing::info!(binding = %key, target = %target.name_any(), "target never connected; nothing to revoke");
+        return Ok(Action::await_change());
+    }
+    ctx.bump(&target.name_any());
+    // What it would contribute if it were live: a binding deleted while the
+    // operator was down never entered the index.
+    let definition = definition_of(ctx, &b);
+    let wanted = evaluate(&b, Some(&target), definition.as_deref(), jiff::Timestamp::now(), true)
+        .contribution
+        .map(|c| keys_of(&c))
+        .unwrap_or_default();
+    if removed.is_empty() && wanted.is_empty() && b.status.as_ref().is_none_or(|s| s.assignments.is_empty()) {
+        return Ok(Action::await_change());
+    }
+    // Retain: release what no other binding still wants (shared
+    // assignments stay managed and shrink to the remaining bindings).
+    let release: BTreeSet<AssignmentKey> = if b.spec.deletion_policy == DeletionPolicy::Retain {
+        let still = ctx.desired(&target.name_any()).assignments;
+        wanted.iter().filter(|k| !still.contains_key(*k)).cloned().collect()
+    } else {
+        BTreeSet::new()
+    };
+    let report = revoke(ctx, &target, release).await?;
+    if let Some((stop, wait)) = &report.stopped {
+        return Err(Error::Wait {
+            backend: super::BACKEND,
+            target: target.name_any(),
+            message: format!("revocation waits: {}", stop.describe()),
+            retry_after: *wait,
+        });
+    }
+    let failed: Vec<String> = report
+        .plan
+        .actions
+        .iter()
+        .filter(|a| match a {
+            PlanAction::DeleteAssignment { key, .. } => wanted.is_empty() || wanted.contains(key),
+            _ => false,
+        })
+        .filter(|a| report.results.get(a.name()).is_some_and(|r| *r != super::sync::WriteResult::Done))
+        .map(|a| a.describe())
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::Backend {
+            backend: super::BACKEND,
+            target: target.name_any(),
+            message: format!("revocation incomplete: {}", failed.join("; ")),
+            transient: true,
+        });
+    }
+    tracing::info!(binding = %key, target = %target.name_any(), "access revoked");
+    Ok(Action::await_change())
+}
+
+async fn revoke(
+    ctx: &CosmosContext,
+    target: &CosmosTarget,
+    release: BTreeSet<AssignmentKey>,
+) -> Result<Arc<SyncReport>> {
+    if !target_controller::can_revoke(target) {
+        return Err(Error::Backend {
+            backend: super::BACKEND,
+            target: target.name_any(),
+            message: "target is not Ready; revocation waits for it (the finalizer keeps the binding until then)".into(),
+            transient: true,
+        });
+    }
+    ctx.sync(target, release, Freshness::Coalesce).await
+}
+
+/// Error policy: log, count, back off (as long as the backend asked).
+pub fn error_policy(b: Arc<CosmosRoleBinding>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
+    tracing::warn!(binding = %binding_key(&b), target = %b.spec.target_ref.name, error = %error, "reconcile failed");
+    ctx.shared.metrics.reconcile_failed(KIND, error);
+    if let Some(wait) = error.retry_after() {
+        return Action::requeue(wait.max(Duration::from_secs(1)));
+    }
+    let transient = match error {
+        Error::Backend { transient, .. } => *transient,
+        Error::Azure { source, .. } => source.is_transient(),
+        _ => false,
+    };
+    Action::requeue(Duration::from_secs(if transient { 15 } else { 60 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        AzureCredential, BuiltInCosmosRole, CosmosPolicy, CosmosRoleBindingSpec, CosmosRoleDefinitionRef,
+        CosmosRoleDefinitionSpec, CosmosScope, CosmosTargetSpec, Expiry, Subject, TargetRef,
+    };
+
+    const G: &str = "0B0B0B0B-0000-0000-0000-000000000001";
+
+    fn target(policy: CosmosPolicy) -> CosmosTarget {
+        let mut t = CosmosTarget::new(
+            "acct",
+            CosmosTargetSpec {
+                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
+                resource_group: "rg".into(),
+                account_name: "acct".into(),
+                cloud: None,
+                credential: AzureCredential {
+                    workload_identity: Some(Default::default()),
+                    managed_identity: None,
+                    client_secret: None,
+                    client_certificate: None,
+                },
+                policy,
+            },
+        );
+        t.metadata.uid = Some("uid".into());
+        t
+    }
+
+    fn binding(role: CosmosRoleDefinitionRef, scopes: Vec<CosmosScope>) -> CosmosRoleBinding {
+        let mut b = CosmosRoleBinding::new(
+            "b",
+            CosmosRoleBindingSpec {
+                target_ref: TargetRef { name: "acct".into() },
+                subjects: vec![Subject {
+                    kind: SubjectKind::Group,
+                    object_id: Some(G.into()),
+                    value: None,
+                    display_name: None,
+                }],
+                role_definition: role,
+                scopes,
+                expiry: Expiry::default(),
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        );
+        b.metadata.namespace = Some("team-a".into());
+        b
+    }
+
+    fn db(d: &str) -> CosmosScope {
+        CosmosScope { database: Some(d.into()), container: None }
+    }
+
+    fn allow_all() -> CosmosPolicy {
+        CosmosPolicy { allowed_namespaces: vec!["team-*".into()], ..Default::default() }
+    }
+
+    fn reader() -> CosmosRoleDefinitionRef {
+        CosmosRoleDefinitionRef { built_in: Some(BuiltInCosmosRole::DataReader), name: None }
+    }
+
+    #[test]
+    fn allowed_binding_contributes_lower_case_principals_times_scopes() {
+        let b = binding(reader(), vec![db("orders"), db("billing")]);
+        let e = evaluate(&b, Some(&target(allow_all())), None, jiff::Timestamp::now(), false);
+        let c = e.contribution.expect("allowed");
+        let keys = keys_of(&c);
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|k| k.principal_id == G.to_ascii_lowercase()));
+    }
+
+    #[test]
+    fn forbidden_binding_applies_nothing_and_says_why() {
+        let b = binding(reader(), vec![CosmosScope::default()]);
+        let e = evaluate(&b, Some(&target(allow_all())), None, jiff::Timestamp::now(), false);
+        assert!(e.contribution.is_none());
+        let o = e.blocked.unwrap();
+        assert_eq!(o.reason, reason::GRANT_DENIED);
+        assert!(o.message.contains("allowAccountScope"), "{}", o.message);
+
+        let mut other_ns = binding(reader(), vec![db("orders")]);
+        other_ns.metadata.namespace = Some("intruder".into());
+        let e = evaluate(&other_ns, Some(&target(allow_all())), None, jiff::Timestamp::now(), false);
+        assert_eq!(e.blocked.unwrap().reason, reason::GRANT_DENIED);
+    }
+
+    #[test]
+    fn custom_role_must_exist_on_the_target_and_scopes_must_be_assignable() {
+        let role = CosmosRoleDefinitionRef { built_in: None, name: Some("items".into()) };
+        let b = binding(role, vec![db("billing")]);
+        let t = target(allow_all());
+        let e = evaluate(&b, Some(&t), None, jiff::Timestamp::now(), false);
+        assert_eq!(e.blocked.unwrap().reason, cosmos_reason::ROLE_DEFINITION_NOT_FOUND);
+
+        let def = CosmosRoleDefinition::new(
+            "items",
+            CosmosRoleDefinitionSpec {
+                target_ref: TargetRef { name: "acct".into() },
+                role_name: "Items".into(),
+                data_actions: vec!["Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers/items/read".into()],
+                assignable_scopes: vec![db("orders")],
+            },
+        );
+        let e = evaluate(&b, Some(&t), Some(&def), jiff::Timestamp::now(), false);
+        let o = e.blocked.unwrap();
+        assert_eq!(o.reason, reason::INVALID_SPEC);
+        assert!(o.message.contains("assignable"), "{}", o.message);
+
+        let inside = binding(
+            CosmosRoleDefinitionRef { built_in: None, name: Some("items".into()) },
+            vec![CosmosScope { database: Some("orders".into()), container: Some("c".into()) }],
+        );
+        let e = evaluate(&inside, Some(&t), Some(&def), jiff::Timestamp::now(), false);
+        let keys = keys_of(&e.contribution.unwrap());
+        assert_eq!(keys.iter().next().unwrap().role, RoleKey::Custom("items".into()));
+    }
+
+    fn report_with(states: Vec<(AssignmentKey, crate::plan::cosmos::AssignmentState)>) -> SyncReport {
+        let mut r = SyncReport::default();
+        r.plan.assignments = states.into_iter().collect();
+        r
+    }
+
+    #[test]
+    fn status_follows_the_worst_assignment_outcome() {
+        use super::super::sync::WriteResult;
+        use crate::plan::cosmos::AssignmentState as S;
+        let t = target(allow_all());
+        let k = |p: &str| AssignmentKey {
+            principal_id: p.into(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: "/dbs/a".into(),
+        };
+        let own: BTreeSet<AssignmentKey> = [k("p1"), k("p2")].into();
+
+        let r = report_with(vec![
+            (k("p1"), S::Managed { name: "n1".into() }),
+            (k("p2"), S::PreExisting { name: "f".into() }),
+        ]);
+        let (o, list, retry) = outcome_from(&r, "ns/b", &own, &t);
+        assert!(o.ready, "{o:?}");
+        assert!(o.message.contains("1 granted by identical assignments"), "{}", o.message);
+        assert_eq!(list.iter().map(|a| a.ownership.as_str()).collect::<Vec<_>>(), ["Managed", "PreExisting"]);
+        assert_eq!(retry, None);
+
+        let mut r =
+            report_with(vec![(k("p1"), S::Managed { name: "n1".into() }), (k("p2"), S::Managed { name: "n2".into() })]);
+        r.results.insert("n2".into(), WriteResult::PrincipalNotFound("not found".into()));
+        r.principal_retries.insert("n2".into(), 3);
+        let (o, list, retry) = outcome_from(&r, "ns/b", &own, &t);
+        assert_eq!((o.ready, o.reason), (false, reason::PRINCIPAL_NOT_FOUND));
+        assert!(o.message.contains("p2") && o.message.contains("attempt 3"), "{}", o.message);
+        assert_eq!(retry, Some(principal_backoff(3)));
+        assert_eq!(list.len(), 1, "only what is in place is listed");
+
+        let mut r = report_with(vec![(k("p1"), S::LimitExceeded), (k("p2"), S::LimitExceeded)]);
+        r.plan.refused.insert("ns/b".into(), "needs 2 new role assignment(s)".into());
+        let (o, _, _) = outcome_from(&r, "ns/b", &own, &t);
+        assert_eq!(o.reason, reason::LIMIT_EXCEEDED);
+        assert!(o.message.contains("needs 2"));
+
+        let r = report_with(vec![
+            (k("p1"), S::Conflict { name: "n1".into() }),
+            (k("p2"), S::Managed { name: "n2".into() }),
+        ]);
+        assert_eq!(outcome_from(&r, "ns/b", &own, &t).0.reason, reason::CONFLICT);
+
+        let mut r =
+            report_with(vec![(k("p1"), S::Managed { name: "n1".into() }), (k("p2"), S::Managed { name: "n2".into() })]);
+        r.results.insert("n1".into(), WriteResult::Skipped);
+        r.stopped = Some((super::super::sync::Stop::Throttled("slow down".into()), Duration::from_secs(42)));
+        let (o, _, retry) = outcome_from(&r, "ns/b", &own, &t);
+        assert_eq!(o.reason, reason::THROTTLED);
+        assert_eq!(retry, Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn a_steady_binding_follows_what_the_last_resync_found() {
+        use crate::plan::cosmos::AssignmentState as S;
+        let t = target(allow_all());
+        let k = AssignmentKey {
+            principal_id: G.to_ascii_lowercase(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: "/dbs/orders".into(),
+        };
+        let own: BTreeSet<AssignmentKey> = [k.clone()].into();
+        // Satisfied by an identical foreign assignment...
+        let before = report_with(vec![(k.clone(), S::PreExisting { name: "foreign".into() })]);
+        assert!(covers(&before, &own));
+        let (o, list, _) = outcome_from(&before, "team-a/b", &own, &t);
+        assert!(o.message.contains("does not manage"), "{}", o.message);
+        assert_eq!(list[0].ownership, "PreExisting");
+        // ...which went; the resync created dbgrant's own.
+        let after = report_with(vec![(k.clone(), S::Managed { name: "ours".into() })]);
+        let (o, list, _) = outcome_from(&after, "team-a/b", &own, &t);
+        assert!(o.ready && !o.message.contains("does not manage"), "{}", o.message);
+        assert_eq!((list[0].name.as_str(), list[0].ownership.as_str()), ("ours", "Managed"));
+        // A report that never planned this binding's assignments (before
+        // it was indexed, or one that stopped before reading the account)
+        // says nothing about it.
+        assert!(!covers(&SyncReport::default(), &own));
+        assert!(covers(&SyncReport::default(), &BTreeSet::new()));
+    }
+
+    #[test]
+    fn expired_and_deleting_bindings_contribute_nothing_unless_asked() {
+        let mut b = binding(reader(), vec![db("orders")]);
+        b.spec.expiry.expires_at = Some(Time("2020-01-01T00:00:00Z".parse().unwrap()));
+        let e = evaluate(&b, Some(&target(allow_all())), None, jiff::Timestamp::now(), false);
+        assert_eq!(e.blocked.unwrap().reason, reason::EXPIRED);
+
+        let mut d = binding(reader(), vec![db("orders")]);
+        d.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        let t = target(allow_all());
+        assert!(evaluate(&d, Some(&t), None, jiff::Timestamp::now(), false).contribution.is_none());
+        assert!(evaluate(&d, Some(&t), None, jiff::Timestamp::now(), true).contribution.is_some());
+    }
+}

@@ -1,0 +1,279 @@
+//! The CosmosRoleDefinition controller: a custom SQL role definition on the
+//! target's account, created before any assignment that uses it and
+//! deleted only after the last one is gone.
+//!
+//! The definition is part of the account sync (see [`super`]), so this
+//! controller only triggers a sync and reports the definition's part of the
+//! result. Deleting a CosmosRoleDefinition revokes the bindings that use
+//! it (their assignments go first), then the definition itself; if
+//! assignments dbgrant does not manage still use it, the finalizer waits
+//! and the status says so.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+use super::{
+    BACKEND, CosmosContext, Freshness, account_of, reason as cosmos_reason,
+    sync::{PENDING_RETRY, SyncReport, WriteResult},
+    target_controller,
+};
+use crate::{
+    Error, FINALIZER, Result,
+    api::{
+        CosmosRoleDefinition, CosmosTarget, conditions,
+        conditions::{Outcome, reason},
+    },
+    plan::cosmos::{DEFINITION_LIMIT, DefinitionState},
+    runtime::status,
+};
+
+/// Kind label.
+pub const KIND: &str = "CosmosRoleDefinition";
+
+/// Reconcile one CosmosRoleDefinition.
+pub async fn reconcile(d: Arc<CosmosRoleDefinition>, ctx: Arc<CosmosContext>) -> Result<Action> {
+    let _timer = ctx.shared.metrics.reconcile(KIND);
+    ctx.prime().await;
+    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
+    finalizer(&api, FINALIZER, d, |event| async {
+        match event {
+            Finalizer::Apply(d) => apply(d, &ctx).await,
+            Finalizer::Cleanup(d) => cleanup(d, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+/// The definition's Ready outcome from an account report, and whether it
+/// is in place.
+pub fn outcome_from(report: &SyncReport, source: &str, target: &CosmosTarget) -> (Outcome, Option<String>) {
+    let account = account_of(target);
+    let Some((state, result)) = report.definition(source) else {
+        return (Outcome::progressing(reason::PROGRESSING, "not planned yet"), None);
+    };
+    match (state, result) {
+        (DefinitionState::Managed { name }, None | Some(WriteResult::Done)) => (
+            Outcome::ready(
+                reason::APPLIED,
+                format!("role definition {name} is in place on CosmosTarget {}", target.name_any()),
+            ),
+            Some(account.definition_id(name)),
+        ),
+        (DefinitionState::Managed { .. }, Some(WriteResult::Rejected(m))) => {
+            (Outcome::stalled(reason::REJECTED, format!("Azure refused the role definition: {m}")), None)
+        }
+        (DefinitionState::Managed { .. }, Some(WriteResult::LimitExceeded(m))) => {
+            (Outcome::stalled(reason::LIMIT_EXCEEDED, m.clone()), None)
+        }
+        (DefinitionState::Managed { .. } | DefinitionState::Pending { .. }, _) => {
+            let why = report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "writing".into());
+            (Outcome::progressing(reason::PROGRESSING, format!("role definition not in place yet: {why}")), None)
+        }
+        (DefinitionState::Conflict { with }, _) => (
+            Outcome::stalled(
+                reason::CONFLICT,
+                format!(
+                    "role definition {with} on the account already has this roleName and dbgrant did not create it; choose another roleName"
+                ),
+            ),
+            None,
+        ),
+        (DefinitionState::LimitExceeded, _) => (
+            Outcome::stalled(
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "the account already has {DEFINITION_LIMIT} custom role definitions (the Azure limit); nothing applied"
+                ),
+            ),
+            None,
+        ),
+        (DefinitionState::InUse { by, .. }, _) => (
+            Outcome::stalled(
+                cosmos_reason::IN_USE,
+                format!(
+                    "{by} role assignment(s) dbgrant does not manage still use this definition; it is deleted once they are gone"
+                ),
+            ),
+            None,
+        ),
+        (DefinitionState::Absent, _) => (Outcome::progressing(reason::REVOKING, "role definition removed"), None),
+    }
+}
+
+async fn apply(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
+    let target_name = &d.spec.target_ref.name;
+    let target = ctx.target(target_name);
+    let current = d.status.clone().unwrap_or_default();
+    let already_applied = current.observed_generation == d.metadata.generation
+        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
+    let mut st = current.clone();
+    let mut requeue = ctx.shared.resync;
+    let outcome = match target.as_deref() {
+        // Steady state: drift is the target's periodic resync's job.
+        Some(t) if already_applied && target_controller::is_ready(t) => conditions::ready(&current.conditions)
+            .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
+            .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
+        None => Outcome::stalled(
+            reason::TARGET_NOT_FOUND,
+            format!("CosmosTarget {target_name} does not exist; create it or fix spec.targetRef"),
+        ),
+        Some(t) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
+            reason::TARGET_NOT_READY,
+            format!(
+                "CosmosTarget {target_name} is being deleted and waits for this role definition; delete it to remove the definition from Azure"
+            ),
+        ),
+        Some(t) if !target_controller::is_ready(t) => {
+            requeue = target_controller::NOT_READY_RETRY;
+            Outcome::progressing(
+                reason::TARGET_NOT_READY,
+                format!("waiting for CosmosTarget {target_name} to be Ready"),
+            )
+        }
+        Some(t) => match sync_after_change(ctx, t).await {
+            Ok(report) => {
+                let (outcome, id) = outcome_from(&report, &d.name_any(), t);
+                if id.is_some() {
+                    st.role_definition_id = id;
+                }
+                if !outcome.ready {
+                    requeue = report.retry_after().unwrap_or(PENDING_RETRY).min(requeue);
+                }
+                outcome
+            }
+            Err(e) if e.retry_after().is_some() => {
+                let wait = e.retry_after().unwrap_or(PENDING_RETRY);
+                requeue = wait;
+                Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    st.conditions = conditions::merge(&current.conditions, &outcome, d.metadata.generation, &status::now());
+    st.observed_generation = d.metadata.generation;
+    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
+    status::apply(&api, &d, d.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, d.as_ref(), &current.conditions, &st.conditions).await;
+    Ok(Action::requeue(requeue))
+}
+
+async fn sync_after_change(ctx: &CosmosContext, target: &CosmosTarget) -> Result<Arc<SyncReport>> {
+    ctx.bump(&target.name_any());
+    ctx.sync(target, BTreeSet::new(), Freshness::Coalesce).await
+}
+
+async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
+    let target_name = &d.spec.target_ref.name;
+    // Targets keep the dbgrant.io/bindings finalizer while a definition
+    // names them: gone means never created, or the finalizer was removed
+    // by hand.
+    let Some(target) = ctx.target(target_name) else {
+        tracing::info!(definition = %d.name_any(), target = %target_name, "target gone; nothing to delete");
+        return Ok(Action::await_change());
+    };
+    if target_controller::never_connected(&target) && ctx.last_report(&target).is_none() {
+        tracing::info!(definition = %d.name_any(), target = %target_name, "target never connected; nothing to delete");
+        return Ok(Action::await_change());
+    }
+    ctx.bump(target_name);
+    if !target_controller::can_revoke(&target) {
+        return Err(Error::Backend {
+            backend: BACKEND,
+            target: target_name.clone(),
+            message: "target is not Ready; deleting the role definition waits for it".into(),
+            transient: true,
+        });
+    }
+    let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;
+    let done = matches!(report.definition(&d.name_any()), Some((DefinitionState::Absent, _)))
+        && report.stopped.is_none()
+        && report
+            .plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, crate::plan::cosmos::Action::DeleteDefinition { source, .. } if *source == d.name_any()))
+            .all(|a| report.results.get(a.name()) == Some(&WriteResult::Done));
+    if done {
+        tracing::info!(definition = %d.name_any(), target = %target_name, "role definition deleted");
+        return Ok(Action::await_change());
+    }
+    // Say why deletion waits, then keep the finalizer.
+    let (outcome, _) = outcome_from(&report, &d.name_any(), &target);
+    let current = d.status.clone().unwrap_or_default();
+    let mut st = current.clone();
+    st.conditions = conditions::merge(&current.conditions, &outcome, d.metadata.generation, &status::now());
+    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
+    status::apply(&api, &d, d.status.as_ref(), &st).await?;
+    let wait = report.retry_after().unwrap_or(Duration::from_secs(60));
+    Err(Error::Wait { backend: BACKEND, target: target_name.clone(), message: outcome.message, retry_after: wait })
+}
+
+/// Error policy: log, count, back off.
+pub fn error_policy(d: Arc<CosmosRoleDefinition>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
+    tracing::warn!(definition = %d.name_any(), error = %error, "reconcile failed");
+    ctx.shared.metrics.reconcile_failed(KIND, error);
+    Action::requeue(error.retry_after().unwrap_or(Duration::from_secs(30)).max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
+
+    fn target() -> CosmosTarget {
+        CosmosTarget::new(
+            "acct",
+            CosmosTargetSpec {
+                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
+                resource_group: "rg".into(),
+                account_name: "acct".into(),
+                cloud: None,
+                credential: AzureCredential {
+                    workload_identity: Some(Default::default()),
+                    managed_identity: None,
+                    client_secret: None,
+                    client_certificate: None,
+                },
+                policy: CosmosPolicy::default(),
+            },
+        )
+    }
+
+    fn report(state: DefinitionState, result: Option<WriteResult>) -> SyncReport {
+        let mut r = SyncReport::default();
+        if let (DefinitionState::Managed { name }, Some(w)) = (&state, result) {
+            r.results.insert(name.clone(), w);
+        }
+        r.plan.definitions.insert("items".into(), state);
+        r
+    }
+
+    #[test]
+    fn definition_states_map_to_conditions() {
+        let t = target();
+        let (o, id) = outcome_from(&report(DefinitionState::Managed { name: "g".into() }, None), "items", &t);
+        assert!(o.ready);
+        assert!(id.unwrap().ends_with("/sqlRoleDefinitions/g"));
+        let (o, id) = outcome_from(
+            &report(DefinitionState::Managed { name: "g".into() }, Some(WriteResult::Rejected("bad action".into()))),
+            "items",
+            &t,
+        );
+        assert_eq!((o.reason, id), (reason::REJECTED, None));
+        let (o, _) = outcome_from(&report(DefinitionState::Conflict { with: "x".into() }, None), "items", &t);
+        assert_eq!(o.reason, reason::CONFLICT);
+        let (o, _) = outcome_from(&report(DefinitionState::LimitExceeded, None), "items", &t);
+        assert_eq!(o.reason, reason::LIMIT_EXCEEDED);
+        let (o, _) = outcome_from(&report(DefinitionState::InUse { name: "g".into(), by: 2 }, None), "items", &t);
+        assert_eq!(o.reason, cosmos_reason::IN_USE);
+        assert!(o.message.contains('2'));
+    }
+}

@@ -1,0 +1,471 @@
+//! The Azure Cosmos DB backend: a typed ARM client, Entra ID credentials,
+//! the account sync, and the controllers for `CosmosTarget`,
+//! `CosmosRoleDefinition` and `CosmosRoleBinding`.
+//!
+//! ```text
+//!  CosmosRoleBinding ─┐                      ┌─ LIST definitions ┐
+//!  CosmosRoleDefinition ─▶ index ─▶ Desired ─┤                   ├─▶ plan ─▶ writes
+//!  CosmosTarget (resync) ─┘   (per account)  └─ LIST assignments ┘   (one account lock)
+//! ```
+//!
+//! Every controller converges an account the same way: build the desired
+//! state from the binding index and the CosmosRoleDefinitions, read the two
+//! LISTs, plan, write — under the account's lock, so writes to one account
+//! never race (ARM holds one exclusive lock per account and answers 412).
+//! A change bumps the account's change counter; a reconcile that finds a
+//! newer sync already covered its change reuses that sync's report instead
+//! of reading again.
+
+pub mod arm;
+pub mod binding_controller;
+pub mod credential;
+pub mod definition_controller;
+pub mod sync;
+pub mod target_controller;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::reflector::{ObjectRef, Store},
+};
+use tokio::sync::OnceCell;
+
+use self::{
+    arm::{ArmApi, ArmClient, ArmSettings},
+    sync::{AccountState, SharedReport, SyncReport},
+};
+use crate::{
+    Error, Result,
+    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget},
+    plan::{
+        cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
+        index::BindingIndex,
+    },
+    runtime::{context::Context, secrets},
+};
+
+/// Backend label for metrics and errors.
+pub const BACKEND: &str = "cosmosdb";
+
+/// Annotation on a CosmosTarget listing (comma-separated) the names of
+/// role assignments dbgrant released under `deletionPolicy: Retain`: they
+/// stay in Azure and dbgrant never changes or deletes them again. Removing
+/// a name hands the assignment back to dbgrant (it is collected if no
+/// binding wants it).
+pub const RELEASED_ANNOTATION: &str = "dbgrant.io/released-assignments";
+
+/// Cosmos-specific condition reasons (PascalCase, shared with Events).
+pub mod reason {
+    /// No token: the credential is misconfigured or Entra refused it.
+    pub const CREDENTIAL_UNAVAILABLE: &str = "CredentialUnavailable";
+    /// The Cosmos DB account does not exist (or is not visible).
+    pub const ACCOUNT_NOT_FOUND: &str = "AccountNotFound";
+    /// The binding's CosmosRoleDefinition does not exist on its target.
+    pub const ROLE_DEFINITION_NOT_FOUND: &str = "RoleDefinitionNotFound";
+    /// The binding's CosmosRoleDefinition is not applied in Azure yet.
+    pub const ROLE_DEFINITION_NOT_READY: &str = "RoleDefinitionNotReady";
+    /// The role definition is still used by assignments dbgrant does not
+    /// manage, so it is not deleted.
+    pub const IN_USE: &str = "InUse";
+    /// Out-of-band changes were restored (Warning event).
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+}
+
+/// Tunables of the Cosmos backend.
+#[derive(Clone, Debug, Default)]
+pub struct CosmosSettings {
+    /// ARM client settings (the api-version comes from each target).
+    pub arm: ArmSettings,
+    /// Account limits.
+    pub limits: Limits,
+}
+
+/// One account: its client and what survives between syncs. The state's
+/// mutex is the account's write lock.
+pub struct AccountHandle {
+    /// The account.
+    pub account: AccountRef,
+    client: Mutex<Option<(String, Arc<dyn ArmApi>)>>,
+    /// Write lock and state between syncs.
+    pub state: tokio::sync::Mutex<AccountState>,
+    /// Change counter value the last report covers, and the report.
+    last: Mutex<Option<(u64, SharedReport)>>,
+    /// The released list as last written (None: read the annotation).
+    released: Mutex<Option<BTreeSet<String>>>,
+}
+
+impl AccountHandle {
+    fn new(account: AccountRef) -> Self {
+        Self {
+            account,
+            client: Mutex::new(None),
+            state: Default::default(),
+            last: Mutex::new(None),
+            released: Mutex::new(None),
+        }
+    }
+
+    /// The current client, if built.
+    pub fn client(&self) -> Option<Arc<dyn ArmApi>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, c)| c.clone())
+    }
+
+    /// Forget the client (after an authentication failure, so Secrets are
+    /// read again).
+    pub fn reset_client(&self) {
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Names dbgrant released on this account: what it last wrote, else
+    /// the target's annotation.
+    pub fn released(&self, target: &CosmosTarget) -> BTreeSet<String> {
+        if let Some(r) = self.released.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return r.clone();
+        }
+        released_of(target)
+    }
+
+    /// The last report, if any.
+    pub fn last_report(&self) -> Option<SharedReport> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, r)| r.clone())
+    }
+}
+
+/// State shared by the Cosmos controllers.
+pub struct CosmosContext {
+    /// Shared runtime context.
+    pub shared: Arc<Context>,
+    /// Targets, from the target controller's cache.
+    pub targets: Store<CosmosTarget>,
+    /// Bindings, from the binding controller's cache.
+    pub bindings: Store<CosmosRoleBinding>,
+    /// Role definitions, from the definition controller's cache.
+    pub definitions: Store<CosmosRoleDefinition>,
+    /// Live bindings by (target, subject).
+    pub index: Mutex<BindingIndex<CosmosGrant>>,
+    /// Set once the index holds every binding that existed at start-up.
+    pub primed: OnceCell<()>,
+    /// Tunables.
+    pub settings: CosmosSettings,
+    accounts: Mutex<HashMap<String, Arc<AccountHandle>>>,
+    changes: Mutex<HashMap<String, u64>>,
+}
+
+/// How a sync may be satisfied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// A sync that started after this caller's change is good enough.
+    Coalesce,
+    /// Read the account again (periodic resync, drift detection).
+    Fresh,
+}
+
+impl CosmosContext {
+    /// A context over the controllers' caches.
+    pub fn new(
+        shared: Arc<Context>,
+        targets: Store<CosmosTarget>,
+        bindings: Store<CosmosRoleBinding>,
+        definitions: Store<CosmosRoleDefinition>,
+        settings: CosmosSettings,
+    ) -> Self {
+        Self {
+            shared,
+            targets,
+            bindings,
+            definitions,
+            index: Mutex::new(BindingIndex::default()),
+            primed: OnceCell::new(),
+            settings,
+            accounts: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The target called `name`, from the cache.
+    pub fn target(&self, name: &str) -> Option<Arc<CosmosTarget>> {
+        self.targets.get(&ObjectRef::new(name))
+    }
+
+    /// Record that what `target` should hold changed; returns the new
+    /// change number.
+    pub fn bump(&self, target: &str) -> u64 {
+        let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.entry(target.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn change(&self, target: &str) -> u64 {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).get(target).copied().unwrap_or_default()
+    }
+
+    /// The handle of `target`'s account (created on first use; replaced
+    /// when the target now names another account).
+    pub fn handle(&self, target: &CosmosTarget) -> Arc<AccountHandle> {
+        let account = account_of(target);
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = accounts.entry(target.name_any()).or_insert_with(|| Arc::new(AccountHandle::new(account.clone())));
+        if entry.account != account {
+            *entry = Arc::new(AccountHandle::new(account));
+        }
+        entry.clone()
+    }
+
+    /// The client for `target`, reading its Secrets and building the
+    /// credential when the target or its Secrets changed (or `refresh`).
+    pub async fn client(&self, target: &CosmosTarget, refresh: bool) -> Result<Arc<dyn ArmApi>> {
+        let handle = self.handle(target);
+        if !refresh && let Some(c) = handle.client() {
+            return Ok(c);
+        }
+        let name = target.name_any();
+        let spec = &target.spec;
+        let ns = &self.shared.namespace;
+        let client_ref = &self.shared.client;
+        let mut fingerprint = format!("{:?}", target.metadata.generation);
+        let ca = match spec.cloud.as_ref().and_then(|c| c.ca_secret_ref.as_ref()) {
+            Some(r) => {
+                let s = secrets::read(client_ref, ns, &r.name).await?;
+                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
+                Some(secrets::key(&s, ns, &r.name, &r.key)?)
+            }
+            None => None,
+        };
+        let material = match (&spec.credential.client_secret, &spec.credential.client_certificate) {
+            (Some(c), _) => {
+                let s = secrets::read(client_ref, ns, &c.secret_ref.name).await?;
+                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
+                credential::Material::ClientSecret(secrets::key(&s, ns, &c.secret_ref.name, &c.secret_ref.key)?)
+            }
+            (None, Some(c)) => {
+                let r = &c.certificate_secret_ref;
+                let s = secrets::read(client_ref, ns, &r.name).await?;
+                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
+                credential::Material::Certificate(secrets::key(&s, ns, &r.name, &r.key)?)
+            }
+            (None, None) if spec.credential.managed_identity.is_some() => credential::Material::Managed,
+            (None, None) => credential::Material::Workload,
+        };
+        if let Some((fp, c)) = handle.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && *fp == fingerprint
+        {
+            return Ok(c.clone());
+        }
+        let cloud = credential::cloud(spec, std::env::var("AZURE_AUTHORITY_HOST").ok());
+        let config_error = |m: String| Error::Azure { target: name.clone(), source: arm::ArmError::Credential(m) };
+        let transport = credential::transport(ca.as_ref().map(secrecy::ExposeSecret::expose_secret))
+            .map_err(|m| config_error(format!("cloud.caSecretRef: {m}")))?;
+        let cred = credential::build(&spec.credential, material, &cloud, transport.clone(), |k| std::env::var(k).ok())
+            .map_err(config_error)?;
+        let settings = ArmSettings { api_version: cloud.api_version.clone(), ..self.settings.arm.clone() };
+        let client =
+            ArmClient::new(cred, transport, &cloud.arm_endpoint, &cloud.audience, account_of(target), settings)
+                .map_err(|e| Error::Azure { target: name.clone(), source: e })?;
+        let client: Arc<dyn ArmApi> = Arc::new(client);
+        *handle.client.lock().unwrap_or_else(|p| p.into_inner()) = Some((fingerprint, client.clone()));
+        Ok(client)
+    }
+
+    /// Everything dbgrant wants on `target`'s account now. `previous` is
+    /// the record in the objects' statuses of what is in place (the
+    /// account sync replaces it with its own once it has observed the
+    /// account), so drift that happened while the operator was down is
+    /// still told apart from a first application.
+    pub fn desired(&self, target: &str) -> Desired {
+        let mut d = Desired { known_roles: RoleKey::built_ins().into_iter().collect(), ..Default::default() };
+        let account = self.target(target).map(|t| account_of(&t));
+        let mut live_definitions = BTreeSet::new();
+        for def in self.definitions.state() {
+            if def.spec.target_ref.name != target {
+                continue;
+            }
+            let name = def.name_any();
+            if let (Some(account), Some(st)) = (&account, &def.status)
+                && st.role_definition_id.is_some()
+                && st.observed_generation == def.metadata.generation
+                && crate::api::conditions::ready(&st.conditions).is_some_and(|c| c.status == "True")
+            {
+                d.previous.definitions.insert(
+                    account.definition_name(&name),
+                    definition_spec(&def.spec.role_name, &def.spec.data_actions, &def.spec.assignable_scopes),
+                );
+            }
+            d.known_definitions.insert(name.clone());
+            d.known_roles.insert(RoleKey::Custom(name.clone()));
+            if def.metadata.deletion_timestamp.is_none() {
+                live_definitions.insert(name.clone());
+                d.definitions.insert(
+                    name,
+                    definition_spec(&def.spec.role_name, &def.spec.data_actions, &def.spec.assignable_scopes),
+                );
+            }
+        }
+        let mut priority: Vec<(Option<jiff::Timestamp>, String)> = Vec::new();
+        for b in self.bindings.state() {
+            if b.spec.target_ref.name != target {
+                continue;
+            }
+            if let Some(n) = &b.spec.role_definition.name {
+                d.known_roles.insert(RoleKey::Custom(n.clone()));
+            }
+            let recorded = b.status.iter().flat_map(|s| &s.assignments).filter(|a| a.ownership == "Managed");
+            d.previous.assignments.extend(recorded.map(|a| a.name.to_ascii_lowercase()));
+            priority.push((b.metadata.creation_timestamp.as_ref().map(|t| t.0), binding_key(&b)));
+        }
+        priority.sort();
+        d.binding_priority = priority.into_iter().map(|(_, k)| k).collect();
+        {
+            let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            for key in idx.bindings_on(target) {
+                if let Some(c) = idx.get(key) {
+                    d.add(key, c.subjects.iter().map(|s| s.id.clone()), &c.grant);
+                }
+            }
+        }
+        // A stale index entry may still name a role whose
+        // CosmosRoleDefinition is gone or going: not wanted any more.
+        d.assignments.retain(|k, _| match &k.role {
+            RoleKey::Custom(n) => live_definitions.contains(n),
+            RoleKey::BuiltIn(_) => true,
+        });
+        d
+    }
+
+    /// Converge `target`'s account. `release` lists assignments to release
+    /// (`deletionPolicy: Retain`): recorded on the target before anything
+    /// else, then left in place and never managed again.
+    pub async fn sync(
+        &self,
+        target: &CosmosTarget,
+        release: BTreeSet<AssignmentKey>,
+        freshness: Freshness,
+    ) -> Result<SharedReport> {
+        let name = target.name_any();
+        let wanted = self.change(&name);
+        let handle = self.handle(target);
+        let client = self.client(target, false).await?;
+        let mut state = handle.state.lock().await;
+        if freshness == Freshness::Coalesce
+            && release.is_empty()
+            && let Some((covered, report)) = handle.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && *covered >= wanted
+            && report.stopped.is_none()
+        {
+            return Ok(report.clone());
+        }
+        if !release.is_empty() {
+            let names = release.iter().map(|k| handle.account.assignment_name(&k.principal_id, &k.scope, &k.role));
+            self.record_released(target, &handle, names.collect(), BTreeSet::new()).await?;
+        }
+        let covered = self.change(&name);
+        let mut desired = self.desired(&name);
+        desired.released = handle.released(target);
+        let result =
+            sync::sync(client.as_ref(), &mut state, desired, &self.settings.limits, &self.shared.metrics, &name).await;
+        let result = match result {
+            Ok(report) => {
+                if !report.plan.stale_released.is_empty() {
+                    let stale = report.plan.stale_released.iter().cloned().collect();
+                    self.record_released(target, &handle, BTreeSet::new(), stale).await?;
+                }
+                // Recorded under the account's lock, so the last report is
+                // always the newest.
+                let report: SharedReport = Arc::new(report);
+                *handle.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((covered, report.clone()));
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        };
+        drop(state);
+        match result {
+            Ok(report) => Ok(report),
+            Err(e) => {
+                if matches!(e, arm::ArmError::Credential(_) | arm::ArmError::Unauthorized { .. }) {
+                    handle.reset_client();
+                }
+                Err(Error::Azure { target: name, source: e })
+            }
+        }
+    }
+
+    /// Add and remove names on the target's released list (an annotation,
+    /// so it survives restarts and is visible to people). The caller holds
+    /// the account's write lock.
+    async fn record_released(
+        &self,
+        target: &CosmosTarget,
+        handle: &AccountHandle,
+        add: BTreeSet<String>,
+        remove: BTreeSet<String>,
+    ) -> Result<()> {
+        let before = handle.released(target);
+        let after: BTreeSet<String> = before.union(&add).filter(|n| !remove.contains(*n)).cloned().collect();
+        if after == before {
+            return Ok(());
+        }
+        let value = if after.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::String(after.iter().cloned().collect::<Vec<_>>().join(","))
+        };
+        let patch = serde_json::json!({ "metadata": { "annotations": { RELEASED_ANNOTATION: value } } });
+        let api: Api<CosmosTarget> = Api::all(self.shared.client.clone());
+        api.patch(&target.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        tracing::info!(target = %target.name_any(), added = ?add, removed = ?remove, "released assignments updated");
+        *handle.released.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
+        Ok(())
+    }
+
+    /// Forget a deleted target's account state (client, reports, change
+    /// counter).
+    pub fn forget(&self, target: &str) {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner()).remove(target);
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).remove(target);
+    }
+
+    /// The last report for `target`, if any sync ran.
+    pub fn last_report(&self, target: &CosmosTarget) -> Option<SharedReport> {
+        self.handle(target).last_report()
+    }
+}
+
+/// The released list in a target's annotation.
+pub fn released_of(target: &CosmosTarget) -> BTreeSet<String> {
+    target
+        .annotations()
+        .get(RELEASED_ANNOTATION)
+        .map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// The account a target names.
+pub fn account_of(target: &CosmosTarget) -> AccountRef {
+    AccountRef::new(&target.spec.subscription_id, &target.spec.resource_group, &target.spec.account_name)
+}
+
+/// A CosmosRoleDefinition's spec as the planner compares it.
+pub fn definition_spec(role_name: &str, data_actions: &[String], scopes: &[CosmosScope]) -> DefinitionSpec {
+    let scopes: BTreeSet<String> = scopes.iter().map(CosmosScope::relative_path).collect();
+    DefinitionSpec {
+        role_name: role_name.to_string(),
+        data_actions: data_actions.iter().cloned().collect(),
+        // The account scope covers everything: the same as no list.
+        assignable_scopes: if scopes.contains("") { BTreeSet::new() } else { scopes },
+    }
+}
+
+/// The index key of a binding: `namespace/name`.
+pub fn binding_key(b: &CosmosRoleBinding) -> String {
+    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+}
+
+/// A report that did nothing (for callers with nothing to sync).
+pub fn empty_report() -> SharedReport {
+    Arc::new(SyncReport::default())
+}

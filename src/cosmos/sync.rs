@@ -1,0 +1,716 @@
+//! Applying plans to one account: resolve operations still running, read
+//! the two LISTs, plan, and write the difference in plan order — the
+//! caller holds the account's write lock.
+//!
+//! ```text
+//!   poll pending operations ─▶ LIST definitions + LIST assignments (2 reads)
+//!     ─▶ plan ─▶ for each action: write budget? ─▶ PUT/DELETE (LRO) ─▶ result
+//! ```
+//!
+//! Failures that concern one object (principal not found, rejected, limit)
+//! are recorded and the pass goes on. Failures that concern the account
+//! (429/503, 412, an operation still running, dbgrant's own write budget)
+//! stop the pass; the report says when to come back. Anything else
+//! (credential, permission, network) fails the sync.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    BACKEND,
+    arm::{ArmApi, ArmError, AssignmentBody, DefinitionBody, Operation, OperationState},
+};
+use crate::{
+    plan::cosmos::{
+        Action, Actual, AssignmentKey, AssignmentState, DefinitionState, Desired, Limits, Observed, Plan, plan,
+    },
+    runtime::metrics::Metrics,
+};
+
+/// Control-plane writes dbgrant allows itself per account per window.
+/// Azure documents about 500 operations per account per 5 minutes; dbgrant
+/// keeps headroom for other tools.
+pub const WRITE_BUDGET: usize = 400;
+/// The write budget's window.
+pub const WRITE_WINDOW: Duration = Duration::from_secs(300);
+
+/// A sliding-window write budget for one account.
+#[derive(Debug)]
+pub struct WriteBudget {
+    max: usize,
+    window: Duration,
+    writes: VecDeque<Instant>,
+}
+
+impl WriteBudget {
+    /// At most `max` writes per `window`.
+    pub fn new(max: usize, window: Duration) -> Self {
+        Self { max, window, writes: VecDeque::new() }
+    }
+
+    /// Take one write at `now`, or say how long until one is free.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        while self.writes.front().is_some_and(|t| now.duration_since(*t) >= self.window) {
+            self.writes.pop_front();
+        }
+        if self.writes.len() >= self.max {
+            let oldest = self.writes.front().copied().unwrap_or(now);
+            return Err((oldest + self.window).saturating_duration_since(now).max(Duration::from_secs(1)));
+        }
+        self.writes.push_back(now);
+        Ok(())
+    }
+}
+
+impl Default for WriteBudget {
+    fn default() -> Self {
+        Self::new(WRITE_BUDGET, WRITE_WINDOW)
+    }
+}
+
+/// What survives between syncs of one account. Guarded by the account's
+/// write lock.
+#[derive(Debug, Default)]
+pub struct AccountState {
+    /// Operations still running, by the resource name they write.
+    pub pending: BTreeMap<String, Operation>,
+    /// dbgrant's own write budget.
+    pub budget: WriteBudget,
+    /// Consecutive "principal not found" answers per assignment name.
+    pub principal_retries: BTreeMap<String, u32>,
+    /// No ARM calls before this instant (throttled, locked).
+    pub not_before: Option<Instant>,
+    /// What the last pass that read the account left in place (None until
+    /// one did: the caller's record from status is used then).
+    pub observed: Option<Observed>,
+}
+
+/// The result of one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written.
+    Done,
+    /// Entra does not know the principal yet.
+    PrincipalNotFound(String),
+    /// ARM refused this object.
+    Rejected(String),
+    /// An account limit refused this object.
+    LimitExceeded(String),
+    /// Its operation is still running.
+    Pending,
+    /// Not attempted this pass.
+    Skipped,
+}
+
+/// Why a pass stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// 429/503 from ARM.
+    Throttled(String),
+    /// 412: another operation holds the account's lock.
+    Locked(String),
+    /// An operation is still running.
+    Pending(String),
+    /// dbgrant's own write budget for the account is spent.
+    Budget,
+}
+
+impl Stop {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Stop::Throttled(_) => "429",
+            Stop::Locked(_) => "412",
+            Stop::Pending(_) => "pending",
+            Stop::Budget => "budget",
+        }
+    }
+
+    /// A sentence for status.
+    pub fn describe(&self) -> String {
+        match self {
+            Stop::Throttled(m) => format!("Azure Resource Manager is throttling writes ({m})"),
+            Stop::Locked(m) => format!("another operation holds the account's lock ({m})"),
+            Stop::Pending(r) => format!("an Azure operation on {r} is still running"),
+            Stop::Budget => format!(
+                "dbgrant's write budget for the account ({WRITE_BUDGET} per {} minutes) is spent",
+                WRITE_WINDOW.as_secs() / 60
+            ),
+        }
+    }
+}
+
+/// How long to wait before polling an operation that is still running.
+pub const PENDING_RETRY: Duration = Duration::from_secs(15);
+
+/// What one sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// The plan.
+    pub plan: Plan,
+    /// Result per written resource name.
+    pub results: BTreeMap<String, WriteResult>,
+    /// Why the pass stopped early, and when to come back.
+    pub stopped: Option<(Stop, Duration)>,
+    /// Writes issued (each PUT or DELETE).
+    pub writes: usize,
+    /// Reads issued (LISTs and operation polls).
+    pub reads: usize,
+    /// Assignments on the account after the pass.
+    pub assignments: usize,
+    /// Custom definitions on the account after the pass.
+    pub definitions: usize,
+    /// Consecutive principal-not-found answers, by assignment name.
+    pub principal_retries: BTreeMap<String, u32>,
+}
+
+/// Where a wanted assignment ended up, for a binding's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssignmentOutcome {
+    /// In place; `managed` says whether dbgrant owns it.
+    Applied {
+        /// Assignment name.
+        name: String,
+        /// dbgrant's (true) or pre-existing (false).
+        managed: bool,
+    },
+    /// dbgrant's name is taken by an assignment it does not own.
+    Conflict(String),
+    /// ARM refused it.
+    Rejected(String),
+    /// Entra does not know the principal yet; retried with backoff.
+    PrincipalNotFound {
+        /// ARM's message.
+        message: String,
+        /// Attempts so far.
+        attempts: u32,
+    },
+    /// The account's assignment limit.
+    LimitExceeded(String),
+    /// Its custom role definition is not in place.
+    RoleUnavailable,
+    /// Still being written (stopped early, operation running).
+    InProgress,
+}
+
+impl SyncReport {
+    /// Where `key` ended up.
+    pub fn assignment(&self, key: &AssignmentKey) -> AssignmentOutcome {
+        match self.plan.assignments.get(key) {
+            None => AssignmentOutcome::InProgress,
+            Some(AssignmentState::Managed { name }) => match self.results.get(name) {
+                None | Some(WriteResult::Done) => AssignmentOutcome::Applied { name: name.clone(), managed: true },
+                Some(WriteResult::PrincipalNotFound(m)) => AssignmentOutcome::PrincipalNotFound {
+                    message: m.clone(),
+                    attempts: self.principal_retries.get(name).copied().unwrap_or(1),
+                },
+                Some(WriteResult::Rejected(m)) => AssignmentOutcome::Rejected(m.clone()),
+                Some(WriteResult::LimitExceeded(m)) => AssignmentOutcome::LimitExceeded(m.clone()),
+                Some(WriteResult::Pending | WriteResult::Skipped) => AssignmentOutcome::InProgress,
+            },
+            Some(AssignmentState::PreExisting { name }) => {
+                AssignmentOutcome::Applied { name: name.clone(), managed: false }
+            }
+            Some(AssignmentState::Conflict { name }) => AssignmentOutcome::Conflict(name.clone()),
+            Some(AssignmentState::LimitExceeded) => {
+                AssignmentOutcome::LimitExceeded("the account's role assignment limit would be exceeded".into())
+            }
+            Some(AssignmentState::RoleUnavailable) => AssignmentOutcome::RoleUnavailable,
+            Some(AssignmentState::Pending { .. }) => AssignmentOutcome::InProgress,
+        }
+    }
+
+    /// The plan's state of a CosmosRoleDefinition, with its write result.
+    pub fn definition(&self, source: &str) -> Option<(&DefinitionState, Option<&WriteResult>)> {
+        let state = self.plan.definitions.get(source)?;
+        let result = match state {
+            DefinitionState::Managed { name } | DefinitionState::InUse { name, .. } => self.results.get(name),
+            _ => None,
+        };
+        Some((state, result))
+    }
+
+    /// Descriptions of the writes that restored drift (see
+    /// [`Plan::drifted`]) and went through.
+    pub fn drift_corrected(&self) -> Vec<String> {
+        self.plan
+            .actions
+            .iter()
+            .filter(|a| self.plan.drifted.iter().any(|d| d == a.name()))
+            .filter(|a| self.results.get(a.name()) == Some(&WriteResult::Done))
+            .map(Action::describe)
+            .collect()
+    }
+
+    /// Descriptions of the writes that were done.
+    pub fn done(&self) -> Vec<String> {
+        self.plan
+            .actions
+            .iter()
+            .filter(|a| self.results.get(a.name()) == Some(&WriteResult::Done))
+            .map(Action::describe)
+            .collect()
+    }
+
+    /// When to look again because of this report: after a stop, or for a
+    /// principal Entra has not replicated yet.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let stop = self.stopped.as_ref().map(|(_, d)| *d);
+        let principal = self.principal_retries.values().max().map(|n| principal_backoff(*n));
+        match (stop, principal) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Backoff after `attempts` principal-not-found answers: 15 s doubling,
+/// at most 10 minutes.
+pub fn principal_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(15u64.saturating_mul(1 << attempts.saturating_sub(1).min(6))).min(Duration::from_secs(600))
+}
+
+fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
+    match e {
+        ArmError::Throttled { retry_after, message, .. } => Some((Stop::Throttled(message.clone()), *retry_after)),
+        ArmError::Locked { retry_after, message } => Some((Stop::Locked(message.clone()), *retry_after)),
+        ArmError::Pending { operation } => Some((Stop::Pending(operation.resource.clone()), PENDING_RETRY)),
+        _ => None,
+    }
+}
+
+/// One sync of an account. `desired.pending` is filled from `state`, and
+/// `desired.previous` too once a pass has observed the account.
+pub async fn sync(
+    api: &dyn ArmApi,
+    state: &mut AccountState,
+    mut desired: Desired,
+    limits: &Limits,
+    metrics: &Metrics,
+    target: &str,
+) -> Result<SyncReport, ArmError> {
+    let mut report = SyncReport::default();
+    if let Some(at) = state.not_before {
+        let now = Instant::now();
+        if at > now {
+            report.stopped = Some((Stop::Throttled("waiting for the last Retry-After".into()), at - now));
+            return Ok(report);
+        }
+        state.not_before = None;
+    }
+
+    // Operations still running from an earlier pass: poll, never re-issue.
+    let pending: Vec<(String, Operation)> = state.pending.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (name, op) in pending {
+        report.reads += 1;
+        let r = api.poll(&op).await;
+        metrics.backend_op(BACKEND, "pollOperation", r.is_ok());
+        match r {
+            Ok(OperationState::Running) => {}
+            Ok(OperationState::Succeeded) => {
+                state.pending.remove(&name);
+            }
+            Ok(OperationState::Failed(e)) => {
+                tracing::warn!(%target, resource = %op.resource, error = %e, "azure operation failed; planning again");
+                state.pending.remove(&name);
+            }
+            Err(e) if e.is_transient() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    desired.pending = state.pending.keys().cloned().collect();
+    // A running operation holds the account's lock: writing now would only
+    // earn 412s. Plan (for status) but write nothing until it finishes.
+    if let Some(op) = state.pending.values().next() {
+        report.stopped = Some((Stop::Pending(op.resource.clone()), PENDING_RETRY));
+    }
+
+    report.reads += 2;
+    let definitions = api.list_definitions().await;
+    metrics.backend_op(BACKEND, "listRoleDefinitions", definitions.is_ok());
+    let assignments = api.list_assignments().await;
+    metrics.backend_op(BACKEND, "listRoleAssignments", assignments.is_ok());
+    let (definitions, assignments) = match (definitions, assignments) {
+        (Ok(d), Ok(a)) => (d, a),
+        (Err(e), _) | (_, Err(e)) => {
+            if let Some((stop, wait)) = stop_for(&e) {
+                metrics.throttled(BACKEND, target, stop.label());
+                state.not_before = Some(Instant::now() + wait);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(o) = &state.observed {
+        desired.previous = o.clone();
+    }
+    let actual = Actual { definitions, assignments };
+    let account = api.account().clone();
+    let p = plan(&account, &desired, &actual, limits);
+    let mut assignments_now = actual.assignments.len();
+    let mut definitions_now = actual.definitions.iter().filter(|d| !d.is_built_in()).count();
+
+    let mut failed_definitions: Vec<String> = Vec::new();
+    for action in &p.actions {
+        let name = action.name().to_string();
+        if report.stopped.is_some() {
+            report.results.insert(name, WriteResult::Skipped);
+            continue;
+        }
+        if let Action::PutAssignment { role_definition_id, .. } = action
+            && failed_definitions.iter().any(|d| role_definition_id.to_ascii_lowercase().ends_with(d.as_str()))
+        {
+            report.results.insert(name, WriteResult::Skipped);
+            continue;
+        }
+        if let Err(wait) = state.budget.try_take(Instant::now()) {
+            metrics.throttled(BACKEND, target, "budget");
+            report.stopped = Some((Stop::Budget, wait));
+            report.results.insert(name, WriteResult::Skipped);
+            continue;
+        }
+        let (op, result) = execute(api, action, &mut report.writes).await;
+        metrics.backend_op(BACKEND, op, result.is_ok());
+        let outcome = match result {
+            Ok(()) => {
+                state.principal_retries.remove(&name);
+                match action {
+                    Action::PutAssignment { create: true, .. } => assignments_now += 1,
+                    Action::DeleteAssignment { .. } => assignments_now = assignments_now.saturating_sub(1),
+                    Action::PutDefinition { create: true, .. } => definitions_now += 1,
+                    Action::DeleteDefinition { .. } => definitions_now = definitions_now.saturating_sub(1),
+                    _ => {}
+                }
+                tracing::info!(%target, action = %action.describe(), "applied");
+                WriteResult::Done
+            }
+            Err(ArmError::Pending { operation }) => {
+                tracing::info!(%target, resource = %operation.resource, "azure operation still running; will poll it later");
+                metrics.throttled(BACKEND, target, "pending");
+                report.stopped = Some((Stop::Pending(operation.resource.clone()), PENDING_RETRY));
+                state.pending.insert(name.clone(), operation);
+                WriteResult::Pending
+            }
+            Err(e) if stop_for(&e).is_some() => {
+                let (stop, wait) = stop_for(&e).unwrap_or((Stop::Budget, PENDING_RETRY));
+                tracing::info!(%target, reason = stop.label(), wait_s = wait.as_secs(), "azure asked dbgrant to wait");
+                metrics.throttled(BACKEND, target, stop.label());
+                state.not_before = Some(Instant::now() + wait);
+                report.stopped = Some((stop, wait));
+                WriteResult::Skipped
+            }
+            Err(ArmError::PrincipalNotFound { message }) => {
+                let n = state.principal_retries.entry(name.clone()).or_default();
+                *n += 1;
+                tracing::info!(%target, assignment = %name, attempts = *n, "principal not found yet; will retry");
+                WriteResult::PrincipalNotFound(message)
+            }
+            Err(ArmError::LimitExceeded { code, message }) => WriteResult::LimitExceeded(format!("{code}: {message}")),
+            Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. })) => {
+                tracing::warn!(%target, action = %action.describe(), error = %e, "azure refused the write");
+                if let Action::PutDefinition { name, .. } = action {
+                    failed_definitions.push(name.to_ascii_lowercase());
+                }
+                WriteResult::Rejected(e.to_string())
+            }
+            Err(e) => return Err(e),
+        };
+        report.results.insert(name, outcome);
+    }
+    state.observed = Some(p.observed(&desired, |n| report.results.get(n) == Some(&WriteResult::Done)));
+    report.assignments = assignments_now;
+    report.definitions = definitions_now;
+    report.principal_retries = state.principal_retries.clone();
+    report.plan = p;
+    Ok(report)
+}
+
+async fn execute(api: &dyn ArmApi, action: &Action, writes: &mut usize) -> (&'static str, Result<(), ArmError>) {
+    *writes += 1;
+    match action {
+        Action::PutDefinition { name, role_name, data_actions, assignable_scopes, .. } => {
+            let body = DefinitionBody {
+                role_name: role_name.clone(),
+                data_actions: data_actions.clone(),
+                assignable_scopes: assignable_scopes.clone(),
+            };
+            ("putRoleDefinition", api.put_definition(name, &body).await)
+        }
+        Action::DeleteDefinition { name, .. } => ("deleteRoleDefinition", api.delete_definition(name).await),
+        Action::DeleteAssignment { name, .. } => ("deleteRoleAssignment", api.delete_assignment(name).await),
+        Action::PutAssignment { name, principal_id, role_definition_id, scope, .. } => {
+            let body = AssignmentBody {
+                principal_id: principal_id.clone(),
+                role_definition_id: role_definition_id.clone(),
+                scope: scope.clone(),
+            };
+            ("putRoleAssignment", api.put_assignment(name, &body).await)
+        }
+    }
+}
+
+/// A shared, cheaply cloned report.
+pub type SharedReport = Arc<SyncReport>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        api::BuiltInCosmosRole,
+        plan::cosmos::{AccountRef, ActualAssignment, ActualDefinition, RoleKey},
+    };
+
+    /// An in-memory account with scripted failures and a call log.
+    #[derive(Default)]
+    struct Fake {
+        account: Option<AccountRef>,
+        state: Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        assignments: BTreeMap<String, ActualAssignment>,
+        calls: Vec<String>,
+        /// Next answers to writes (taken in order), then success.
+        faults: VecDeque<Option<ArmError>>,
+        /// Writes accepted but still running, committed when polled after
+        /// `done` is set.
+        running: BTreeMap<String, ActualAssignment>,
+        done: bool,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Self {
+                account: Some(AccountRef::new("c9e6de92-9aba-45b0-85a1-5decf672d856", "rg", "acct")),
+                ..Default::default()
+            }
+        }
+        fn calls(&self) -> Vec<String> {
+            std::mem::take(&mut self.state.lock().unwrap().calls)
+        }
+        fn fault(&self, e: Option<ArmError>) {
+            self.state.lock().unwrap().faults.push_back(e);
+        }
+    }
+
+    #[async_trait]
+    impl ArmApi for Fake {
+        fn account(&self) -> &AccountRef {
+            self.account.as_ref().unwrap()
+        }
+        async fn get_account(&self) -> Result<String, ArmError> {
+            Ok(self.account().id().to_string())
+        }
+        async fn list_definitions(&self) -> Result<Vec<ActualDefinition>, ArmError> {
+            self.state.lock().unwrap().calls.push("LIST definitions".into());
+            Ok(vec![])
+        }
+        async fn list_assignments(&self) -> Result<Vec<ActualAssignment>, ArmError> {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push("LIST assignments".into());
+            Ok(s.assignments.values().cloned().collect())
+        }
+        async fn put_definition(&self, _: &str, _: &DefinitionBody) -> Result<(), ArmError> {
+            unreachable!("no custom roles in these tests")
+        }
+        async fn delete_definition(&self, _: &str) -> Result<(), ArmError> {
+            unreachable!("no custom roles in these tests")
+        }
+        async fn put_assignment(&self, name: &str, body: &AssignmentBody) -> Result<(), ArmError> {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push(format!("PUT {name}"));
+            let a = ActualAssignment {
+                name: name.into(),
+                principal_id: body.principal_id.clone(),
+                role_definition_id: body.role_definition_id.clone(),
+                scope: body.scope.clone(),
+            };
+            match s.faults.pop_front().flatten() {
+                Some(ArmError::Pending { operation }) => {
+                    s.running.insert(name.into(), a);
+                    Err(ArmError::Pending { operation })
+                }
+                Some(e) => Err(e),
+                None => {
+                    s.assignments.insert(name.into(), a);
+                    Ok(())
+                }
+            }
+        }
+        async fn delete_assignment(&self, name: &str) -> Result<(), ArmError> {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push(format!("DELETE {name}"));
+            s.assignments.remove(name);
+            Ok(())
+        }
+        async fn poll(&self, op: &Operation) -> Result<OperationState, ArmError> {
+            let mut s = self.state.lock().unwrap();
+            s.calls.push(format!("POLL {}", op.resource));
+            if !s.done {
+                return Ok(OperationState::Running);
+            }
+            let running = std::mem::take(&mut s.running);
+            s.assignments.extend(running);
+            Ok(OperationState::Succeeded)
+        }
+    }
+
+    const P1: &str = "11111111-1111-1111-1111-111111111111";
+    const P2: &str = "22222222-2222-2222-2222-222222222222";
+
+    fn want(keys: &[(&str, &str)]) -> Desired {
+        let mut d = Desired { known_roles: RoleKey::built_ins().into_iter().collect(), ..Default::default() };
+        for (p, scope) in keys {
+            let key = AssignmentKey {
+                principal_id: p.to_string(),
+                role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+                scope: scope.to_string(),
+            };
+            d.assignments.entry(key).or_default().insert("ns/b".into());
+        }
+        d
+    }
+
+    async fn run(fake: &Fake, state: &mut AccountState, d: Desired) -> SyncReport {
+        sync(fake, state, d, &Limits::default(), &Metrics::default(), "t").await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn steady_state_is_two_reads_and_no_writes() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        let first = run(&fake, &mut state, d.clone()).await;
+        assert_eq!(first.writes, 2);
+        fake.calls();
+        let again = run(&fake, &mut state, d).await;
+        assert_eq!((again.reads, again.writes), (2, 0));
+        assert_eq!(fake.calls(), vec!["LIST definitions", "LIST assignments"]);
+    }
+
+    #[tokio::test]
+    async fn throttling_stops_the_pass_and_holds_off_further_calls() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        fake.fault(Some(ArmError::Throttled {
+            status: 429,
+            retry_after: Duration::from_secs(30),
+            message: "slow down".into(),
+        }));
+        let r = run(&fake, &mut state, want(&[(P1, "/dbs/a"), (P2, "/dbs/a")])).await;
+        assert!(matches!(r.stopped, Some((Stop::Throttled(_), d)) if d == Duration::from_secs(30)));
+        assert_eq!(r.writes, 1, "the pass stops at the first 429");
+        assert!(r.results.values().all(|x| *x == WriteResult::Skipped));
+        fake.calls();
+        // Until Retry-After passes, a sync makes no calls at all.
+        let held = run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        assert!(held.stopped.is_some());
+        assert!(fake.calls().is_empty());
+        assert!(held.retry_after().unwrap() <= Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn operations_still_running_are_polled_never_reissued() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let op =
+            Operation { url: "https://arm/op/1".into(), async_operation: true, resource: "role assignment x".into() };
+        fake.fault(Some(ArmError::Pending { operation: op }));
+        let d = want(&[(P1, "")]);
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert!(matches!(r.stopped, Some((Stop::Pending(_), _))));
+        assert_eq!(state.pending.len(), 1);
+        fake.calls();
+        // A later pass polls and, while it runs, does not PUT again.
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert_eq!(fake.calls(), vec!["POLL role assignment x", "LIST definitions", "LIST assignments"]);
+        let key = d.assignments.keys().next().unwrap();
+        assert_eq!(r.assignment(key), AssignmentOutcome::InProgress);
+        // Once it succeeds the assignment is there: no write, one copy.
+        fake.state.lock().unwrap().done = true;
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert_eq!(r.writes, 0);
+        assert!(state.pending.is_empty());
+        assert!(matches!(r.assignment(key), AssignmentOutcome::Applied { managed: true, .. }));
+        assert_eq!(fake.state.lock().unwrap().assignments.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn principal_not_found_is_retried_per_assignment_while_others_apply() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        fake.fault(Some(ArmError::PrincipalNotFound { message: "principal does not exist".into() }));
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert!(r.stopped.is_none());
+        let outcomes: Vec<AssignmentOutcome> = d.assignments.keys().map(|k| r.assignment(k)).collect();
+        assert!(outcomes.iter().any(|o| matches!(o, AssignmentOutcome::PrincipalNotFound { attempts: 1, .. })));
+        assert!(outcomes.iter().any(|o| matches!(o, AssignmentOutcome::Applied { .. })));
+        assert_eq!(r.retry_after(), Some(principal_backoff(1)));
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert!(d.assignments.keys().all(|k| matches!(r.assignment(k), AssignmentOutcome::Applied { .. })));
+        assert!(state.principal_retries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_restoring_what_was_in_place_is_drift() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        // The first application (a target that just turned Ready) writes
+        // everything and corrects nothing.
+        let first = run(&fake, &mut state, d.clone()).await;
+        assert_eq!(first.writes, 2);
+        assert!(first.drift_corrected().is_empty(), "{:?}", first.drift_corrected());
+        let gone = fake.state.lock().unwrap().assignments.keys().next().cloned().unwrap();
+
+        // Deleted out of band; the restore is throttled first: not done,
+        // so not reported, but still drift when it goes through.
+        fake.state.lock().unwrap().assignments.remove(&gone);
+        fake.fault(Some(ArmError::Throttled { status: 429, retry_after: Duration::ZERO, message: "slow".into() }));
+        let held = run(&fake, &mut state, d.clone()).await;
+        assert!(held.stopped.is_some());
+        assert!(held.drift_corrected().is_empty());
+        let restored = run(&fake, &mut state, d.clone()).await;
+        let corrected = restored.drift_corrected();
+        assert_eq!(corrected.len(), 1, "{corrected:?}");
+        assert!(corrected[0].contains(&gone), "{corrected:?}");
+        assert!(run(&fake, &mut state, d.clone()).await.drift_corrected().is_empty(), "steady state");
+
+        // After a restart the record comes from status (the caller's
+        // `previous`): what the bindings listed as in place is drift, the
+        // rest a plain create.
+        fake.state.lock().unwrap().assignments.clear();
+        let mut seeded = d.clone();
+        seeded.previous.assignments.insert(gone.clone());
+        let mut fresh = AccountState::default();
+        let r = run(&fake, &mut fresh, seeded).await;
+        assert_eq!(r.writes, 2);
+        assert_eq!(r.drift_corrected().len(), 1, "{:?}", r.drift_corrected());
+    }
+
+    #[test]
+    fn budget_slides() {
+        let mut b = WriteBudget::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(b.try_take(t0).is_ok());
+        assert!(b.try_take(t0 + Duration::from_secs(1)).is_ok());
+        let wait = b.try_take(t0 + Duration::from_secs(2)).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(8));
+        assert!(b.try_take(t0 + Duration::from_secs(10)).is_ok());
+    }
+
+    #[test]
+    fn principal_backoff_grows_and_caps() {
+        assert_eq!(principal_backoff(1), Duration::from_secs(15));
+        assert_eq!(principal_backoff(2), Duration::from_secs(30));
+        assert_eq!(principal_backoff(50), Duration::from_secs(600));
+    }
+}

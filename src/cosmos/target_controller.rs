@@ -1,0 +1,447 @@
+//! The CosmosTarget controller: obtain a token, reach the account, prove
+//! dbgrant may manage its SQL role assignments, report counts against the
+//! account's limits, and run the periodic resync that restores drift and
+//! collects what bindings changed or deleted while the operator was down.
+//!
+//! ```text
+//!   credential (Secrets) ─▶ GET account (first time / spec change)
+//!     ─▶ sync: LIST definitions + LIST assignments ─▶ plan ─▶ writes
+//!     ─▶ status: Ready, accountId, counts, lastResyncTime
+//! ```
+//!
+//! A steady-state resync costs exactly the two LISTs.
+//!
+//! The target carries the `dbgrant.io/bindings` finalizer: deleted, it
+//! stays (Ready=False, `Terminating`) while any CosmosRoleBinding or
+//! CosmosRoleDefinition still names it, so each can revoke its access
+//! through it, and goes when the last one is gone.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError, reason as cosmos_reason};
+use crate::{
+    Error, Result, TARGET_FINALIZER,
+    api::{
+        CosmosTarget, CosmosTargetStatus, conditions,
+        conditions::{Outcome, reason},
+    },
+    plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT},
+    runtime::{metrics::DriftLabels, status},
+};
+
+/// Kind label.
+pub const KIND: &str = "CosmosTarget";
+
+/// How long a target that is not Ready waits before the next attempt.
+pub const NOT_READY_RETRY: Duration = Duration::from_secs(30);
+
+/// How often a deleted target looks again for the bindings it waits for.
+pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
+
+/// Reconcile one CosmosTarget.
+pub async fn reconcile(target: Arc<CosmosTarget>, ctx: Arc<CosmosContext>) -> Result<Action> {
+    let _timer = ctx.shared.metrics.reconcile(KIND);
+    ctx.prime().await;
+    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
+    finalizer(&api, TARGET_FINALIZER, target, |event| async {
+        match event {
+            Finalizer::Apply(t) => apply(t, &ctx).await,
+            Finalizer::Cleanup(t) => cleanup(t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
+    let name = target.name_any();
+    let mut st = target.status.clone().unwrap_or_default();
+    let before = st.conditions.clone();
+    let was_ready = is_ready(&target);
+    // Our own status write (and every watch event) brings the target back
+    // here: a Ready target resynced less than an interval ago waits for the
+    // rest of it, so a steady state costs two LISTs per interval, not per
+    // event.
+    if was_ready && let Some(left) = resync_left(&target, ctx.shared.resync) {
+        return Ok(Action::requeue(left));
+    }
+    let result = match duplicate_of(ctx, &target) {
+        Some(other) => Err(other),
+        None => Ok(probe_and_resync(&target, ctx, &mut st).await),
+    };
+    let (outcome, requeue) = match result {
+        Err(other) => (
+            Outcome::stalled(
+                reason::CONFLICT,
+                format!(
+                    "account {} is already managed by CosmosTarget {other}; use one CosmosTarget per account (dbgrant's assignment names are per account)",
+                    account_of(&target).id()
+                ),
+            ),
+            NOT_READY_RETRY,
+        ),
+        Ok(r) => match r {
+            Ok((message, requeue)) => (Outcome::ready(reason::CONNECTED, message), requeue),
+            Err(e) => {
+                ctx.shared.metrics.reconcile_failed(KIND, &e);
+                tracing::warn!(target = %name, error = %e, "cosmos target not ready");
+                match (&e, was_ready) {
+                    // Throttling says nothing about the target's health: stay
+                    // Ready and come back when Azure says.
+                    (Error::Azure { source: s @ (ArmError::Throttled { .. } | ArmError::Locked { .. }), .. }, true) => {
+                        let wait = s.retry_after().unwrap_or(NOT_READY_RETRY);
+                        let msg = conditions::ready(&before).map(|c| c.message.clone()).unwrap_or_default();
+                        (Outcome::ready(reason::CONNECTED, msg), wait)
+                    }
+                    _ => (target_outcome(&e), NOT_READY_RETRY),
+                }
+            }
+        },
+    };
+    // Every resync changes the status (lastResyncTime), and the binding
+    // controller watches targets: each binding on this target is
+    // reconciled after the resync and reads its assignments from the
+    // report the resync left, so a resync that changed what grants a
+    // binding's access shows on that binding's status.
+    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
+    st.observed_generation = target.metadata.generation;
+    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
+    status::apply(&api, &target, target.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    Ok(Action::requeue(requeue))
+}
+
+/// A deleted target: keep it while bindings or role definitions use it,
+/// so they can still revoke (and delete) through it; release it when the
+/// last one is gone.
+async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
+    let name = target.name_any();
+    let users = users_of(ctx, &name);
+    if users.is_empty() {
+        ctx.forget(&name);
+        tracing::info!(target = %name, "no bindings or role definitions use the target any more; released");
+        return Ok(Action::await_change());
+    }
+    let mut st = target.status.clone().unwrap_or_default();
+    let before = st.conditions.clone();
+    let waiting = users.waiting_message();
+    // A target that was Ready when it was deleted (deletion bumps the
+    // generation), or has since shown it works, only refreshes the count —
+    // without reading its Secrets again, which a prune may have deleted
+    // already; otherwise it is probed like a live target, because
+    // revocation needs a working target.
+    let (outcome, retry) = if is_terminating(&target) || ready_before_deletion(&target) || never_connected(&target) {
+        (users.outcome(waiting), TERMINATING_POLL)
+    } else {
+        match probe_and_resync(&target, ctx, &mut st).await {
+            Ok(_) => (users.outcome(waiting), TERMINATING_POLL),
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "deleted cosmos target not usable; bindings cannot revoke yet");
+                let o = target_outcome(&e);
+                (Outcome { message: format!("{waiting}; {}", o.message), ..o }, NOT_READY_RETRY)
+            }
+        }
+    };
+    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
+    st.observed_generation = target.metadata.generation;
+    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
+    status::apply(&api, &target, target.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
+}
+
+/// What still uses a target: bindings and role definitions, by name, and
+/// how many of them are being deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Users {
+    /// `CosmosRoleBinding ns/name` or `CosmosRoleDefinition name`.
+    pub names: Vec<String>,
+    /// How many of them are being deleted already.
+    pub deleting: usize,
+}
+
+impl Users {
+    /// Whether nothing uses the target.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// "Terminating: waiting for …" naming at most five of them.
+    pub fn waiting_message(&self) -> String {
+        waiting_message(&self.names)
+    }
+
+    /// Ready=False `Terminating`: in progress while they are all being
+    /// deleted, stalled while some are not (someone has to delete them).
+    pub fn outcome(&self, message: String) -> Outcome {
+        if self.deleting == self.names.len() {
+            Outcome::progressing(reason::TERMINATING, message)
+        } else {
+            Outcome::stalled(
+                reason::TERMINATING,
+                format!("{message}; delete them (or point them elsewhere) to let the target go"),
+            )
+        }
+    }
+}
+
+/// "Terminating: waiting for N object(s) to be deleted: a, b, … ".
+pub fn waiting_message(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    let more =
+        if names.len() > shown.len() { format!(" and {} more", names.len() - shown.len()) } else { String::new() };
+    format!(
+        "Terminating: waiting for {} binding(s) and role definition(s) to be deleted ({}{more}); each revokes its access first",
+        names.len(),
+        shown.join(", ")
+    )
+}
+
+fn users_of(ctx: &CosmosContext, target: &str) -> Users {
+    let mut u = Users::default();
+    for b in ctx.bindings.state().iter().filter(|b| b.spec.target_ref.name == target) {
+        u.names.push(format!("CosmosRoleBinding {}", super::binding_key(b)));
+        u.deleting += usize::from(b.metadata.deletion_timestamp.is_some());
+    }
+    for d in ctx.definitions.state().iter().filter(|d| d.spec.target_ref.name == target) {
+        u.names.push(format!("CosmosRoleDefinition {}", d.name_any()));
+        u.deleting += usize::from(d.metadata.deletion_timestamp.is_some());
+    }
+    u.names.sort();
+    u
+}
+
+/// Map an error to the target's Ready condition.
+pub fn target_outcome(e: &Error) -> Outcome {
+    let msg = e.to_string();
+    match e {
+        Error::Secret { .. } => Outcome::stalled(reason::SECRET_NOT_FOUND, msg),
+        Error::Azure { source, .. } => match source {
+            ArmError::Credential(_) => Outcome::stalled(cosmos_reason::CREDENTIAL_UNAVAILABLE, msg),
+            ArmError::Unauthorized { .. } => Outcome::stalled(
+                reason::UNAUTHORIZED,
+                format!(
+                    "{msg}; dbgrant's identity needs Microsoft.DocumentDB/databaseAccounts/read, sqlRoleDefinitions/* and sqlRoleAssignments/* on the account"
+                ),
+            ),
+            ArmError::NotFound { .. } => Outcome::stalled(cosmos_reason::ACCOUNT_NOT_FOUND, msg),
+            ArmError::Throttled { .. } | ArmError::Locked { .. } => Outcome::progressing(reason::THROTTLED, msg),
+            ArmError::Transport(_) | ArmError::Server { .. } => Outcome::progressing(reason::UNREACHABLE, msg),
+            _ => Outcome::progressing(reason::BACKEND_ERROR, msg),
+        },
+        Error::Config(_) => Outcome::stalled(reason::INVALID_SPEC, msg),
+        _ => Outcome::progressing(reason::BACKEND_ERROR, msg),
+    }
+}
+
+async fn probe_and_resync(
+    target: &CosmosTarget,
+    ctx: &CosmosContext,
+    st: &mut CosmosTargetStatus,
+) -> Result<(String, Duration)> {
+    let name = target.name_any();
+    // Read the Secrets again once per resync so rotations take effect.
+    let client = ctx.client(target, true).await?;
+    if st.account_id.is_none() || st.observed_generation != target.metadata.generation {
+        let r = client.get_account().await;
+        ctx.shared.metrics.backend_op(BACKEND, "getAccount", r.is_ok());
+        match r {
+            Ok(id) => st.account_id = Some(id),
+            Err(e) => {
+                if matches!(e, ArmError::Credential(_) | ArmError::Unauthorized { .. }) {
+                    ctx.handle(target).reset_client();
+                }
+                return Err(Error::Azure { target: name, source: e });
+            }
+        }
+    }
+    let report = ctx.sync(target, BTreeSet::new(), Freshness::Fresh).await?;
+    // Drift is only what restored something dbgrant had in place (see
+    // `plan::cosmos::Plan::drifted`): a resync that makes a binding's or
+    // definition's first writes (the target just turned Ready) or
+    // collects what no binding wants is not drift.
+    let done = report.drift_corrected();
+    if !done.is_empty() {
+        ctx.shared
+            .metrics
+            .drift_corrections
+            .get_or_create(&DriftLabels { backend: BACKEND.into(), target: name.clone() })
+            .inc_by(done.len() as u64);
+        tracing::warn!(target = %name, corrected = ?done, "drift corrected");
+        let note = format!("restored: {}", done.join("; "));
+        status::publish_warning(&ctx.shared, target, cosmos_reason::DRIFT_CORRECTED, &note).await;
+    }
+    st.role_assignments = Some(report.assignments as u32);
+    st.role_definitions = Some(report.definitions as u32);
+    st.managed_role_assignments = Some(report.plan.counts.managed_assignments as u32);
+    st.last_resync_time = Some(status::now());
+    let mut message = format!(
+        "token obtained, account reachable, dbgrant authorised: {} of {ASSIGNMENT_LIMIT} role assignments ({} managed), {} of {DEFINITION_LIMIT} custom role definitions",
+        report.assignments, report.plan.counts.managed_assignments, report.definitions
+    );
+    if report.assignments * 10 >= ASSIGNMENT_LIMIT * 9 || report.definitions * 10 >= DEFINITION_LIMIT * 9 {
+        message.push_str("; the account is close to its limits");
+    }
+    let requeue = report.retry_after().unwrap_or(ctx.shared.resync).min(ctx.shared.resync);
+    Ok((message, requeue))
+}
+
+/// Another CosmosTarget (older, or first by name) naming the same account.
+fn duplicate_of(ctx: &CosmosContext, target: &CosmosTarget) -> Option<String> {
+    let mine = account_of(target);
+    let me = (target.metadata.creation_timestamp.as_ref().map(|t| t.0), target.name_any());
+    ctx.targets
+        .state()
+        .into_iter()
+        .filter(|t| t.name_any() != me.1 && account_of(t).key() == mine.key())
+        .map(|t| (t.metadata.creation_timestamp.as_ref().map(|t| t.0), t.name_any()))
+        .filter(|other| *other < me)
+        .map(|(_, n)| n)
+        .min()
+}
+
+/// Time left until the next resync is due, if the last one is recent.
+pub fn resync_left(target: &CosmosTarget, resync: Duration) -> Option<Duration> {
+    let last = target.status.as_ref()?.last_resync_time.as_ref()?.0;
+    let elapsed = Duration::try_from(jiff::Timestamp::now().duration_since(last)).ok()?;
+    // A little slack so the requeued reconcile itself is not skipped.
+    let left = resync.checked_sub(elapsed)?;
+    (left > Duration::from_secs(1)).then_some(left)
+}
+
+pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connected, ready_before_deletion};
+
+/// Error policy: log, count, back off.
+pub fn error_policy(target: Arc<CosmosTarget>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
+    match error {
+        Error::Wait { .. } => tracing::info!(target = %target.name_any(), reason = %error, "waiting"),
+        _ => {
+            tracing::warn!(target = %target.name_any(), error = %error, "reconcile failed");
+            ctx.shared.metrics.reconcile_failed(KIND, error);
+        }
+    }
+    Action::requeue(error.retry_after().unwrap_or(NOT_READY_RETRY).max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recent_resync_is_not_repeated() {
+        use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
+        let mut t = CosmosTarget::new(
+            "t",
+            CosmosTargetSpec {
+                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
+                resource_group: "rg".into(),
+                account_name: "acct".into(),
+                cloud: None,
+                credential: AzureCredential {
+                    workload_identity: Some(Default::default()),
+                    managed_identity: None,
+                    client_secret: None,
+                    client_certificate: None,
+                },
+                policy: CosmosPolicy::default(),
+            },
+        );
+        let resync = Duration::from_secs(300);
+        assert_eq!(resync_left(&t, resync), None, "never resynced");
+        let at = |secs_ago: i64| {
+            let ts = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(secs_ago);
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts))
+        };
+        t.status = Some(CosmosTargetStatus { last_resync_time: at(10), ..Default::default() });
+        let left = resync_left(&t, resync).unwrap();
+        assert!(left <= Duration::from_secs(290) && left > Duration::from_secs(280), "{left:?}");
+        t.status = Some(CosmosTargetStatus { last_resync_time: at(301), ..Default::default() });
+        assert_eq!(resync_left(&t, resync), None, "due");
+    }
+
+    #[test]
+    fn a_deleted_target_lets_bindings_revoke_only_once_it_is_terminating() {
+        use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut t = CosmosTarget::new(
+            "t",
+            CosmosTargetSpec {
+                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
+                resource_group: "rg".into(),
+                account_name: "acct".into(),
+                cloud: None,
+                credential: AzureCredential {
+                    workload_identity: Some(Default::default()),
+                    managed_identity: None,
+                    client_secret: None,
+                    client_certificate: None,
+                },
+                policy: CosmosPolicy::default(),
+            },
+        );
+        assert!(never_connected(&t) && !can_revoke(&t));
+        let status = |o: &Outcome, generation| CosmosTargetStatus {
+            conditions: conditions::merge(&[], o, Some(generation), &status::now()),
+            observed_generation: Some(generation),
+            last_resync_time: Some(status::now()),
+            ..Default::default()
+        };
+        t.metadata.generation = Some(1);
+        t.status = Some(status(&Outcome::ready(reason::CONNECTED, "ok"), 1));
+        assert!(can_revoke(&t) && !is_terminating(&t) && !never_connected(&t));
+        // Deletion bumps the generation: not Ready any more, but it was
+        // Ready for this spec, so bindings may revoke through it at once.
+        t.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        t.metadata.generation = Some(2);
+        assert!(!is_ready(&t) && !is_terminating(&t));
+        assert!(ready_before_deletion(&t) && can_revoke(&t));
+        // A spec change it never applied, then deletion: it has to show it
+        // works first.
+        t.metadata.generation = Some(3);
+        assert!(!can_revoke(&t));
+        let users =
+            Users { names: vec!["CosmosRoleBinding ns/a".into(), "CosmosRoleDefinition d".into()], deleting: 2 };
+        let o = users.outcome(users.waiting_message());
+        assert_eq!((o.ready, o.reason, o.progress), (false, reason::TERMINATING, conditions::Progress::InProgress));
+        assert!(o.message.starts_with("Terminating: waiting for 2 "), "{}", o.message);
+        assert!(o.message.contains("ns/a") && o.message.contains("CosmosRoleDefinition d"), "{}", o.message);
+        t.status = Some(status(&o, 3));
+        assert!(is_terminating(&t) && can_revoke(&t));
+        // Some are not being deleted: someone has to act.
+        let stuck = Users { deleting: 1, ..users };
+        assert_eq!(stuck.outcome(stuck.waiting_message()).progress, conditions::Progress::Stalled);
+        let many: Vec<String> = (0..8).map(|i| format!("CosmosRoleBinding ns/b{i}")).collect();
+        assert!(waiting_message(&many).contains("and 3 more"), "{}", waiting_message(&many));
+    }
+
+    #[test]
+    fn errors_map_to_plain_reasons() {
+        let az = |source| Error::Azure { target: "t".into(), source };
+        assert_eq!(
+            target_outcome(&az(ArmError::Credential("AADSTS7000215: Invalid client secret".into()))).reason,
+            cosmos_reason::CREDENTIAL_UNAVAILABLE
+        );
+        let o = target_outcome(&az(ArmError::Unauthorized {
+            status: 403,
+            code: "AuthorizationFailed".into(),
+            message: "no".into(),
+        }));
+        assert_eq!(o.reason, reason::UNAUTHORIZED);
+        assert!(o.message.contains("sqlRoleAssignments"));
+        assert_eq!(
+            target_outcome(&az(ArmError::NotFound { code: "ResourceNotFound".into(), message: "x".into() })).reason,
+            cosmos_reason::ACCOUNT_NOT_FOUND
+        );
+        assert_eq!(target_outcome(&az(ArmError::Transport("reset".into()))).reason, reason::UNREACHABLE);
+        let secret = Error::Secret { namespace: "ns".into(), name: "s".into(), problem: "not found".into() };
+        assert_eq!(target_outcome(&secret).reason, reason::SECRET_NOT_FOUND);
+    }
+}
