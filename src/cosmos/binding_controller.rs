@@ -204,6 +204,12 @@ impl CosmosContext {
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
                 for b in self.bindings.state() {
+                    // Never reconciled by dbgrant (no finalizer yet): its
+                    // first reconcile indexes it; indexing it here could
+                    // grant for a binding whose deletion dbgrant never sees.
+                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
+                        continue;
+                    }
                     let target = self.target(&b.spec.target_ref.name);
                     let def = definition_of(self, &b);
                     if let Some(c) = evaluate(&b, target.as_deref(), def.as_deref(), now, false).contribution {

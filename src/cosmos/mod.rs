@@ -321,7 +321,15 @@ impl CosmosContext {
         priority.sort();
         d.binding_priority = priority.into_iter().map(|(_, k)| k).collect();
         {
-            let idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            // A binding that vanished without its revocation running (its
+            // finalizer removed by hand) must not keep its assignments.
+            let gone = idx.forget_vanished(target, |ns, name| {
+                self.bindings.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns)).is_some()
+            });
+            if gone > 0 {
+                tracing::warn!(target = %target, bindings = gone, "forgot bindings that vanished without revocation");
+            }
             for key in idx.bindings_on(target) {
                 if let Some(c) = idx.get(key) {
                     d.add(key, c.subjects.iter().map(|s| s.id.clone()), &c.grant);

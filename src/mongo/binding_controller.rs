@@ -135,6 +135,14 @@ impl MongoContext {
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
                 for b in self.bindings.state() {
+                    // A binding without dbgrant's finalizer was never applied
+                    // (the finalizer comes first); it joins the index at its
+                    // first reconcile. Priming it anyway would keep its grant
+                    // in the index for good if it is deleted before then: a
+                    // deletion without the finalizer never reaches cleanup.
+                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
+                        continue;
+                    }
                     let target = self.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name));
                     if let Some(c) = evaluate(&b, target.as_deref(), now).contribution {
                         idx.upsert(&key(&b), c);

@@ -186,7 +186,13 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     let _guard = conn.write_lock.lock().await;
     let ledger = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
     let work = {
-        let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = forget_vanished(&mut idx, &name, |ns, binding| {
+            ctx.bindings.get(&kube::runtime::reflector::ObjectRef::new(binding).within(ns)).is_some()
+        });
+        if gone > 0 {
+            tracing::warn!(target = %name, bindings = gone, "forgot bindings that vanished without revocation");
+        }
         resync_work(target, &idx, &ledger)
     };
     let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await?;
@@ -261,6 +267,15 @@ pub fn resync_work(
     work
 }
 
+/// Remove from the index the bindings on `target` that no longer exist
+/// (`exists(namespace, name)` is false): a binding deleted without passing
+/// through its finalizer's cleanup must not keep granting through the
+/// index. Returns how many were removed; their subjects are in the resync
+/// work anyway. Pure.
+pub fn forget_vanished(idx: &mut BindingIndex<MongoGrant>, target: &str, exists: impl Fn(&str, &str) -> bool) -> usize {
+    idx.forget_vanished(target, exists)
+}
+
 /// The cached connection for `target`, built anew when its spec changed.
 pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<TargetConnection>> {
     let name = target.name_any();
@@ -293,4 +308,32 @@ pub fn error_policy(target: Arc<MongoTarget>, error: &Error, ctx: Arc<MongoConte
     tracing::warn!(target = %target.name_any(), error = %error, "reconcile failed");
     ctx.shared.metrics.reconcile_failed(KIND, error);
     Action::requeue(NOT_READY_RETRY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::index::Contribution;
+
+    #[test]
+    fn bindings_that_vanished_without_cleanup_stop_granting() {
+        let mut idx: BindingIndex<MongoGrant> = BindingIndex::default();
+        let subject = SubjectKey { kind: SubjectKind::Group, id: "g".into() };
+        let grant =
+            |role: &str| MongoGrant { roles: [(role.to_string(), "orders".to_string())].into(), ..Default::default() };
+        for (key, role) in [("ns/live", "read"), ("ns/ghost", "readWrite")] {
+            idx.upsert(
+                key,
+                Contribution { target: "t".into(), subjects: [subject.clone()].into(), grant: grant(role) },
+            );
+        }
+        idx.upsert(
+            "ns/other",
+            Contribution { target: "u".into(), subjects: [subject.clone()].into(), grant: grant("dbOwner") },
+        );
+        assert_eq!(forget_vanished(&mut idx, "t", |ns, name| ns == "ns" && name == "live"), 1);
+        assert_eq!(idx.desired("t", &subject), Some(grant("read")));
+        assert!(idx.get("ns/other").is_some(), "other targets' bindings are not touched");
+        assert_eq!(forget_vanished(&mut idx, "t", |_, _| true), 0);
+    }
 }

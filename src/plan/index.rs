@@ -123,6 +123,23 @@ impl<G: Grant> BindingIndex<G> {
         self.by_target.get(target).into_iter().flat_map(|s| s.keys())
     }
 
+    /// Drop the bindings on `target` whose `namespace/name` key no longer
+    /// names a live object (`exists(ns, name)` is false): a binding that
+    /// vanished without its revocation running (finalizer removed by hand)
+    /// must not keep granting. Returns how many were dropped.
+    pub fn forget_vanished(&mut self, target: &str, exists: impl Fn(&str, &str) -> bool) -> usize {
+        let gone: Vec<BindingKey> = self
+            .bindings_on(target)
+            .into_iter()
+            .filter(|k| k.split_once('/').is_none_or(|(ns, name)| !exists(ns, name)))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.remove(k);
+        }
+        gone.len()
+    }
+
     /// Every binding on `target`.
     pub fn bindings_on(&self, target: &str) -> BTreeSet<&BindingKey> {
         self.by_target.get(target).into_iter().flat_map(|s| s.values().flatten()).collect()
@@ -190,6 +207,18 @@ mod tests {
         idx.remove("a/one");
         assert_eq!(idx.desired("t", &group("g1")), None);
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn vanished_bindings_are_forgotten_and_live_ones_kept() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/live", mk("t", &["g1"], &["read"]));
+        idx.upsert("b/gone", mk("t", &["g1"], &["write"]));
+        idx.upsert("c/other-target", mk("u", &["g1"], &["write"]));
+        let forgotten = idx.forget_vanished("t", |ns, name| (ns, name) == ("a", "live"));
+        assert_eq!(forgotten, 1);
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
+        assert_eq!(idx.desired("u", &group("g1")), Some(roles(&["write"])), "other targets untouched");
     }
 
     #[test]
