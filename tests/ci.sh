@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: format, lints, then every test.
 # Works on a fresh machine with Rust and Go installed and the crates.io /
 # Go module registries reachable; caches (target/, GOCACHE, GOMODCACHE) are
-# reused when present.
+# reused when present. The end-to-end tests start the control plane built
+# here (etcd + kube-apiserver) and run the dbgrant binary against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,28 @@ diff -r crds "${TMPDIR:-/tmp}/dbgrant-crds-check" >/dev/null || {
   exit 1
 }
 
-step "cargo test (pure, contract and integration tests)"
+step "local control plane and helm, built from Go modules (tests/controlplane/build.sh)"
+timed "control-plane build" tests/controlplane/build.sh
+
+step "helm lint and template (pinned helm built above)"
+timed "helm lint" target/tools/helm lint --strict charts/dbgrant
+timed "helm template" target/tools/helm template dbgrant charts/dbgrant --namespace dbgrant-system >/dev/null
+
+step "cargo test: pure, contract (MongoDB and ARM doubles) and end-to-end (real kube-apiserver)"
 timed "tests" cargo test --workspace --locked
+
+step "release binary, built as the Dockerfile builds it (deploy/build-binary.sh)"
+if ! command -v musl-gcc >/dev/null 2>&1; then
+  echo "installing musl-tools (Debian) for the static build"
+  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq musl-tools >/dev/null
+fi
+timed "release build" deploy/build-binary.sh
+release=target/x86_64-unknown-linux-musl/release/dbgrant
+"$release" version
+if ldd "$release" 2>&1 | grep -q '=>'; then
+  echo "$release is dynamically linked; the distroless static image needs a static binary" >&2
+  exit 1
+fi
+
+printf '\nall checks passed in %ss\n' "$SECONDS"

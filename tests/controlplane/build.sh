@@ -46,7 +46,12 @@ up_to_date() {
 build() {
   local name="$1" dir="$2" pkg="$3" ldflags="$4"
   local bin="$out/$name" start=$SECONDS
-  (cd "$dir" && go build "${goflags[@]}" -ldflags "$ldflags" -o "$bin.tmp.$$" "$pkg")
+  # -v names each package as it is compiled: show a running count as
+  # progress, and pass every other line (compiler errors) through as is.
+  (cd "$dir" && go build -v "${goflags[@]}" -ldflags "$ldflags" -o "$bin.tmp.$$" "$pkg" 2>&1) |
+    awk '/^[^ #]+$/ { n++; if (n % 100 == 0) { printf "    %d packages compiled (%s)\n", n, $0; fflush() }; next }
+         { print; fflush() }
+         END { if (n) printf "    %d packages compiled\n", n }'
   mv -f "$bin.tmp.$$" "$bin"
   echo "built $bin in $((SECONDS - start))s"
 }

@@ -1,0 +1,18 @@
+//! End-to-end tests: the real kube-apiserver (built from Go modules by
+//! `tests/controlplane/build.sh`), the real `dbgrant` binary as a separate
+//! process authenticated as the chart's non-admin ServiceAccount identity,
+//! and the project's backend doubles over TCP.
+//!
+//! One control plane serves the whole run; every test gets its own
+//! namespace. Tests that run an operator take [`common::operator_lock`]:
+//! two operators would both reconcile every cluster-scoped target.
+
+mod common;
+mod cosmos;
+mod faults;
+mod hostile;
+mod mongo;
+mod mongo_oidc;
+mod rbac;
+mod security;
+mod validation;

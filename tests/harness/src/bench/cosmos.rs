@@ -1,0 +1,229 @@
+//! The Cosmos DB backend of the benchmark: one ARM + Entra double (real
+//! HTTPS, the real `azure_identity` workload-identity flow) serving one
+//! database account per `CosmosTarget`, with the issue's defaults: 50 ms per
+//! ARM call, long-running operations that take two polls, the per-principal
+//! write bucket (200, +10/s), ~500 control-plane writes per account per
+//! 5 minutes, 2,000 assignments per account.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use dbgrant_doubles::arm::{
+    ARM_RESOURCE, Account, AccountRef, ArmAccess, ArmDouble, ArmDoubleConfig, DATA_CONTRIBUTOR_ID, DATA_READER_ID,
+    DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, FEDERATED_TOKEN_AUDIENCE, FederatedCredential, Principal, RequestKind,
+    new_guid,
+};
+use serde_json::{Value, json};
+
+use super::backend::{Backend, BindingSpec, Grant, Layout, OpCounts};
+use crate::{Cluster, examples, paths};
+
+const RESOURCE_GROUP: &str = "rg-dbgrant-bench";
+
+/// Cosmos DB accounts behind one ARM double.
+pub struct CosmosBackend {
+    latency: Duration,
+    double: Option<ArmDouble>,
+    accounts: Vec<AccountRef>,
+    client_id: String,
+    token_file: PathBuf,
+}
+
+impl CosmosBackend {
+    /// ARM calls that take `latency` each.
+    pub fn new(latency: Duration) -> Self {
+        Self { latency, double: None, accounts: Vec::new(), client_id: new_guid(), token_file: PathBuf::new() }
+    }
+
+    fn target_name(t: usize) -> String {
+        format!("bench-cosmos-{t}")
+    }
+
+    fn double(&self) -> &ArmDouble {
+        self.double.as_ref().expect("CosmosBackend::start ran")
+    }
+
+    fn role_id(role: &str) -> &'static str {
+        if role == "read" { DATA_READER_ID } else { DATA_CONTRIBUTOR_ID }
+    }
+}
+
+impl Backend for CosmosBackend {
+    fn name(&self) -> &'static str {
+        "cosmosdb"
+    }
+
+    fn binding_kind(&self) -> &'static str {
+        "CosmosRoleBinding"
+    }
+
+    fn target_kind(&self) -> &'static str {
+        "CosmosTarget"
+    }
+
+    fn shared_grants(&self) -> bool {
+        true
+    }
+
+    async fn start(&mut self, cluster: &Cluster, layout: &Layout) -> Result<Vec<Value>> {
+        let mut config = ArmDoubleConfig { latency: self.latency, lro_polls: 2, ..Default::default() }.principal(
+            Principal::application(&self.client_id, new_guid())
+                .named("dbgrant (benchmark workload identity)")
+                .federated(FederatedCredential::new("", &cluster.operator_user))
+                .arm_access(ArmAccess::Write),
+        );
+        for t in 0..layout.targets {
+            let account = AccountRef::new(DEFAULT_SUBSCRIPTION_ID, RESOURCE_GROUP, Self::target_name(t));
+            config = config.account(Account::new(account.clone(), "westeurope"));
+            self.accounts.push(account);
+        }
+        for g in 0..layout.groups {
+            config = config.principal(Principal::group(layout.group(g)).named(format!("sg-bench-{g}")));
+        }
+        let double = ArmDouble::start(config).await.context("starting the ARM + Entra double")?;
+        let dir = paths::run_dir("bench-arm-double")?;
+        self.token_file = dir.join("azure-identity-token");
+        let token = double.issue_federated_token_with(
+            &cluster.operator_user,
+            FEDERATED_TOKEN_AUDIENCE,
+            examples::FEDERATED_TOKEN_LIFETIME,
+        );
+        std::fs::write(&self.token_file, token).with_context(|| format!("writing {}", self.token_file.display()))?;
+        let mut docs = vec![json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": examples::ARM_CA_SECRET, "namespace": cluster.operator_namespace},
+            "stringData": {examples::ARM_CA_KEY: double.ca_cert_pem()},
+        })];
+        for (t, account) in self.accounts.iter().enumerate() {
+            docs.push(json!({
+                "apiVersion": "dbgrant.io/v1alpha1", "kind": "CosmosTarget",
+                "metadata": {"name": Self::target_name(t)},
+                "spec": {
+                    "subscriptionId": account.subscription_id,
+                    "resourceGroup": account.resource_group,
+                    "accountName": account.name,
+                    "cloud": {
+                        "armEndpoint": double.arm_endpoint(),
+                        "authorityHost": double.authority_host(),
+                        "armAudience": ARM_RESOURCE,
+                        "caSecretRef": {"name": examples::ARM_CA_SECRET, "key": examples::ARM_CA_KEY},
+                    },
+                    "credential": {"workloadIdentity": {"tenantId": DEFAULT_TENANT_ID, "clientId": self.client_id}},
+                    "policy": {"allowedNamespaces": ["bench-*"], "allowedDatabases": ["orders-*"]}
+                }
+            }));
+        }
+        self.double = Some(double);
+        Ok(docs)
+    }
+
+    fn operator_env(&self) -> Vec<(String, String)> {
+        vec![("AZURE_FEDERATED_TOKEN_FILE".into(), self.token_file.display().to_string())]
+    }
+
+    fn targets(&self) -> Vec<String> {
+        (0..self.accounts.len()).map(Self::target_name).collect()
+    }
+
+    fn binding(&self, spec: &BindingSpec) -> Value {
+        let role = if spec.grants.first().is_some_and(|g| g.role == "read") { "DataReader" } else { "DataContributor" };
+        json!({
+            "apiVersion": "dbgrant.io/v1alpha1", "kind": "CosmosRoleBinding",
+            "metadata": {"name": spec.name, "namespace": spec.namespace},
+            "spec": {
+                "targetRef": {"name": Self::target_name(spec.target)},
+                "subjects": [{"kind": "Group", "objectId": spec.group}],
+                "roleDefinition": {"builtIn": role},
+                "scopes": spec.grants.iter().map(|g| json!({"database": g.scope})).collect::<Vec<_>>()
+            }
+        })
+    }
+
+    fn granted(&self, target: usize, group: &str, grant: &Grant) -> bool {
+        let account = &self.accounts[target];
+        let scope = format!("{}/dbs/{}", account.id(), grant.scope).to_ascii_lowercase();
+        let role = Self::role_id(&grant.role);
+        self.double().role_assignments(account).iter().any(|a| {
+            a.principal_id.eq_ignore_ascii_case(group)
+                && a.scope.to_ascii_lowercase() == scope
+                && a.role_definition_id.to_ascii_lowercase().ends_with(role)
+        })
+    }
+
+    fn counters(&self, target: usize) -> OpCounts {
+        let id = self.accounts[target].id().to_ascii_lowercase();
+        let mut c = OpCounts::default();
+        for r in self.double().arm_requests() {
+            if r.account.as_deref().is_none_or(|a| a.to_ascii_lowercase() != id) {
+                continue;
+            }
+            let what = match r.kind {
+                RequestKind::ArmRead => {
+                    c.reads += 1;
+                    let list = r.path.ends_with("sqlRoleAssignments") || r.path.ends_with("sqlRoleDefinitions");
+                    if list { "LIST" } else { "GET" }
+                }
+                RequestKind::ArmWrite => {
+                    c.writes += 1;
+                    if r.method == "PUT" { "PUT" } else { "DELETE" }
+                }
+                RequestKind::OperationPoll => "operation poll",
+                _ => "other",
+            };
+            *c.by_operation.entry(what.to_string()).or_default() += 1;
+            if r.status == 429 || r.status == 412 {
+                *c.by_operation.entry(format!("answered {}", r.status)).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    fn clear_counters(&self, _target: usize) {
+        // One log for every account: clearing is all or nothing.
+        self.double().clear_log();
+    }
+
+    fn extra(&self) -> Value {
+        json!({
+            "armLatencyMsPerCall": self.latency.as_secs_f64() * 1e3,
+            "lroPolls": 2,
+            "writeBucket": {"capacity": 200, "refillPerSecond": 10.0, "per": "subscription and principal"},
+            "accountWrites": {"max": 500, "windowSeconds": 300},
+            "accounts": self.accounts.len(),
+        })
+    }
+
+    fn bulk_extra(&self, seconds: f64) -> Value {
+        // The fastest the quotas allow this many accepted writes: the
+        // bucket's 200 at once, then 10/s; no account more than 500 per
+        // 5 minutes.
+        let records = self.double().arm_requests();
+        let accepted: Vec<_> =
+            records.iter().filter(|r| r.kind == RequestKind::ArmWrite && (200..300).contains(&r.status)).collect();
+        let writes = accepted.len() as f64;
+        let bucket_min = ((writes - 200.0) / 10.0).max(0.0);
+        let window_min = self
+            .accounts
+            .iter()
+            .map(|a| {
+                let id = a.id().to_ascii_lowercase();
+                let n = accepted
+                    .iter()
+                    .filter(|r| r.account.as_deref().is_some_and(|x| x.to_ascii_lowercase() == id))
+                    .count();
+                (n.saturating_sub(1) / 500) as f64 * 300.0
+            })
+            .fold(0.0, f64::max);
+        let quota_min = bucket_min.max(window_min);
+        let efficiency = (seconds > 0.0 && quota_min > 0.0).then(|| ((quota_min / seconds) * 1000.0).round() / 1000.0);
+        let throttled = records.iter().filter(|r| r.status == 429).count();
+        json!({
+            "acceptedWrites": writes,
+            "writesPerSecond": if seconds > 0.0 { (writes / seconds * 10.0).round() / 10.0 } else { 0.0 },
+            "quotaMinimumSeconds": (quota_min * 10.0).round() / 10.0,
+            "quotaEfficiency": efficiency,
+            "throttled429": throttled,
+            "busy412": records.iter().filter(|r| r.status == 412).count(),
+        })
+    }
+}
