@@ -30,3 +30,13 @@ pub const FINALIZER: &str = "dbgrant.io/revoke";
 /// binding or role definition uses it, so each of them can still revoke its
 /// access through the target when everything is deleted at once.
 pub const TARGET_FINALIZER: &str = "dbgrant.io/bindings";
+
+/// Make ring the process's rustls provider. reqwest is built without one so
+/// that aws-lc-rs stays out of the tree, and kube's client asks rustls for
+/// the process default: with no provider installed (or, in a build where
+/// both are compiled in, with two candidates) every TLS client would panic.
+/// Called first thing by the binary, and by every TLS client constructor so
+/// library users get the same; idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

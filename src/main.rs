@@ -6,6 +6,7 @@ use clap::Parser;
 use dbgrant::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    dbgrant::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {

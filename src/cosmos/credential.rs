@@ -75,15 +75,9 @@ pub fn cloud(spec: &CosmosTargetSpec, env_authority_host: Option<String>) -> Clo
     Cloud { arm_endpoint, authority_host, audience, api_version }
 }
 
-/// Make ring the process's rustls provider (reqwest is built without one
-/// so that aws-lc-rs stays out of the tree). Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// An HTTP transport trusting the system roots plus `extra_ca_pem`.
 pub fn transport(extra_ca_pem: Option<&str>) -> Result<Transport, String> {
-    install_crypto_provider();
+    crate::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(60))

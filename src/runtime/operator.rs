@@ -110,6 +110,7 @@ async fn finish(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::
 }
 
 async fn client(args: &RunArgs) -> anyhow::Result<Client> {
+    crate::install_crypto_provider();
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)

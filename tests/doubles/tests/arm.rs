@@ -33,6 +33,7 @@ async fn json_of(response: reqwest::Response) -> Value {
 }
 
 fn http_client(ca_pem: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM")])
         .build()

@@ -309,6 +309,9 @@ pub struct TestNamespace {
 
 /// A client from a kubeconfig file.
 pub async fn client(kubeconfig: &std::path::Path) -> Result<Client> {
+    // kube asks rustls for the process-wide provider; pick ring, as the
+    // operator does, so the choice never depends on feature unification.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kc = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
