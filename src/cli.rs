@@ -77,8 +77,10 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
-    /// Reconciles run at once, per controller.
-    #[arg(long, env = "DBGRANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Reconciles run at once, per controller. They wait on the apiserver
+    /// and the databases, not the CPU, and writes to one target are
+    /// serialised anyway, so this can be generous.
+    #[arg(long, env = "DBGRANT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
     /// Full resync interval: drift detection and status refresh.

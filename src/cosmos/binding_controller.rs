@@ -232,6 +232,8 @@ pub async fn reconcile(b: Arc<CosmosRoleBinding>, ctx: Arc<CosmosContext>) -> Re
     ctx.prime().await;
     let ns = b.namespace().unwrap_or_default();
     let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    // The finalizer goes on before anything is granted, in this same pass.
+    let b = crate::runtime::finalize::ensure(&api, FINALIZER, b).await?;
     finalizer(&api, FINALIZER, b, |event| async {
         match event {
             Finalizer::Apply(b) => apply(b, &ctx).await,

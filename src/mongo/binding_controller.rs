@@ -160,6 +160,8 @@ pub async fn reconcile(b: Arc<MongoRoleBinding>, ctx: Arc<MongoContext>) -> Resu
     ctx.prime().await;
     let ns = b.namespace().unwrap_or_default();
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
+    // The finalizer goes on before anything is granted, in this same pass.
+    let b = crate::runtime::finalize::ensure(&api, FINALIZER, b).await?;
     finalizer(&api, FINALIZER, b, |event| async {
         match event {
             Finalizer::Apply(b) => apply(b, &ctx).await,

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod context;
 pub mod crdgen;
+pub mod finalize;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -12,3 +13,4 @@ pub mod rbac;
 pub mod secrets;
 pub mod status;
 pub mod telemetry;
+pub mod watch;

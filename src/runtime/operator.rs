@@ -10,13 +10,18 @@ use kube::{
     runtime::{
         Controller,
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
+        reflector::{ObjectRef, Store},
     },
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{context::Context, http, leader, metrics::Metrics, telemetry};
+use super::{
+    context::Context,
+    http, leader,
+    metrics::Metrics,
+    telemetry,
+    watch::{self, Relevance},
+};
 use crate::{
     MANAGER,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget},
@@ -148,6 +153,19 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
+/// The controller settings: `concurrency` reconciles at once.
+fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(concurrency)
+}
+
+/// The bindings in `store` that `matches` selects, as reconcile requests.
+fn bindings_where<K>(store: &Store<K>, matches: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.state().into_iter().filter(|b| matches(b)).map(|b| ObjectRef::from(b.as_ref())).collect()
+}
+
 async fn mongo_controllers(
     shared: Arc<Context>,
     concurrency: u16,
@@ -157,28 +175,29 @@ async fn mongo_controllers(
     let client = shared.client.clone();
     let targets: Api<MongoTarget> = Api::all(client.clone());
     let bindings: Api<MongoRoleBinding> = Api::all(client.clone());
-    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
 
-    let target_ctrl = Controller::new(targets.clone(), watcher::Config::default()).with_config(config.clone());
-    let binding_ctrl = Controller::new(bindings, watcher::Config::default()).with_config(config);
+    // Targets reconcile on spec, finalizer and deletion changes (and their
+    // own periodic resync), never on the status they write themselves.
+    let (target_store, target_stream) = watch::cached(targets.clone(), Relevance::SpecOrFinalizers);
+    // Bindings reconcile on spec and deletion changes, and when their
+    // target's spec or readiness changes.
+    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec);
     let ctx = Arc::new(MongoContext {
         shared: shared.clone(),
-        targets: target_ctrl.store(),
-        bindings: binding_ctrl.store(),
+        targets: target_store.clone(),
+        bindings: binding_store.clone(),
         index: Mutex::new(Default::default()),
         primed: Default::default(),
         connections: Default::default(),
     });
-    let binding_store = binding_ctrl.store();
-    let binding_ctrl = binding_ctrl.watches(targets, watcher::Config::default(), move |t: MongoTarget| {
-        let name = t.metadata.name.unwrap_or_default();
-        binding_store
-            .state()
-            .into_iter()
-            .filter(|b| b.spec.target_ref.name == name)
-            .map(|b| ObjectRef::from(b.as_ref()))
-            .collect::<Vec<_>>()
-    });
+    let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
+    let store = binding_store.clone();
+    let binding_ctrl = Controller::for_stream(binding_stream, binding_store)
+        .with_config(controller_config(concurrency))
+        .watches_stream(watch::triggers(targets, Relevance::SpecOrReadiness), move |t: MongoTarget| {
+            let name = t.metadata.name.unwrap_or_default();
+            bindings_where(&store, |b: &MongoRoleBinding| b.spec.target_ref.name == name)
+        });
 
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -215,54 +234,43 @@ async fn cosmos_controllers(
     let targets: Api<CosmosTarget> = Api::all(client.clone());
     let definitions: Api<CosmosRoleDefinition> = Api::all(client.clone());
     let bindings: Api<CosmosRoleBinding> = Api::all(client.clone());
-    let config = kube::runtime::controller::Config::default().concurrency(concurrency);
 
-    let target_ctrl = Controller::new(targets.clone(), watcher::Config::default()).with_config(config.clone());
-    let definition_ctrl = Controller::new(definitions.clone(), watcher::Config::default()).with_config(config.clone());
-    let binding_ctrl = Controller::new(bindings, watcher::Config::default()).with_config(config);
+    let (target_store, target_stream) = watch::cached(targets.clone(), Relevance::SpecOrFinalizers);
+    let (definition_store, definition_stream) = watch::cached(definitions.clone(), Relevance::SpecOrFinalizers);
+    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec);
     let ctx = Arc::new(CosmosContext::new(
         shared.clone(),
-        target_ctrl.store(),
-        binding_ctrl.store(),
-        definition_ctrl.store(),
+        target_store.clone(),
+        binding_store.clone(),
+        definition_store.clone(),
         Default::default(),
     ));
+    let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
 
-    // Bindings wake up when their target or role definition changes;
-    // definitions when their target does.
-    let store = binding_ctrl.store();
-    let binding_ctrl = binding_ctrl.watches(targets.clone(), watcher::Config::default(), move |t: CosmosTarget| {
-        let name = t.metadata.name.unwrap_or_default();
-        store
-            .state()
-            .into_iter()
-            .filter(|b| b.spec.target_ref.name == name)
-            .map(|b| ObjectRef::from(b.as_ref()))
-            .collect::<Vec<_>>()
-    });
-    let store = ctx.bindings.clone();
-    let binding_ctrl = binding_ctrl.watches(definitions, watcher::Config::default(), move |d: CosmosRoleDefinition| {
-        let name = d.metadata.name.unwrap_or_default();
-        store
-            .state()
-            .into_iter()
-            .filter(|b| {
+    // Bindings wake up when their target or role definition changes its
+    // spec or readiness; definitions when their target does.
+    let store = binding_store.clone();
+    let by_definition = binding_store.clone();
+    let binding_ctrl = Controller::for_stream(binding_stream, binding_store)
+        .with_config(controller_config(concurrency))
+        .watches_stream(watch::triggers(targets.clone(), Relevance::SpecOrReadiness), move |t: CosmosTarget| {
+            let name = t.metadata.name.unwrap_or_default();
+            bindings_where(&store, |b: &CosmosRoleBinding| b.spec.target_ref.name == name)
+        })
+        .watches_stream(watch::triggers(definitions, Relevance::SpecOrReadiness), move |d: CosmosRoleDefinition| {
+            let name = d.metadata.name.unwrap_or_default();
+            bindings_where(&by_definition, |b: &CosmosRoleBinding| {
                 b.spec.target_ref.name == d.spec.target_ref.name
                     && b.spec.role_definition.name.as_deref() == Some(name.as_str())
             })
-            .map(|b| ObjectRef::from(b.as_ref()))
-            .collect::<Vec<_>>()
-    });
-    let store = definition_ctrl.store();
-    let definition_ctrl = definition_ctrl.watches(targets, watcher::Config::default(), move |t: CosmosTarget| {
-        let name = t.metadata.name.unwrap_or_default();
-        store
-            .state()
-            .into_iter()
-            .filter(|d| d.spec.target_ref.name == name)
-            .map(|d| ObjectRef::from(d.as_ref()))
-            .collect::<Vec<_>>()
-    });
+        });
+    let store = definition_store.clone();
+    let definition_ctrl = Controller::for_stream(definition_stream, definition_store)
+        .with_config(controller_config(concurrency))
+        .watches_stream(watch::triggers(targets, Relevance::SpecOrReadiness), move |t: CosmosTarget| {
+            let name = t.metadata.name.unwrap_or_default();
+            bindings_where(&store, |d: &CosmosRoleDefinition| d.spec.target_ref.name == name)
+        });
 
     let prime_ctx = ctx.clone();
     tokio::spawn(async move {

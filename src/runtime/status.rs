@@ -1,5 +1,6 @@
 //! Writing status with server-side apply, only when it changed, and
-//! publishing an Event when the Ready condition transitions.
+//! publishing an Event when the Ready condition transitions (except the
+//! first Ready of a new object).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
@@ -41,6 +42,13 @@ where
     }
     let Some(ready) = conditions::ready(after) else { return };
     let type_ = if ready.status == "True" { EventType::Normal } else { EventType::Warning };
+    if type_ == EventType::Normal && conditions::ready(before).is_none() {
+        // A new object turning Ready is what everyone expects and its
+        // status says so; an Event for each would double the apiserver
+        // writes of a bulk apply (and fill the recorder's cache). Recovery
+        // after a failure, and every failure, still get one.
+        return;
+    }
     let event = Event {
         type_,
         reason: ready.reason.clone(),
