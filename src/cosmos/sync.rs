@@ -145,6 +145,15 @@ impl Stop {
 
 /// How long to wait before polling an operation that is still running.
 pub const PENDING_RETRY: Duration = Duration::from_secs(15);
+/// A 429 asking for at most this long is waited out inside the pass (the
+/// same write is retried), rather than ending the pass: ARM's write bucket
+/// refills every second, and ending the pass would cost two LISTs and a
+/// requeue for every few writes of a bulk apply.
+pub const IN_PASS_WAIT: Duration = Duration::from_secs(5);
+/// At most this much waiting on 429s inside one pass; past it the pass
+/// stops and the account is retried later, so one pass never holds the
+/// account's lock for long on throttling alone.
+pub const IN_PASS_WAIT_TOTAL: Duration = Duration::from_secs(60);
 
 /// What one sync did.
 #[derive(Clone, Debug, Default)]
@@ -353,6 +362,7 @@ pub async fn sync(
     let mut definitions_now = actual.definitions.iter().filter(|d| !d.is_built_in()).count();
 
     let mut failed_definitions: Vec<String> = Vec::new();
+    let mut waited = Duration::ZERO;
     for action in &p.actions {
         let name = action.name().to_string();
         if report.stopped.is_some() {
@@ -371,8 +381,21 @@ pub async fn sync(
             report.results.insert(name, WriteResult::Skipped);
             continue;
         }
-        let (op, result) = execute(api, action, &mut report.writes).await;
-        metrics.backend_op(BACKEND, op, result.is_ok());
+        let result = loop {
+            let (op, result) = execute(api, action, &mut report.writes).await;
+            metrics.backend_op(BACKEND, op, result.is_ok());
+            match &result {
+                Err(ArmError::Throttled { retry_after, .. })
+                    if *retry_after <= IN_PASS_WAIT && waited + *retry_after <= IN_PASS_WAIT_TOTAL =>
+                {
+                    metrics.throttled(BACKEND, target, "throttled");
+                    tracing::debug!(%target, wait_ms = retry_after.as_millis() as u64, "azure asked dbgrant to wait; waiting in the pass");
+                    waited += *retry_after;
+                    tokio::time::sleep(*retry_after).await;
+                }
+                _ => break result,
+            }
+        };
         let outcome = match result {
             Ok(()) => {
                 state.principal_retries.remove(&name);
@@ -616,6 +639,41 @@ mod tests {
         assert!(held.retry_after().unwrap() <= Duration::from_secs(30));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_waited_out_in_the_pass() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let throttled =
+            || Some(ArmError::Throttled { status: 429, retry_after: Duration::from_secs(1), message: "bucket".into() });
+        fake.fault(throttled());
+        fake.fault(None);
+        fake.fault(throttled());
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        let started = tokio::time::Instant::now();
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert!(r.stopped.is_none(), "{:?}", r.stopped);
+        assert_eq!(r.writes, 4, "each throttled write is retried once");
+        assert!(r.results.values().all(|x| *x == WriteResult::Done), "{:?}", r.results);
+        assert_eq!(fake.state.lock().unwrap().assignments.len(), 2);
+        assert!(state.not_before.is_none());
+        assert!(started.elapsed() >= Duration::from_secs(2), "it waited the Retry-After, twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_in_the_pass_is_bounded() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let throttled = ArmError::Throttled { status: 429, retry_after: IN_PASS_WAIT, message: "bucket".into() };
+        for _ in 0..100 {
+            fake.fault(Some(throttled.clone()));
+        }
+        let r = run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        assert!(matches!(r.stopped, Some((Stop::Throttled(_), _))), "{:?}", r.stopped);
+        let tries = (IN_PASS_WAIT_TOTAL.as_secs() / IN_PASS_WAIT.as_secs()) as usize + 1;
+        assert_eq!(r.writes, tries, "waits in place until the pass's total, then stops");
+        assert!(state.not_before.is_some());
+    }
+
     #[tokio::test]
     async fn operations_still_running_are_polled_never_reissued() {
         let fake = Fake::new();
@@ -674,10 +732,12 @@ mod tests {
         // Deleted out of band; the restore is throttled first: not done,
         // so not reported, but still drift when it goes through.
         fake.state.lock().unwrap().assignments.remove(&gone);
-        fake.fault(Some(ArmError::Throttled { status: 429, retry_after: Duration::ZERO, message: "slow".into() }));
+        let long = IN_PASS_WAIT + Duration::from_secs(1);
+        fake.fault(Some(ArmError::Throttled { status: 429, retry_after: long, message: "slow".into() }));
         let held = run(&fake, &mut state, d.clone()).await;
         assert!(held.stopped.is_some());
         assert!(held.drift_corrected().is_empty());
+        state.not_before = None; // the Retry-After has passed
         let restored = run(&fake, &mut state, d.clone()).await;
         let corrected = restored.drift_corrected();
         assert_eq!(corrected.len(), 1, "{corrected:?}");

@@ -9,7 +9,8 @@
 //! - only changes that can alter what a reconcile does pass through
 //!   ([`Relevance`]): dbgrant's own status writes do not come back as
 //!   reconciles, and a target's periodic status refresh does not wake every
-//!   binding on it.
+//!   binding on it. A change to an object's annotations does reconcile it:
+//!   that is how people ask for a reconcile now.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -29,9 +30,12 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 
-use crate::api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget, conditions};
+use crate::{
+    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget, conditions},
+    cosmos::RELEASED_ANNOTATION,
+};
 
 /// The `kubectl apply` annotation: a full copy of the last applied
 /// manifest, which dbgrant never reads.
@@ -73,12 +77,27 @@ impl Relevance {
         meta.generation.hash(&mut h);
         meta.deletion_timestamp.is_some().hash(&mut h);
         match self {
-            Relevance::Spec => {}
-            Relevance::SpecOrFinalizers => meta.finalizers.hash(&mut h),
+            Relevance::Spec => user_annotations(meta).hash(&mut h),
+            Relevance::SpecOrFinalizers => {
+                user_annotations(meta).hash(&mut h);
+                meta.finalizers.hash(&mut h);
+            }
             Relevance::SpecOrReadiness => conditions::ready(obj.conditions()).map(|c| c.status.as_str()).hash(&mut h),
         }
         h.finish()
     }
+}
+
+/// The annotations people set: changing one (`kubectl annotate …
+/// dbgrant.io/reconcile=$(date +%s)`) asks for a reconcile now. The one
+/// dbgrant writes itself (a CosmosTarget's released list) does not.
+fn user_annotations(meta: &ObjectMeta) -> Vec<(&str, &str)> {
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != RELEASED_ANNOTATION)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// Objects whose status carries conditions.
@@ -202,6 +221,20 @@ mod tests {
         let mut finalized = b.clone();
         finalized.metadata.finalizers = Some(vec!["dbgrant.io/finalizer".into()]);
         assert_ne!(Relevance::SpecOrFinalizers.key(&finalized), Relevance::SpecOrFinalizers.key(&b));
+    }
+
+    #[test]
+    fn touching_an_annotation_asks_for_a_reconcile_but_dbgrants_own_does_not() {
+        let b = binding();
+        let mut touched = b.clone();
+        touched.metadata.annotations.get_or_insert_default().insert("dbgrant.io/reconcile".into(), "1".into());
+        for r in [Relevance::Spec, Relevance::SpecOrFinalizers] {
+            assert_ne!(r.key(&touched), r.key(&b), "{r:?}");
+        }
+        assert_eq!(Relevance::SpecOrReadiness.key(&touched), Relevance::SpecOrReadiness.key(&b));
+        let mut released = b.clone();
+        released.metadata.annotations.get_or_insert_default().insert(RELEASED_ANNOTATION.into(), "a,b".into());
+        assert_eq!(Relevance::SpecOrFinalizers.key(&released), Relevance::SpecOrFinalizers.key(&b));
     }
 
     #[test]

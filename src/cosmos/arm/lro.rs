@@ -70,9 +70,18 @@ pub fn parse_status(body: &[u8]) -> Result<OperationState, ArmError> {
 }
 
 /// The wait before the next poll: the service's `Retry-After` when given,
-/// else a gentle backoff, never above [`MAX_POLL`] nor what is left.
+/// else a backoff that starts at [`MIN_POLL`] for the first two polls and
+/// doubles up to four times [`DEFAULT_POLL`]; never above [`MAX_POLL`] nor
+/// what is left.
+///
+/// Most role-assignment operations finish within a few polls, and a
+/// Cosmos DB account runs one control-plane operation at a time, so the
+/// time between an operation finishing and dbgrant noticing is time the
+/// account's next write waits. Polls are reads, which ARM allows far more
+/// of than writes.
 pub fn next_wait(retry_after: Option<Duration>, attempt: u32, left: Duration) -> Duration {
-    let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(DEFAULT_POLL * 4);
+    let doublings = attempt.saturating_sub(1).min(10);
+    let backoff = MIN_POLL.saturating_mul(1 << doublings).min(DEFAULT_POLL * 4);
     retry_after.unwrap_or(backoff).clamp(MIN_POLL, MAX_POLL).min(left)
 }
 
@@ -106,7 +115,10 @@ mod tests {
         let left = Duration::from_secs(100);
         assert_eq!(next_wait(Some(Duration::from_secs(3)), 0, left), Duration::from_secs(3));
         assert_eq!(next_wait(Some(Duration::from_secs(300)), 0, left), MAX_POLL);
-        assert_eq!(next_wait(None, 0, left), Duration::from_millis(500));
+        assert_eq!(next_wait(None, 0, left), MIN_POLL);
+        assert_eq!(next_wait(None, 1, left), MIN_POLL);
+        assert_eq!(next_wait(None, 2, left), MIN_POLL * 2);
+        assert_eq!(next_wait(None, 3, left), MIN_POLL * 4);
         assert_eq!(next_wait(None, 20, left), DEFAULT_POLL * 4);
         assert_eq!(next_wait(Some(Duration::from_secs(3)), 0, Duration::from_secs(1)), Duration::from_secs(1));
         assert_eq!(next_wait(Some(Duration::ZERO), 0, left), MIN_POLL, "Retry-After: 0 does not spin");
