@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
@@ -153,6 +153,18 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
+/// Drive a controller's result stream, logging failed reconciles at debug
+/// level (each reconcile reports its own errors in status and Events).
+async fn log_errors<T, E: std::fmt::Display>(kind: &'static str, results: impl Stream<Item = Result<T, E>>) {
+    results
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "{kind} controller event");
+            }
+        })
+        .await
+}
+
 /// The controller settings: `concurrency` reconciles at once.
 fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(concurrency)
@@ -205,22 +217,22 @@ async fn mongo_controllers(
         let _ = primed.send(());
     });
 
-    let t = target_ctrl
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(mongo::target_controller::reconcile, mongo::target_controller::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "MongoTarget controller event");
-            }
-        });
-    let b = binding_ctrl
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(mongo::binding_controller::reconcile, mongo::binding_controller::error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "MongoRoleBinding controller event");
-            }
-        });
+    let t = log_errors(
+        "MongoTarget",
+        target_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
+            mongo::target_controller::reconcile,
+            mongo::target_controller::error_policy,
+            ctx.clone(),
+        ),
+    );
+    let b = log_errors(
+        "MongoRoleBinding",
+        binding_ctrl.graceful_shutdown_on(shutdown.cancelled_owned()).run(
+            mongo::binding_controller::reconcile,
+            mongo::binding_controller::error_policy,
+            ctx,
+        ),
+    );
     tokio::join!(t, b);
 }
 
@@ -278,29 +290,29 @@ async fn cosmos_controllers(
         let _ = primed.send(());
     });
 
-    let t = target_ctrl
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(cosmos::target_controller::reconcile, cosmos::target_controller::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "CosmosTarget controller event");
-            }
-        });
-    let d = definition_ctrl
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(cosmos::definition_controller::reconcile, cosmos::definition_controller::error_policy, ctx.clone())
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "CosmosRoleDefinition controller event");
-            }
-        });
-    let b = binding_ctrl
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(cosmos::binding_controller::reconcile, cosmos::binding_controller::error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "CosmosRoleBinding controller event");
-            }
-        });
+    let t = log_errors(
+        "CosmosTarget",
+        target_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
+            cosmos::target_controller::reconcile,
+            cosmos::target_controller::error_policy,
+            ctx.clone(),
+        ),
+    );
+    let d = log_errors(
+        "CosmosRoleDefinition",
+        definition_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
+            cosmos::definition_controller::reconcile,
+            cosmos::definition_controller::error_policy,
+            ctx.clone(),
+        ),
+    );
+    let b = log_errors(
+        "CosmosRoleBinding",
+        binding_ctrl.graceful_shutdown_on(shutdown.cancelled_owned()).run(
+            cosmos::binding_controller::reconcile,
+            cosmos::binding_controller::error_policy,
+            ctx,
+        ),
+    );
     tokio::join!(t, d, b);
 }
