@@ -10,7 +10,8 @@
 //! double's request log), guardrails (limits refused before writing),
 //! long-running operations resumed without duplicates, 412/429 handled
 //! without a hot loop, principal-not-found retried, secrets kept out of
-//! errors.
+//! errors, one failing or refused assignment never holding up the others,
+//! and revocation confirmed on the account before it is reported.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,15 +25,17 @@ use dbgrant::{
     },
     cosmos::{
         arm::{ArmApi, ArmClient, ArmError, ArmSettings},
+        binding_controller::{confirm, to_revoke},
         credential::{self, Cloud, Material},
-        sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport},
+        sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport, WriteResult},
     },
     plan::cosmos::{AccountRef, AssignmentKey, DefinitionSpec, Desired, Limits, RoleKey},
     runtime::metrics::Metrics,
 };
 use dbgrant_doubles::arm::{
     ARM_RESOURCE, ArmAccess, ArmDouble, ArmDoubleConfig, DEFAULT_ACCOUNT, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET,
-    DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION_ID, DEFAULT_WORKLOAD_SUBJECT, Principal, RequestKind, RoleAssignment,
+    DEFAULT_RESOURCE_GROUP, DEFAULT_SUBSCRIPTION_ID, DEFAULT_WORKLOAD_SUBJECT, Fault, FaultTarget, Principal,
+    RequestKind, RoleAssignment,
 };
 use secrecy::SecretString;
 
@@ -632,6 +635,185 @@ async fn principal_not_found_is_retried_and_reported_until_entra_catches_up() {
     assert!(r.principal_retries.is_empty());
 }
 
+// === Isolation: no assignment holds up another; revocation confirmed ===
+
+/// A fault on one assignment's (or definition's) path and method.
+fn on(method: &str, resource: &str) -> FaultTarget {
+    FaultTarget::Path { method: Some(method.into()), path_contains: format!("/{resource}") }
+}
+
+#[tokio::test]
+async fn one_failing_delete_does_not_stop_the_other_revocations() {
+    let mut h = Harness::start().await;
+    let d = desired(
+        &[
+            ("ns/a", P1, reader(), "/dbs/a"),
+            ("ns/b", P2, reader(), "/dbs/a"),
+            ("ns/c", P3, reader(), "/dbs/a"),
+            ("ns/d", P1, reader(), "/dbs/b"),
+        ],
+        &[],
+    );
+    h.converge(&d).await;
+    let name = |p: &str, scope: &str| h.account.assignment_name(p, scope, &reader());
+    let (a, b, c, e) = (name(P1, "/dbs/a"), name(P2, "/dbs/a"), name(P3, "/dbs/a"), name(P1, "/dbs/b"));
+    // Every binding is deleted. ARM fails b's DELETE (500, through the
+    // pipeline's retry), refuses c's (400), and e's operation ends Failed.
+    h.double().inject(Fault::respond(on("DELETE", &format!("sqlRoleAssignments/{b}")), 10, 500, "InternalServerError"));
+    h.double().inject(
+        Fault::respond(on("DELETE", &format!("sqlRoleAssignments/{c}")), 10, 400, "BadRequest")
+            .message("The request is invalid."),
+    );
+    h.double().inject(
+        Fault::fail_operation(on("DELETE", &format!("sqlRoleAssignments/{e}")), 1, "InternalServerError")
+            .message("the resource provider gave up"),
+    );
+    let none = desired(&[], &[]);
+    let r = h.sync(&none).await.expect("failures of single assignments do not fail the pass");
+    assert!(r.stopped.is_none(), "{:?}", r.stopped);
+    assert_eq!(r.results.get(&a), Some(&WriteResult::Done));
+    let on_account: BTreeSet<String> =
+        h.double().role_assignments(&Harness::double_account()).into_iter().map(|x| x.name).collect();
+    assert_eq!(on_account, [b.clone(), c.clone(), e.clone()].into(), "every other revocation went through");
+    // The report says which are stuck, and why.
+    let stuck = r.left_behind(&h.account, [a.as_str(), b.as_str(), c.as_str(), e.as_str()]).unwrap();
+    assert_eq!(stuck.keys().cloned().collect::<BTreeSet<_>>(), [b.clone(), c.clone(), e.clone()].into());
+    assert!(stuck[&b].contains("500"), "{stuck:?}");
+    assert!(stuck[&c].contains("400") && stuck[&c].contains("invalid"), "{stuck:?}");
+    assert!(stuck[&e].contains("gave up"), "{stuck:?}");
+    assert!(r.retry_after().is_some_and(|w| w <= Duration::from_secs(15)), "retried soon: {:?}", r.retry_after());
+
+    // Azure recovers: the next pass deletes them (first) and confirms.
+    h.double().clear_faults();
+    h.double().clear_log();
+    let r = h.sync(&none).await.unwrap();
+    assert!(r.left_behind(&h.account, [b.as_str(), c.as_str(), e.as_str()]).unwrap().is_empty());
+    assert!(h.double().role_assignments(&Harness::double_account()).is_empty());
+    assert_eq!(h.counters().writes, 3);
+}
+
+#[tokio::test]
+async fn a_binding_revocation_is_confirmed_only_once_its_assignment_is_gone() {
+    let mut h = Harness::start().await;
+    // ns/a and ns/b share P1's assignment; ns/b also grants P2.
+    let both = desired(
+        &[
+            ("ns/a", P1, reader(), "/dbs/orders"),
+            ("ns/b", P1, reader(), "/dbs/orders"),
+            ("ns/b", P2, reader(), "/dbs/orders"),
+        ],
+        &[],
+    );
+    h.converge(&both).await;
+    let (shared, p2) = (
+        h.account.assignment_name(P1, "/dbs/orders", &reader()),
+        h.account.assignment_name(P2, "/dbs/orders", &reader()),
+    );
+    // ns/b is deleted: what its cleanup must see gone.
+    let contributed: BTreeSet<AssignmentKey> =
+        both.assignments.iter().filter(|(_, b)| b.contains("ns/b")).map(|(k, _)| k.clone()).collect();
+    let pending = to_revoke(&h.account, &contributed, &[], &BTreeSet::new());
+    assert_eq!(pending.len(), 2);
+    let after = desired(&[("ns/a", P1, reader(), "/dbs/orders")], &[]);
+
+    // Its DELETE fails: the revocation is not confirmed, and says why.
+    h.double().inject(
+        Fault::fail_operation(on("DELETE", &format!("sqlRoleAssignments/{p2}")), 1, "InternalServerError")
+            .message("the resource provider gave up"),
+    );
+    let r = h.sync(&after).await.unwrap();
+    let stuck = confirm(&r, &h.account, &pending).expect_err("P2's assignment still exists");
+    assert!(stuck.message.contains(&p2) && stuck.message.contains("gave up"), "{}", stuck.message);
+    assert!(!stuck.message.contains(&shared), "the shared one stays for ns/a: {}", stuck.message);
+    assert_eq!(stuck.assignments.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), [p2.as_str()]);
+    assert_eq!(stuck.retry, sync::retry_backoff(1));
+    assert!(h.double().role_assignment(&Harness::double_account(), &p2).is_some());
+
+    // The retry deletes it: confirmed, and only ns/a's access is left.
+    let r = h.sync(&after).await.unwrap();
+    assert_eq!(confirm(&r, &h.account, &pending), Ok(()));
+    let left: Vec<String> =
+        h.double().role_assignments(&Harness::double_account()).into_iter().map(|x| x.name).collect();
+    assert_eq!(left, [shared]);
+}
+
+#[tokio::test]
+async fn a_refused_binding_does_not_stop_another_bindings_apply_and_revoke() {
+    let mut h = Harness::start().await;
+    h.converge(&desired(&[("ns/old", P3, reader(), "/dbs/a")], &[])).await;
+    let old = h.account.assignment_name(P3, "/dbs/a", &reader());
+    let bad = h.account.assignment_name(P1, "/dbs/a", &reader());
+    let bad_role = h.account.definition_name("bad-role");
+    // ARM refuses ns/bad's assignment for its scope, and the custom role
+    // definition ns/custom needs.
+    h.double().inject(
+        Fault::respond(on("PUT", &format!("sqlRoleAssignments/{bad}")), 10, 400, "BadRequest")
+            .message("The provided scope is not valid."),
+    );
+    h.double().inject(
+        Fault::respond(on("PUT", &format!("sqlRoleDefinitions/{bad_role}")), 10, 400, "BadRequest")
+            .message("The data action is not valid."),
+    );
+    let defs: &[(&str, &str, &[&str], &str)] = &[("bad-role", "Bad Role (dbgrant test)", &[ITEMS_READ], "")];
+    let custom = RoleKey::Custom("bad-role".into());
+    let d = desired(
+        &[("ns/bad", P1, reader(), "/dbs/a"), ("ns/good", P2, reader(), "/dbs/a"), ("ns/custom", P2, custom, "/dbs/b")],
+        defs,
+    );
+    h.double().clear_log();
+    let r = h.sync(&d).await.expect("refusals concern their binding only");
+    assert!(r.stopped.is_none(), "{:?}", r.stopped);
+    let writes: Vec<String> = h
+        .double()
+        .arm_requests()
+        .into_iter()
+        .filter(|x| x.kind == RequestKind::ArmWrite)
+        .map(|x| format!("{} {}", x.method, x.path.rsplit('/').next().unwrap_or_default()))
+        .collect();
+    assert_eq!(writes.first(), Some(&format!("DELETE {old}")), "revocations first: {writes:?}");
+    let outcome = |p: &str, scope: &str| {
+        let k = d.assignments.keys().find(|k| k.principal_id == p && k.scope == scope).unwrap();
+        r.assignment(k)
+    };
+    assert!(matches!(outcome(P1, "/dbs/a"), AssignmentOutcome::Rejected(m) if m.contains("scope")));
+    assert!(matches!(outcome(P2, "/dbs/a"), AssignmentOutcome::Applied { managed: true, .. }));
+    assert_eq!(outcome(P2, "/dbs/b"), AssignmentOutcome::RoleUnavailable, "held behind its refused definition");
+    assert!(matches!(r.definition("bad-role"), Some((_, Some(WriteResult::Rejected(m)))) if m.contains("data action")));
+    assert_eq!(h.grants().await, [(P2.to_string(), READER.to_string(), "/dbs/a".to_string())].into());
+    assert!(r.left_behind(&h.account, [old.as_str()]).unwrap().is_empty(), "ns/old's revocation is confirmed");
+}
+
+#[tokio::test]
+async fn a_definition_is_deleted_only_after_its_assignments_are_confirmed_gone() {
+    let mut h = Harness::start().await;
+    let items = RoleKey::Custom("items-reader".into());
+    let defs: &[(&str, &str, &[&str], &str)] = &[("items-reader", "Items Reader (dbgrant test)", &[ITEMS_READ], "")];
+    h.converge(&desired(&[("ns/a", P1, items.clone(), "/dbs/catalog")], defs)).await;
+    let assignment = h.account.assignment_name(P1, "/dbs/catalog", &items);
+    let definition = h.account.definition_name("items-reader");
+    h.double().inject(Fault::respond(
+        on("DELETE", &format!("sqlRoleAssignments/{assignment}")),
+        10,
+        500,
+        "InternalServerError",
+    ));
+    // The CosmosRoleDefinition is deleted (and with it the binding's use).
+    let mut gone = desired(&[], &[]);
+    gone.known_roles.insert(items);
+    gone.known_definitions.insert("items-reader".into());
+    let r = h.sync(&gone).await.unwrap();
+    assert!(matches!(r.results.get(&assignment), Some(WriteResult::Failed(_))), "{:?}", r.results);
+    assert!(matches!(r.results.get(&definition), Some(WriteResult::Held(_))), "{:?}", r.results);
+    let left = r.left_behind(&h.account, [definition.as_str()]).unwrap();
+    assert!(left[&definition].contains("still in place"), "{left:?}");
+    assert!(h.double().role_definition(&Harness::double_account(), &definition).is_some());
+
+    h.double().clear_faults();
+    let r = h.sync(&gone).await.unwrap();
+    assert!(r.left_behind(&h.account, [assignment.as_str(), definition.as_str()]).unwrap().is_empty());
+    assert!(h.double().role_definition(&Harness::double_account(), &definition).is_none());
+}
+
 // === Credentials and secrets ===
 
 #[tokio::test]
@@ -672,7 +854,9 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
     .unwrap();
     client.list_assignments().await.expect("reads are allowed");
     let mut state = AccountState::default();
-    let e = sync::sync(
+    // A 403 concerns the write it answers: recorded on it (and retried
+    // with backoff), never a reason to stop the other writes of the pass.
+    let r = sync::sync(
         &client,
         &mut state,
         desired(&[("ns/a", P1, reader(), "")], &[]),
@@ -681,8 +865,11 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
         "t",
     )
     .await
-    .unwrap_err();
-    assert!(matches!(e, ArmError::Unauthorized { status: 403, .. }), "{e:?}");
+    .expect("a 403 on one write does not fail the pass");
+    let name = h.account.assignment_name(P1, "", &reader());
+    assert!(matches!(r.results.get(&name), Some(WriteResult::Failed(m)) if m.contains("403")), "{:?}", r.results);
+    assert!(r.retry_after().is_some());
+    assert!(h.double().role_assignments(&Harness::double_account()).is_empty());
 
     // An account that does not exist.
     let missing = AccountRef::new(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP, "no-such-account");

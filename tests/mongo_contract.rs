@@ -7,8 +7,10 @@
 //! driver, and check BRIEF.md's invariants on the server's state.
 //!
 //! By default each test starts its own `MongoDouble`. With
-//! `DBGRANT_TEST_MONGODB_URI` set (a user-admin login with read/write on the
-//! `dbgrant` database), the same tests run against that server: each test
+//! `DBGRANT_TEST_MONGODB_URI` set (a login with dbgrant's documented
+//! minimum, `userAdminAnyDatabase@admin` and `readWrite@dbgrant`; the
+//! `identity_*` tests use it to create logins with other rights in `admin`
+//! and drop them afterwards), the same tests run against that server: each test
 //! uses its own random `authNamePrefix` and target names and removes what
 //! it created when it ends (also on failure). Assertions that need the
 //! double's command log or fault injection are skipped there; the
@@ -37,13 +39,21 @@ use dbgrant::{
         sync::{self, SubjectResult, SyncReport},
         target_controller,
     },
-    plan::{index::BindingIndex, mongo::MongoGrant},
+    plan::{
+        expiry,
+        index::{BindingIndex, Rejection},
+        mongo::MongoGrant,
+        policy,
+    },
     runtime::metrics::{BackendLabels, Metrics},
 };
 use dbgrant_doubles::mongo::{CommandRecord, MongoDouble, MongoDoubleConfig, ScramUser};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use mongodb::{Client, options::ClientOptions};
+use mongodb::{
+    Client,
+    options::{AuthMechanism, ClientOptions, Credential},
+};
 
 // ============================================================== builders
 
@@ -439,9 +449,22 @@ impl<'e> Operator<'e> {
         if subjects.is_empty() {
             return Applied { eval, report: None };
         }
-        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, false);
+        let confirm = eval.blocked.is_some();
+        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, false, confirm);
         let report = self.sync(&work).await;
+        self.record_rejections(&report);
         Applied { eval, report: Some(report) }
+    }
+
+    /// MongoContext::after_sync: refused contributions leave their unions.
+    fn record_rejections(&mut self, report: &SyncReport) {
+        let name = self.name();
+        for (subject, refused) in &report.rejected {
+            for (key, message) in refused {
+                let r = Rejection { message: message.clone(), since: self.now };
+                self.index.reject(&name, subject, key, r);
+            }
+        }
     }
 
     /// Put a binding in the index without syncing (as priming does).
@@ -471,9 +494,17 @@ impl<'e> Operator<'e> {
         let affected = self.index.remove(&binding_controller::key(b));
         let mut subjects: BTreeSet<SubjectKey> = affected.into_iter().map(|(_, s)| s).collect();
         subjects.extend(b.spec.subjects.iter().map(Subject::key));
-        let retain = b.spec.deletion_policy == DeletionPolicy::Retain;
-        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, retain);
-        self.sync(&work).await
+        // Retain only where the target allows it, and never once expired.
+        let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
+            Ok(at) => expiry::state(self.now, at).is_expired(),
+            Err(_) => true,
+        };
+        let retain = policy::retains(b.spec.deletion_policy, self.target.spec.policy.allow_retain, expired);
+        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, retain, true);
+        let report = self.sync(&work).await;
+        self.record_rejections(&report);
+        report
     }
 
     /// The target controller's periodic resync: every indexed subject, plus
@@ -614,7 +645,8 @@ async fn a_foreign_role_with_dbgrants_name_is_a_conflict_and_left_untouched() {
 #[tokio::test]
 async fn deletion_policy_retain_leaves_objects_and_stops_managing_them() {
     let env = Env::start().await;
-    let t = env.target("main", true);
+    let mut t = env.target("main", true);
+    t.spec.policy.allow_retain = true;
     let mut op = Operator::new(&env, &t).await;
     let (g1, g2) = (group(1), group(2));
     let mut b = binding("keep-access", &[&g1, &g2]).roles(&[role("read", "orders")]).on(&t);
@@ -703,6 +735,37 @@ async fn drift_is_restored_by_the_resync() {
     assert_eq!(env.ledger(&t).await, want, "a re-created role stays dbgrant's");
     let again = op.resync().await;
     assert_eq!((again.writes, again.drifted.len()), (0, 0), "{again:?}");
+}
+
+#[tokio::test]
+async fn retain_needs_the_targets_consent_and_never_outlives_expiry() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let (g1, g2) = (group(1), group(2));
+
+    // A target that does not allow Retain: nothing applied, and it says why.
+    let mut asks = binding("asks-to-keep", &[&g1]).roles(&[role("read", "orders")]).on(&t);
+    asks.spec.deletion_policy = DeletionPolicy::Retain;
+    let applied = op.apply(&asks).await;
+    let blocked = applied.eval.blocked.expect("denied");
+    assert_eq!(blocked.reason, reason::GRANT_DENIED);
+    assert!(blocked.message.contains("policy.allowRetain"), "{}", blocked.message);
+    assert_eq!(env.state().await, State::default());
+
+    // A target that allows it: an expired Retain binding is still revoked.
+    let mut t = env.target("retaining", true);
+    t.spec.policy.allow_retain = true;
+    let mut op = Operator::new(&env, &t).await;
+    let mut temporary =
+        binding("break-glass", &[&g2]).roles(&[role("readWrite", "orders")]).expires_at(t0() + hours(1)).on(&t);
+    temporary.spec.deletion_policy = DeletionPolicy::Retain;
+    op.apply_all(&[&temporary]).await;
+    assert_eq!(env.state().await, env.roles(&[(&g2, grant(&[role("readWrite", "orders")], &[]))]));
+    op.now = t0() + hours(2);
+    op.delete(&temporary).await;
+    assert_eq!(env.state().await, State::default(), "expiry revokes, whatever the deletion policy");
+    assert!(env.ledger(&t).await.is_empty());
 }
 
 #[tokio::test]
@@ -804,29 +867,31 @@ async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
     }
     // One sync with all three: the bad ones sort around the good one.
     let report = op.resync().await;
-    let rejected = |s: &Subject| match result(&report, s) {
-        Some(SubjectResult::Rejected(m)) => m.clone(),
+    let rejected = |s: &Subject, b: &MongoRoleBinding| match report.rejected.get(&s.key()) {
+        Some(refused) => refused.get(&binding_controller::key(b)).cloned().unwrap_or_else(|| panic!("{refused:?}")),
         other => panic!("{s:?}: {other:?}"),
     };
-    let m = rejected(&ghost);
+    let m = rejected(&ghost, &b_ghost);
     assert!(m.contains("code 31") && m.contains("ghost"), "{m}");
-    let m = rejected(&teleport);
+    let m = rejected(&teleport, &b_teleport);
     assert!(m.contains("code 9") && m.contains("teleport"), "{m}");
     assert_eq!(result(&report, &good), Some(&SubjectResult::Applied));
+    assert!(!report.rejected.contains_key(&good.key()));
     assert_eq!(env.state().await, env.roles(&[(&good, grant(&[role("read", "orders")], &[]))]), "only the good role");
 
-    // 49: a cycle between two of dbgrant's roles. The update that would
-    // close it is refused and g5 keeps its previous grant exactly.
+    // A binding whose new spec is refused keeps nothing of its old one:
+    // its grant is what its spec says now, and the server refuses that.
     let b5 = binding("five", &[&g5]).roles(&[role("read", "orders")]).on(&t);
-    let b4 = binding("four", &[&g4]).roles(&[role(&env.name(&g5), "admin")]).on(&t);
+    let b4 = binding("four", &[&g4]).roles(&[role("read", "orders")]).on(&t);
     op.apply_all(&[&b5, &b4]).await;
-    let before = env.state().await;
-    let b5 = binding("five", &[&g5]).roles(&[role("read", "orders"), role(&env.name(&g4), "admin")]).on(&t);
+    let b5 = binding("five", &[&g5]).roles(&[role("read", "orders"), role("ghost", "orders")]).on(&t);
     let report = op.apply(&b5).await.report.unwrap();
-    let Some(SubjectResult::Rejected(m)) = result(&report, &g5) else { panic!("{report:?}") };
-    assert!(m.contains("code 49"), "{m}");
+    let m = &report.rejected[&g5.key()][&binding_controller::key(&b5)];
+    assert!(m.contains("code 31"), "{m}");
     assert!(report.drifted.is_empty(), "a refused update corrected nothing: {:?}", report.drifted);
-    assert_eq!(env.state().await, before, "nothing half-applied");
+    let state = env.state().await;
+    assert!(!state.roles.contains_key(&env.name(&g5)), "revoked, not half-applied: {state:?}");
+    assert_eq!(state.roles[&env.name(&g4)], grant(&[role("read", "orders")], &[]), "others untouched");
 
     // Fixing the bad binding converges; removing everything leaves nothing,
     // not even the ledger entries of the refused creates.
@@ -849,7 +914,8 @@ async fn a_refused_role_leaves_no_user_behind() {
     let b_bad = binding("bad", &[&bad]).roles(&[role("ghost", "orders")]).on(&t);
     let b_ok = binding("ok", &[&ok]).roles(&[role("read", "orders")]).on(&t);
     let report = op.apply(&b_bad).await.report.unwrap();
-    assert!(matches!(result(&report, &bad), Some(SubjectResult::Rejected(m)) if m.contains("code 31")), "{report:?}");
+    let refused = &report.rejected[&bad.key()][&binding_controller::key(&b_bad)];
+    assert!(refused.contains("code 31"), "{report:?}");
     op.apply_all(&[&b_ok]).await;
     let expected = env.roles(&[(&ok, grant(&[role("read", "orders")], &[]))]).with_user(&env, &ok);
     assert_eq!(env.state().await, expected, "no role and no user for the refused subject");
@@ -862,6 +928,106 @@ async fn a_refused_role_leaves_no_user_behind() {
     op.delete(&b_ok).await;
     assert_eq!(env.state().await, State::default());
     assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_binding_is_isolated_and_the_others_on_its_group_are_applied() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let a = binding("a-readers", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let bad = binding("b-ghost", &[&g]).roles(&[role("ghost", "orders")]).on(&t);
+    let c = binding("c-audit", &[&g]).privileges(&[privilege("orders", "audit", &["insert"])]).on(&t);
+    for b in [&a, &bad, &c] {
+        op.index(b);
+    }
+    // The union holds the ghost role: the server refuses it, dbgrant tries
+    // the contributions one by one and writes the union of the others.
+    let report = op.resync().await;
+    let refused = &report.rejected[&g.key()];
+    assert_eq!(refused.keys().collect::<Vec<_>>(), [&binding_controller::key(&bad)], "{refused:?}");
+    assert!(refused[&binding_controller::key(&bad)].contains("code 31"), "{refused:?}");
+    assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
+    let want = grant(&[role("read", "orders")], &[privilege("orders", "audit", &["insert"])]);
+    assert_eq!(env.state().await, env.roles(&[(&g, want)]));
+    assert!(
+        !env.state().await.roles.contains_key(sync::SCRATCH_ROLE),
+        "the scratch role used to try contributions is gone"
+    );
+    if let Some(log) = env.log() {
+        let scratch = log.iter().filter(|r| r.body.get_str("createRole") == Ok(sync::SCRATCH_ROLE)).count();
+        assert_eq!(scratch, 3, "each contribution tried once on the scratch role");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_binding_on_a_shared_group_does_not_block_another_bindings_revocation() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let a = binding("a-readers", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let bad = binding("b-ghost", &[&g]).roles(&[role("ghost", "orders")]).on(&t);
+    op.apply_all(&[&a]).await;
+    let report = op.apply(&bad).await.report.unwrap();
+    assert!(report.rejected[&g.key()].contains_key(&binding_controller::key(&bad)), "{report:?}");
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]));
+
+    // Deleting A revokes read@orders although B's refused grant still
+    // names the group, and the revocation is confirmed by reading back.
+    let report = op.delete(&a).await;
+    assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
+    assert_eq!(env.state().await, State::default(), "A's read@orders is gone");
+    assert!(report.rejected[&g.key()].contains_key(&binding_controller::key(&bad)), "B still refused");
+    op.delete(&bad).await;
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_binding_does_not_keep_an_expired_siblings_grant_alive() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let short = binding("short", &[&g]).roles(&[role("readWrite", "orders")]).expires_at(t0() + hours(1)).on(&t);
+    let bad = binding("ghost", &[&g]).roles(&[role("ghost", "orders")]).on(&t);
+    op.apply_all(&[&short]).await;
+    op.apply(&bad).await;
+    op.now = t0() + hours(2);
+    let applied = op.apply(&short).await;
+    assert_eq!(applied.eval.blocked.as_ref().map(|o| o.reason), Some(reason::EXPIRED));
+    let report = applied.report.expect("revoked");
+    assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
+    assert_eq!(env.state().await, State::default(), "readWrite@orders revoked at expiry");
+}
+
+#[tokio::test]
+async fn a_revocation_is_not_confirmed_while_the_server_still_carries_it() {
+    let env = Env::start().await;
+    let Some(double) = &env.double else { return };
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let a = binding("a", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let b = binding("b", &[&g]).roles(&[role("read", "billing")]).on(&t);
+    let c = binding("c", &[&g]).roles(&[role("readWrite", "orders")]).on(&t);
+    op.apply_all(&[&a, &b, &c]).await;
+    // The update that shrinks the role is refused once for no fault of any
+    // binding: every contribution passes on the scratch role, so nobody is
+    // blamed, and the read-back shows readWrite@orders still there.
+    double.fail_next(1, 2, Some("updateRole"));
+    let report = op.delete(&c).await;
+    assert!(matches!(result(&report, &g), Some(SubjectResult::Rejected(_))), "{report:?}");
+    assert!(report.rejected.is_empty(), "nobody is blamed: {:?}", report.rejected);
+    let pending = &report.unconfirmed[&g.key()];
+    assert!(pending.contains("still differs"), "{pending}");
+    assert!(env.state().await.roles[&env.name(&g)].roles.contains(&("readWrite".into(), "orders".into())));
+    // The retry (the finalizer kept the binding) completes it.
+    let report = op.delete(&c).await;
+    assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
+    let want = grant(&[role("read", "orders"), role("read", "billing")], &[]);
+    assert_eq!(env.state().await, env.roles(&[(&g, want)]));
 }
 
 #[tokio::test]
@@ -1072,7 +1238,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     let g = group(1);
     let b = binding("team", &[&g]).roles(&[role("read", "orders")]).on(&t);
     op.index(&b);
-    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false);
+    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
 
     // The ledger write fails: createRole is never sent.
     double.fail_next(1, 8, Some("update"));
@@ -1094,7 +1260,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     // the ledger entry up.
     double.drop_after_apply_next(1, Some("dropRole"));
     op.index.remove(&binding_controller::key(&b));
-    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false);
+    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
     assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     op.resync().await;
@@ -1130,4 +1296,200 @@ async fn probe_checks_rights_and_errors_never_quote_credentials() {
     let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed").await.unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(text.contains("server unreachable") && !text.contains(PASSWORD), "{text}");
+}
+
+// ======================================== dbgrant's own MongoDB identity
+
+/// A SCRAM login made for one test, with the given roles (or with the
+/// least-privilege custom role, made for it), by the environment's login —
+/// on the double and on a real server alike — and dropped when the test
+/// ends (also on failure).
+struct Identity<'e> {
+    env: &'e Env,
+    user: String,
+    password: String,
+    /// The custom role made for it, if any.
+    role: Option<String>,
+}
+
+impl<'e> Identity<'e> {
+    /// A user in `admin` with `roles` (`(role, db)`).
+    async fn with_roles(env: &'e Env, suffix: &str, roles: &[(&str, &str)]) -> Identity<'e> {
+        let user = format!("{}-{suffix}", env.prefix);
+        let password = format!("pw-{}", ObjectId::new().to_hex());
+        let roles: Vec<Bson> = roles.iter().map(|(r, d)| Bson::Document(doc! { "role": *r, "db": *d })).collect();
+        env.run("admin", doc! { "createUser": &user, "pwd": &password, "roles": roles })
+            .await
+            .expect("the environment's login creates the test identity");
+        Identity { env, user, password, role: None }
+    }
+
+    /// A user in `admin` with README's least-privilege custom role.
+    async fn least_privilege(env: &'e Env, suffix: &str) -> Identity<'e> {
+        let role = format!("{}-dbgrantOperator", env.prefix);
+        env.run(
+            "admin",
+            doc! {
+                "createRole": &role,
+                "privileges": [
+                    { "resource": { "db": "admin", "collection": "" }, "actions": ["createRole", "dropRole", "viewRole"] },
+                    { "resource": { "db": "", "collection": "" }, "actions": ["grantRole", "revokeRole"] },
+                    { "resource": { "db": "$external", "collection": "" }, "actions": ["createUser", "dropUser", "viewUser"] },
+                    { "resource": { "db": sync::LEDGER_DB, "collection": sync::LEDGER_COLLECTION },
+                      "actions": ["find", "insert", "update", "remove"] },
+                ],
+                "roles": [],
+            },
+        )
+        .await
+        .expect("the environment's login creates the custom role");
+        let mut identity = Identity::with_roles(env, suffix, &[(role.as_str(), "admin")]).await;
+        identity.role = Some(role);
+        identity
+    }
+
+    /// A client logged in as this identity.
+    async fn client(&self) -> Client {
+        let mut options = ClientOptions::parse(&self.env.uri).await.expect("the test server's URI parses");
+        options.app_name = Some("dbgrant-contract".into());
+        options.server_selection_timeout = Some(Duration::from_secs(5));
+        options.credential = Some(
+            Credential::builder()
+                .mechanism(AuthMechanism::ScramSha256)
+                .username(self.user.clone())
+                .password(self.password.clone())
+                .source("admin".to_string())
+                .build(),
+        );
+        Client::with_options(options).expect("client")
+    }
+
+    /// An `Operator` on `target` that talks to the server as this identity.
+    async fn operator(&self, target: &MongoTarget) -> Operator<'e> {
+        let mut op = Operator::new(self.env, target).await;
+        op.client = self.client().await;
+        op
+    }
+}
+
+impl Drop for Identity<'_> {
+    fn drop(&mut self) {
+        if self.env.double.is_some() {
+            return;
+        }
+        let (uri, user, role) = (self.env.uri.clone(), self.user.clone(), self.role.clone());
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let admin = connect(&uri).await.database("admin");
+                let _ = admin.run_command(doc! { "dropUser": user }).await;
+                if let Some(role) = role {
+                    let _ = admin.run_command(doc! { "dropRole": role }).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Everything dbgrant does on a target, through its own sync code, as
+/// `identity`: a group's role created, its union grown and shrunk, dropped;
+/// a principal's `$external` user created, its drift restored, dropped.
+async fn manages_roles_and_users_end_to_end(env: &Env, identity: &Identity<'_>) {
+    connection::probe("main", &identity.client().await, "NotUsed").await.expect("the identity has every right needed");
+
+    let t = env.target(&format!("{}-groups", identity.user), true);
+    let mut op = identity.operator(&t).await;
+    let g = group(14);
+    let audit = privilege("billing", "audit", &["find", "insert"]);
+    let readers = binding("readers", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let auditors = binding("auditors", &[&g]).privileges(std::slice::from_ref(&audit)).on(&t);
+    op.apply_all(&[&readers]).await;
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]));
+    op.apply_all(&[&auditors]).await;
+    let union = grant(&[role("read", "orders")], std::slice::from_ref(&audit));
+    assert_eq!(env.state().await, env.roles(&[(&g, union)]));
+    let report = op.delete(&readers).await;
+    assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[], std::slice::from_ref(&audit)))]));
+    let report = op.delete(&auditors).await;
+    assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty());
+
+    let t = env.target(&format!("{}-principals", identity.user), false);
+    let mut op = identity.operator(&t).await;
+    let u = user(14);
+    let app = binding("app", &[&u]).roles(&[role("readWrite", "orders")]).on(&t);
+    op.apply_all(&[&app]).await;
+    let expected = env.roles(&[(&u, grant(&[role("readWrite", "orders")], &[]))]).with_user(env, &u);
+    assert_eq!(env.state().await, expected);
+    env.run("$external", doc! { "grantRolesToUser": env.name(&u), "roles": [{ "role": "read", "db": "billing" }] })
+        .await
+        .unwrap();
+    assert_eq!(op.resync().await.drifted, vec![env.user_id(&u)], "updateUser restored the user's roles");
+    assert_eq!(env.state().await, expected);
+    op.delete(&app).await;
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty());
+}
+
+#[tokio::test]
+async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missing() {
+    let env = Env::start().await;
+    let alone = Identity::with_roles(&env, "useradmin", &[("userAdmin", "admin")]).await;
+    let err = connection::probe("main", &alone.client().await, "NotUsed").await.expect_err("userAdmin@admin alone");
+    let text = err.to_string();
+    for missing in [
+        "lacks grantRole and revokeRole on every database",
+        "createUser, dropUser and viewUser on the $external database",
+        "find, insert, update and remove on dbgrant.ownership",
+        "userAdmin@admin is not enough",
+        "grant it userAdminAnyDatabase@admin and readWrite@dbgrant, or a custom role with",
+    ] {
+        assert!(text.contains(missing), "{missing:?} not in: {text}");
+    }
+    let lacks = text.split("; grant it").next().unwrap_or_default();
+    assert!(!lacks.contains("createRole"), "userAdmin@admin has those on admin: {text}");
+    // So the target is not Ready.
+    let outcome = target_controller::target_outcome(&err);
+    assert!(!outcome.ready);
+    assert_eq!(outcome.reason, reason::UNAUTHORIZED);
+
+    // What the old documentation asked for (userAdmin@admin plus the
+    // ledger) fails the probe too, and for good reason: the server refuses
+    // the first createRole that names another database (code 13).
+    let old = Identity::with_roles(&env, "olddocs", &[("userAdmin", "admin"), ("readWrite", "dbgrant")]).await;
+    let err = connection::probe("main", &old.client().await, "NotUsed").await.expect_err("the old documented rights");
+    assert!(!err.to_string().split("; grant it").next().unwrap_or_default().contains("dbgrant.ownership"), "{err}");
+    let t = env.target("olddocs", true);
+    let mut op = old.operator(&t).await;
+    let g = group(15);
+    op.index(&binding("readers", &[&g]).roles(&[role("read", "orders")]).on(&t));
+    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
+    let refused = match sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await {
+        Err(e) => e.to_string(),
+        Ok(report) => format!("{:?}", report.results),
+    };
+    assert!(refused.contains("createRole") && refused.contains("code 13"), "{refused}");
+    assert_eq!(env.state().await, State::default());
+}
+
+#[tokio::test]
+async fn identity_a_least_privilege_custom_role_is_enough_end_to_end() {
+    let env = Env::start().await;
+    let least = Identity::least_privilege(&env, "least").await;
+    manages_roles_and_users_end_to_end(&env, &least).await;
+    // And nothing more: no data outside the ledger.
+    let elsewhere = least.client().await.database(&env.prefix).collection::<Document>("data");
+    let err = elsewhere.insert_one(doc! { "a": 1 }).await.expect_err("no writes outside the ledger");
+    assert!(err.to_string().contains("not authorized"), "{err}");
+}
+
+#[tokio::test]
+async fn identity_user_admin_any_database_with_the_ledger_is_enough_end_to_end() {
+    let env = Env::start().await;
+    let documented =
+        Identity::with_roles(&env, "documented", &[("userAdminAnyDatabase", "admin"), ("readWrite", "dbgrant")]).await;
+    manages_roles_and_users_end_to_end(&env, &documented).await;
 }

@@ -93,7 +93,7 @@ async fn env(label: &str) -> Env {
     // What the platform team sets up once: the operator group's role.
     mongo.insert_role(
         Role::new(format!("entra/{OPS_GROUP}"), "admin")
-            .with_role("userAdmin", "admin")
+            .with_role("userAdminAnyDatabase", "admin")
             .with_role("readWrite", "dbgrant"),
     );
     let dir = std::env::temp_dir().join(format!("dbgrant-mongo-oidc-{label}-{}", std::process::id()));
@@ -125,6 +125,7 @@ impl Env {
             client_id: None,
             authority_host: Some(self.arm.authority_host()),
             ca_secret_ref: None,
+            allow_insecure_transport: false,
         }
     }
 
@@ -173,7 +174,9 @@ async fn workload_identity_token_logs_in_and_manages_roles() {
         objects: objects_for(&spec, &subject).unwrap(),
         desired: Some(MongoGrant::from_spec(&[MongoRoleRef { role: "read".into(), db: "orders".into() }], &[])),
         subject: subject.clone(),
+        contributions: Vec::new(),
         retain: false,
+        confirm: false,
     }];
     let report = sync::sync("orders", &client, &Metrics::default(), false, &work).await.expect("sync");
     assert_eq!(report.results.get(&subject), Some(&SubjectResult::Applied));

@@ -9,8 +9,12 @@
 //!   removes, `desired` is the union of the live contributions, and every
 //!   pair whose union changed was reported as affected;
 //! - `plan::policy::evaluate_mongo`: arbitrary strings never panic;
-//!   escalation is denied unless opted out entry by entry; a namespace
-//!   that may not bind gets exactly one denial;
+//!   escalation is denied unless opted out entry by entry; whatever the
+//!   policy, nothing reaches the ledger database (roles or privileges on
+//!   it, privileges on every database, roles spanning every database),
+//!   roles named `<authNamePrefix>/…` are denied, `admin`/`local`/`config`
+//!   need their literal name, and `Retain` needs `allowRetain`; a namespace
+//!   that may not bind gets exactly one denial, naming no allowed one;
 //! - `plan::expiry`: arbitrary durations and instants never panic; the
 //!   requeue never exceeds the resync;
 //! - `mongo::sync::{parse_role, parse_user, ledger_ids}` and
@@ -22,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bson::{Bson, Document, doc};
 use dbgrant::{
-    api::{Expiry, MongoPolicy, MongoPrivilege, MongoResource, MongoRoleRef, SubjectKey, SubjectKind},
+    api::{DeletionPolicy, Expiry, MongoPolicy, MongoPrivilege, MongoResource, MongoRoleRef, SubjectKey, SubjectKind},
     mongo::{
         connection::missing_actions,
         sync::{ledger_ids, parse_role, parse_user},
@@ -31,7 +35,7 @@ use dbgrant::{
         expiry,
         index::{BindingIndex, Contribution},
         mongo::{Action, Actual, ActualRole, ActualUser, MongoGrant, ROLE_DB, Resource, SubjectObjects, USER_DB, plan},
-        policy::{self, MONGO_ESCALATION_ACTIONS, MONGO_ESCALATION_ROLES},
+        policy::{self, MONGO_ESCALATION_ACTIONS, MONGO_ESCALATION_ROLES, MONGO_EVERY_DATABASE_ROLES},
     },
 };
 use proptest::prelude::*;
@@ -341,17 +345,44 @@ proptest! {
 
 // ------------------------------------------------------ policy, expiry
 
+/// The `authNamePrefix` of the target in the policy properties.
+const PREFIX: &str = "p";
+
+/// Names for policy inputs: [`name`] plus the ones the policy treats
+/// specially (the ledger, reserved databases, dbgrant's managed roles,
+/// roles spanning every database).
+fn policy_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        name(),
+        prop::sample::select(vec![
+            "dbgrant",
+            "DBGRANT",
+            "local",
+            "config",
+            "adm*",
+            "p/0b0b0b0b-0000-0000-0000-000000000001",
+            "p/",
+            "enableSharding",
+            "readAnyDatabase",
+            "clusterMonitor",
+            "userAdmin",
+        ])
+        .prop_map(String::from),
+    ]
+}
+
 fn policy_strategy() -> impl Strategy<Value = MongoPolicy> {
     (
         prop::collection::vec(prop_oneof![Just("*".to_string()), Just("team-*".to_string()), "[a-z-]{0,8}\\*?"], 1..3),
         prop::option::of(prop::collection::vec(
-            (name(), name()).prop_map(|(role, db)| MongoRoleRef { role, db }),
+            (policy_name(), policy_name()).prop_map(|(role, db)| MongoRoleRef { role, db }),
             0..3,
         )),
         prop::option::of(prop::collection::vec(prop_oneof![Just("*".to_string()), action()], 0..3)),
-        prop::option::of(prop::collection::vec(name(), 0..3)),
+        prop::option::of(prop::collection::vec(policy_name(), 0..3)),
         any::<bool>(),
-        prop::collection::vec(prop_oneof![name(), action()], 0..3),
+        prop::collection::vec(prop_oneof![policy_name(), action()], 0..3),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -361,6 +392,7 @@ fn policy_strategy() -> impl Strategy<Value = MongoPolicy> {
                 allowed_databases,
                 allow_cluster_resource,
                 allow_escalation,
+                allow_retain,
             )| MongoPolicy {
                 allowed_namespaces,
                 allowed_roles,
@@ -368,6 +400,7 @@ fn policy_strategy() -> impl Strategy<Value = MongoPolicy> {
                 allowed_databases,
                 allow_cluster_resource,
                 allow_escalation,
+                allow_retain,
             },
         )
 }
@@ -375,7 +408,7 @@ fn policy_strategy() -> impl Strategy<Value = MongoPolicy> {
 fn privileges_strategy() -> impl Strategy<Value = Vec<MongoPrivilege>> {
     prop::collection::vec(
         (
-            prop::option::of(name()),
+            prop::option::of(policy_name()),
             prop::option::of(name()),
             prop::option::of(any::<bool>()),
             prop::collection::vec(prop_oneof![action(), "\\PC{0,6}"], 0..4),
@@ -395,20 +428,50 @@ proptest! {
     fn policy_never_panics_and_escalation_needs_an_explicit_opt_out(
         policy in policy_strategy(),
         ns in "[a-z0-9-]{0,12}",
-        roles in prop::collection::vec((name(), name()).prop_map(|(role, db)| MongoRoleRef { role, db }), 0..4),
+        roles in prop::collection::vec((policy_name(), policy_name()).prop_map(|(role, db)| MongoRoleRef { role, db }), 0..4),
         privileges in privileges_strategy(),
+        retain in any::<bool>(),
     ) {
-        let denied = policy::evaluate_mongo(&policy, &ns, "t", &roles, &privileges);
+        let deletion = if retain { DeletionPolicy::Retain } else { DeletionPolicy::Delete };
+        let denied = policy::evaluate_mongo(&policy, PREFIX, &ns, "t", &roles, &privileges, deletion);
         if !policy::namespace_allowed(&policy.allowed_namespaces, &ns) {
             prop_assert_eq!(denied.len(), 1, "{:?}", denied);
+            // The message is the same whatever the target allows: it
+            // reveals nothing of the policy.
+            let blank = MongoPolicy { allowed_namespaces: Vec::new(), ..MongoPolicy::default() };
+            let plain = policy::evaluate_mongo(&blank, PREFIX, &ns, "t", &roles, &privileges, deletion);
+            prop_assert_eq!(denied, plain);
             return Ok(());
         }
+        if retain && !policy.allow_retain {
+            prop_assert!(denied.iter().any(|d| d.contains("policy.allowRetain")), "{:?}", denied);
+        }
         for r in &roles {
-            if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && !policy.allow_escalation.contains(&r.role) {
-                prop_assert!(denied.iter().any(|d| d.contains(&format!("role {}@{} can escalate", r.role, r.db))), "{:?}", denied);
+            let named = format!("{}@{}", r.role, r.db);
+            if policy::is_ledger_db(&r.db) {
+                prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("ledger")), "{:?}", denied);
+            } else if MONGO_EVERY_DATABASE_ROLES.contains(&r.role.as_str()) {
+                prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("every database")), "{:?}", denied);
+            } else if r.role.starts_with(&format!("{PREFIX}/")) {
+                prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("dbgrant manages")), "{:?}", denied);
+            } else if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && !policy.allow_escalation.contains(&r.role) {
+                prop_assert!(denied.iter().any(|d| d.contains(&format!("role {named} can escalate"))), "{:?}", denied);
+            }
+            if ["admin", "local", "config"].contains(&r.db.as_str())
+                && policy.allowed_databases.as_ref().is_none_or(|dbs| !dbs.contains(&r.db))
+            {
+                prop_assert!(!denied.is_empty(), "{} reached without its literal name", r.db);
             }
         }
         for p in &privileges {
+            if p.resource.cluster != Some(true) {
+                let db = p.resource.db.as_deref().unwrap_or_default();
+                if db.is_empty() {
+                    prop_assert!(denied.iter().any(|d| d.contains("every database")), "{:?}", denied);
+                } else if policy::is_ledger_db(db) {
+                    prop_assert!(denied.iter().any(|d| d.contains("ledger")), "{:?}", denied);
+                }
+            }
             for a in &p.actions {
                 if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && !policy.allow_escalation.contains(a) {
                     prop_assert!(denied.iter().any(|d| d.contains(&format!("action {a} can escalate"))), "{:?}", denied);
@@ -513,7 +576,10 @@ fn policy_examples_from_the_hostile_corpus() {
     let role = |r: &str, d: &str| vec![MongoRoleRef { role: r.into(), db: d.into() }];
     // Look-alikes are not escalation by name, but their databases still
     // have to be allowed; MongoDB then refuses the unknown names.
-    assert!(!policy::evaluate_mongo(&policy, "team-a", "t", &role("ROOT", "admin"), &[]).is_empty());
-    assert!(!policy::evaluate_mongo(&policy, "team-a", "t", &role("read", "*"), &[]).is_empty());
-    assert!(policy::evaluate_mongo(&policy, "team-a", "t", &role("root ", "orders"), &[]).is_empty());
+    let eval = |roles: &[MongoRoleRef]| {
+        policy::evaluate_mongo(&policy, PREFIX, "team-a", "t", roles, &[], DeletionPolicy::Delete)
+    };
+    assert!(!eval(&role("ROOT", "admin")).is_empty());
+    assert!(!eval(&role("read", "*")).is_empty());
+    assert!(eval(&role("root ", "orders")).is_empty());
 }

@@ -51,6 +51,11 @@ pub mod reason {
     pub const BACKEND_ERROR: &str = "BackendError";
     /// The object is being deleted and its access revoked.
     pub const REVOKING: &str = "Revoking";
+    /// Revocation is not confirmed yet: the backend still carries part of
+    /// the object's contribution (a write failed or was not attempted).
+    /// The finalizer stays and dbgrant retries with backoff; the message
+    /// names what is stuck and why.
+    pub const REVOCATION_PENDING: &str = "RevocationPending";
     /// A Cosmos DB account limit would be exceeded.
     pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
     /// The target is being deleted and waits for the bindings (and role

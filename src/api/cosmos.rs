@@ -192,6 +192,14 @@ pub struct CosmosPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 128)))]
     pub allow_escalation: Vec<String>,
+    /// Honour `deletionPolicy: Retain` on bindings: deleting such a binding
+    /// leaves the role assignments only it needed in place, no longer
+    /// managed. Off by default, and then a binding asking for Retain is
+    /// denied (`GrantDenied`). Expiry always revokes, whatever the deletion
+    /// policy, and a Retain binding deleted after this is turned off is
+    /// revoked.
+    #[serde(default)]
+    pub allow_retain: bool,
 }
 
 /// Status of a CosmosTarget.
@@ -365,13 +373,17 @@ impl BuiltInCosmosRole {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.container) || has(self.database)").message("a container scope needs its database"))]
 pub struct CosmosScope {
-    /// Database name.
+    /// Database name. Cosmos DB names may not contain `/`, `\`, `?`, `#`
+    /// or white space, nor be `.` or `..`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\\#?\s]+$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("a database name may not be . or .."))]
     pub database: Option<String>,
-    /// Container name within the database.
+    /// Container name within the database. Cosmos DB names may not contain
+    /// `/`, `\`, `?`, `#` or white space, nor be `.` or `..`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\\#?\s]+$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("a container name may not be . or .."))]
     pub container: Option<String>,
 }
 

@@ -36,10 +36,12 @@ pub struct MongoTargetSpec {
     /// How to reach the deployment.
     pub connection: MongoConnection,
     /// How dbgrant itself authenticates. The identity needs the roles
-    /// `userAdmin` on `admin` (createRole, updateRole, dropRole, createUser,
-    /// grantRolesToUser, revokeRolesFromUser, viewRole, viewUser) and
-    /// `readWrite` on `dbgrant` (the ownership ledger); the target reports
-    /// Unauthorized naming what is missing.
+    /// `userAdminAnyDatabase` on `admin` and `readWrite` on `dbgrant` (the
+    /// ownership ledger), or a custom role with createRole, dropRole and
+    /// viewRole on `admin`, grantRole and revokeRole on every database,
+    /// createUser, dropUser and viewUser on `$external`, and find, insert,
+    /// update and remove on `dbgrant.ownership`; `userAdmin` on `admin` is not
+    /// enough. The target reports Unauthorized naming what is missing.
     pub auth: MongoAuth,
     /// The server's OIDC identity provider settings that decide role and
     /// user names.
@@ -61,7 +63,11 @@ pub struct MongoConnection {
     /// `mongodb+srv://`). It may carry credentials; it is never logged.
     pub uri_secret_ref: SecretKeyRef,
     /// TLS settings. TLS verification is on whenever the connection string
-    /// enables TLS.
+    /// enables TLS, unless it sets `tlsInsecure=true` or
+    /// `tlsAllowInvalidCertificates=true` (or `tls.insecureSkipVerify` is
+    /// set): the target's `status.tlsVerification` then says `Disabled`.
+    /// `tlsAllowInvalidHostnames` is refused (dbgrant's TLS stack cannot
+    /// skip the host name check alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<MongoTls>,
 }
@@ -135,8 +141,9 @@ pub struct MongoConnectionStringAuth {}
 /// server's `oidcIdentityProviders` entry must accept tokens for this
 /// identity (its `audience` is the application behind `scope`), and the
 /// identity needs a role there (through its groups or app roles with
-/// `useAuthorizationClaim`, or as an `$external` user) with `userAdmin` on
-/// `admin` and `readWrite` on `dbgrant`.
+/// `useAuthorizationClaim`, or as an `$external` user) with
+/// `userAdminAnyDatabase` on `admin` and `readWrite` on `dbgrant`, or the
+/// least-privilege custom role the README describes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.tenantId) || !has(self.credential) || self.credential == 'workloadIdentity'").message("tenantId applies to the workloadIdentity credential only"))]
@@ -176,6 +183,15 @@ pub struct MongoOidcAuth {
     /// in addition to the system roots (private clouds, TLS inspection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Send the Entra access token over a connection without TLS, or with
+    /// TLS verification disabled (`tlsInsecure`,
+    /// `tlsAllowInvalidCertificates`, `connection.tls.insecureSkipVerify`).
+    /// Off by default, and then such a target is refused: the token would
+    /// cross the network readable, or go to whoever answers, and lets its
+    /// holder act as dbgrant on the server until it expires. For local
+    /// testing only.
+    #[serde(default)]
+    pub allow_insecure_transport: bool,
 }
 
 /// The Azure identity dbgrant authenticates to MongoDB as.
@@ -243,7 +259,14 @@ pub struct MongoPolicy {
     )]
     pub allowed_namespaces: Vec<String>,
     /// Roles bindings may grant (`{role, db}`, `*` matches any). When
-    /// unset, any role not on the escalation deny list.
+    /// unset, any role not on the escalation deny list. Never grantable,
+    /// whatever this list says: roles named `<authNamePrefix>/…` (the roles
+    /// dbgrant manages for subjects, in any database), roles in dbgrant's
+    /// ledger database `dbgrant`, and roles with privileges on every
+    /// database (`root`, `readAnyDatabase`, `readWriteAnyDatabase`,
+    /// `dbAdminAnyDatabase`, `userAdminAnyDatabase`, `clusterAdmin`,
+    /// `clusterManager`, `clusterMonitor`, `hostManager`, `enableSharding`,
+    /// `backup`, `restore`, `__queryableBackup`, `__system`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub allowed_roles: Option<Vec<MongoRoleRef>>,
@@ -254,7 +277,14 @@ pub struct MongoPolicy {
     pub allowed_actions: Option<Vec<String>>,
     /// Databases bindings may touch, through roles or privilege resources
     /// (names, prefixes ending in `*`, or `*`). When unset, any database
-    /// except `admin`, `local` and `config`.
+    /// except `admin`, `local` and `config`. Those three are allowed only
+    /// by their literal name in this list, never by `*` or a prefix; listing
+    /// `admin` lets bindings grant the custom roles defined there, which
+    /// may span every database, so restrict them with `allowedRoles`.
+    /// dbgrant's ownership ledger database `dbgrant` is never allowed, and
+    /// privileges on every database (`db: ""`) never granted, since they
+    /// include it: a tenant that could write the ledger could make dbgrant
+    /// forget its grants or drop other subjects' roles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), inner(length(min = 1, max = 64)))]
     pub allowed_databases: Option<Vec<String>>,
@@ -262,10 +292,23 @@ pub struct MongoPolicy {
     #[serde(default)]
     pub allow_cluster_resource: bool,
     /// Entries of the built-in escalation deny list this target explicitly
-    /// permits (role or action names such as `dbOwner` or `createRole`).
+    /// permits: the roles `userAdmin` and `dbOwner`, an action such as
+    /// `createRole` or `grantRole`, or `SystemCollections` (privileges on
+    /// `system.*` collections). Roles with privileges on every database
+    /// (`root`, `*AnyDatabase`, `clusterAdmin` and the other cluster roles,
+    /// `backup`, `restore`) have no entry here: they reach dbgrant's own
+    /// ledger, so no target can allow them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     pub allow_escalation: Vec<String>,
+    /// Honour `deletionPolicy: Retain` on bindings: deleting such a binding
+    /// leaves the access only it needed in place, no longer managed. Off by
+    /// default, and then a binding asking for Retain is denied
+    /// (`GrantDenied`). Expiry always revokes, whatever the deletion
+    /// policy, and a Retain binding deleted after this is turned off is
+    /// revoked.
+    #[serde(default)]
+    pub allow_retain: bool,
 }
 
 /// Status of a MongoTarget.

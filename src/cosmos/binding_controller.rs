@@ -5,11 +5,23 @@
 //!        ─▶ index ─▶ sync the account ─▶ status from the report + Event
 //! ```
 //!
-//! Revocation (delete, expiry, denial) is the same path with the binding
-//! taken out of the index. Cleanup never re-validates the policy: a binding
-//! that is no longer allowed must still be revocable.
+//! Revocation (delete, expiry, denial, a scope or subject dropped from the
+//! spec) is the same path with the binding's contribution taken out of the
+//! index. Cleanup never re-validates the policy: a binding that is no
+//! longer allowed must still be revocable.
+//!
+//! Revocation is confirmed before it is reported: the finalizer goes, and
+//! the status says `Expired` or `GrantDenied`, only once the account's
+//! state after the pass ([`SyncReport::left_behind`]) no longer holds an
+//! assignment the binding contributed that no other binding wants.
+//! Until then the binding says `RevocationPending` (what is stuck and why)
+//! and retries with backoff.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
@@ -22,19 +34,18 @@ use kube::{
 };
 
 use super::{
-    CosmosContext, Freshness, binding_key, reason as cosmos_reason,
+    CosmosContext, Freshness, account_of, binding_key, reason as cosmos_reason,
     sync::{AssignmentOutcome, PENDING_RETRY, SyncReport, principal_backoff},
     target_controller,
 };
 use crate::{
     Error, FINALIZER, Result,
     api::{
-        CosmosAssignmentStatus, CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, DeletionPolicy, SubjectKind,
-        conditions,
+        CosmosAssignmentStatus, CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, SubjectKind, conditions,
         conditions::{Outcome, reason},
     },
     plan::{
-        cosmos::{Action as PlanAction, AssignmentKey, CosmosGrant, RoleKey},
+        cosmos::{AccountRef, AssignmentKey, CosmosGrant, RoleKey},
         expiry::{self, ExpiryState},
         index::Contribution,
         policy,
@@ -251,12 +262,16 @@ async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action>
     let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
     let key = binding_key(&b);
     let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
-    let affected = {
+    // What it contributed until now: what is dropped from it must be seen
+    // gone before the status says so.
+    let (affected, previous) = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        match eval.contribution.clone() {
+        let previous = idx.get(&key).map(keys_of).unwrap_or_default();
+        let affected = match eval.contribution.clone() {
             Some(c) => idx.upsert(&key, c),
             None => idx.remove(&key),
-        }
+        };
+        (affected, previous)
     };
     if !affected.is_empty() {
         ctx.bump(&b.spec.target_ref.name);
@@ -271,14 +286,29 @@ async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action>
     let outcome = match (&eval.blocked, target.as_deref()) {
         (Some(blocked), Some(t)) if !affected.is_empty() || !st.assignments.is_empty() => {
             // Revoke what this binding contributed: the index already
-            // excludes it, so the sync deletes what nobody else wants.
-            let report = revoke(ctx, t, BTreeSet::new()).await?;
-            if let Some((stop, wait)) = &report.stopped {
-                requeue = requeue.min(*wait);
-                Outcome::progressing(reason::REVOKING, format!("revoking: {}", stop.describe()))
-            } else {
-                st.assignments.clear();
-                blocked.clone()
+            // excludes it, so the sync deletes what nobody else wants. A
+            // retry (nothing changed in the index) reads the account again.
+            let account = account_of(t);
+            let pending = to_revoke(&account, &previous, &st.assignments, &BTreeSet::new());
+            let freshness = if affected.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
+            let confirmed = match revoke(ctx, t, BTreeSet::new(), freshness).await {
+                Ok(report) => confirm(&report, &account, &pending),
+                Err(e) => {
+                    tracing::warn!(binding = %key, target = %t.name_any(), error = %e, "revocation failed");
+                    ctx.shared.metrics.reconcile_failed(KIND, &e);
+                    Err(Stuck::from_error(&e, &pending))
+                }
+            };
+            match confirmed {
+                Ok(()) => {
+                    st.assignments.clear();
+                    blocked.clone()
+                }
+                Err(stuck) => {
+                    requeue = requeue.min(stuck.retry);
+                    st.assignments = stuck.assignments.clone();
+                    Outcome::progressing(reason::REVOCATION_PENDING, format!("{}: {}", blocked.reason, stuck.message))
+                }
             }
         }
         (Some(blocked), _) => blocked.clone(),
@@ -321,25 +351,46 @@ async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action>
                     .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
             }
         }
-        (None, Some(t)) => match ctx.sync(t, BTreeSet::new(), Freshness::Coalesce).await {
-            Ok(report) => {
-                let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
-                st.assignments = assignments;
-                if outcome.ready {
-                    st.last_applied_time = Some(status::now());
+        (None, Some(t)) => {
+            // Assignments it no longer wants (a scope or subject removed)
+            // are revoked in the same pass, and must be seen gone too.
+            let account = account_of(t);
+            let dropped = to_revoke(&account, &previous, &st.assignments, &own);
+            let freshness =
+                if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
+            match ctx.sync(t, BTreeSet::new(), freshness).await {
+                Ok(report) => {
+                    let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
+                    st.assignments = assignments;
+                    if let Some(r) = retry {
+                        requeue = requeue.min(r);
+                    }
+                    match confirm(&report, &account, &dropped) {
+                        Ok(()) => {
+                            if outcome.ready {
+                                st.last_applied_time = Some(status::now());
+                            }
+                            outcome
+                        }
+                        Err(stuck) => {
+                            requeue = requeue.min(stuck.retry);
+                            st.assignments.extend(stuck.assignments.clone());
+                            sort_assignments(&mut st.assignments);
+                            Outcome::progressing(
+                                reason::REVOCATION_PENDING,
+                                format!("access the binding no longer grants: {}", stuck.message),
+                            )
+                        }
+                    }
                 }
-                if let Some(r) = retry {
-                    requeue = requeue.min(r);
+                Err(e) if e.retry_after().is_some() => {
+                    let wait = e.retry_after().unwrap_or(PENDING_RETRY);
+                    requeue = requeue.min(wait);
+                    Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
                 }
-                outcome
+                Err(e) => return Err(e),
             }
-            Err(e) if e.retry_after().is_some() => {
-                let wait = e.retry_after().unwrap_or(PENDING_RETRY);
-                requeue = requeue.min(wait);
-                Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
-            }
-            Err(e) => return Err(e),
-        },
+        }
     };
     st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
     st.observed_generation = b.metadata.generation;
@@ -365,6 +416,7 @@ pub fn outcome_from(
 ) -> (Outcome, Vec<CosmosAssignmentStatus>, Option<Duration>) {
     let mut assignments = Vec::new();
     let (mut conflicts, mut rejected, mut principals, mut limits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut failed = Vec::new();
     let (mut unavailable, mut in_progress) = (BTreeSet::new(), 0usize);
     let mut pre_existing = 0usize;
     let mut attempts = 0u32;
@@ -388,13 +440,14 @@ pub fn outcome_from(
                 principals.push(k.principal_id.clone());
             }
             AssignmentOutcome::LimitExceeded(m) => limits.push(m),
+            AssignmentOutcome::Failed(m) => failed.push(format!("{k}: {m}")),
             AssignmentOutcome::RoleUnavailable => {
                 unavailable.insert(k.role.to_string());
             }
             AssignmentOutcome::InProgress => in_progress += 1,
         }
     }
-    assignments.sort_by(|a, b| (&a.principal_id, &a.scope, &a.name).cmp(&(&b.principal_id, &b.scope, &b.name)));
+    sort_assignments(&mut assignments);
     principals.sort();
     principals.dedup();
     let t = target.name_any();
@@ -415,6 +468,15 @@ pub fn outcome_from(
         (Outcome::stalled(reason::REJECTED, format!("Azure refused: {}", rejected.join("; "))), None)
     } else if !limits.is_empty() {
         (Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {}", limits.join("; "))), None)
+    } else if !failed.is_empty() {
+        let wait = report.retry_after().unwrap_or(PENDING_RETRY);
+        (
+            Outcome::progressing(
+                reason::BACKEND_ERROR,
+                format!("Azure failed to write {}; retrying in {}s", failed.join("; "), wait.as_secs()),
+            ),
+            Some(wait),
+        )
     } else if !principals.is_empty() {
         let wait = principal_backoff(attempts);
         (
@@ -461,9 +523,130 @@ pub fn outcome_from(
     (outcome.0, assignments, outcome.1)
 }
 
+fn sort_assignments(list: &mut Vec<CosmosAssignmentStatus>) {
+    list.sort_by(|a, b| (&a.principal_id, &a.scope, &a.name).cmp(&(&b.principal_id, &b.scope, &b.name)));
+    list.dedup_by(|a, b| a.name.eq_ignore_ascii_case(&b.name));
+}
+
+// === Revocation ===
+
+/// The assignments a revocation has to see gone, by lower-case name:
+/// dbgrant's names for the keys the binding contributed (`previous`, from
+/// the index) and the assignments its status lists as `Managed`, less what
+/// its contribution now (`keep`) still wants. Each with the status entry
+/// to list while it stays. Which of them other bindings still want is the
+/// account report's to say ([`SyncReport::left_behind`]).
+pub fn to_revoke(
+    account: &AccountRef,
+    previous: &BTreeSet<AssignmentKey>,
+    recorded: &[CosmosAssignmentStatus],
+    keep: &BTreeSet<AssignmentKey>,
+) -> BTreeMap<String, CosmosAssignmentStatus> {
+    let name = |k: &AssignmentKey| account.assignment_name(&k.principal_id, &k.scope, &k.role);
+    let kept: BTreeSet<String> = keep.iter().map(name).collect();
+    let mut out = BTreeMap::new();
+    for a in recorded.iter().filter(|a| a.ownership == "Managed") {
+        out.insert(a.name.to_ascii_lowercase(), a.clone());
+    }
+    for k in previous {
+        out.entry(name(k)).or_insert_with(|| CosmosAssignmentStatus {
+            name: name(k),
+            principal_id: k.principal_id.clone(),
+            scope: k.scope.clone(),
+            ownership: "Managed".into(),
+        });
+    }
+    out.retain(|n, _| !kept.contains(n));
+    out
+}
+
+/// A revocation the account does not confirm yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stuck {
+    /// What is still in place and why, for the condition.
+    pub message: String,
+    /// The assignments still in place (kept on the status so the next
+    /// reconcile retries them).
+    pub assignments: Vec<CosmosAssignmentStatus>,
+    /// When to try again.
+    pub retry: Duration,
+}
+
+/// Most assignments a stuck revocation's message names.
+const STUCK_SHOWN: usize = 5;
+
+impl Stuck {
+    /// Nothing is confirmed: the sync failed with `e`.
+    pub fn from_error(e: &Error, pending: &BTreeMap<String, CosmosAssignmentStatus>) -> Self {
+        let retry = e.retry_after().unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
+        Self {
+            message: format!(
+                "revocation not confirmed: {e}; {} role assignment(s) may still be in place; retrying in {}s",
+                pending.len(),
+                retry.as_secs()
+            ),
+            assignments: pending.values().cloned().collect(),
+            retry,
+        }
+    }
+}
+
+/// Whether `report` confirms that the account no longer carries `pending`
+/// (see [`to_revoke`]); else what is stuck.
+pub fn confirm(
+    report: &SyncReport,
+    account: &AccountRef,
+    pending: &BTreeMap<String, CosmosAssignmentStatus>,
+) -> Result<(), Stuck> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let retry = report.retry_after().unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
+    let Some(left) = report.left_behind(account, pending.keys().map(String::as_str)) else {
+        let why = report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "no answer".into());
+        return Err(Stuck {
+            message: format!(
+                "revocation not confirmed: the account was not read ({why}); {} role assignment(s) may still be in place; retrying in {}s",
+                pending.len(),
+                retry.as_secs()
+            ),
+            assignments: pending.values().cloned().collect(),
+            retry,
+        });
+    };
+    if left.is_empty() {
+        return Ok(());
+    }
+    let mut shown: Vec<String> = left
+        .iter()
+        .take(STUCK_SHOWN)
+        .map(|(name, why)| {
+            let a = &pending[name];
+            let scope = if a.scope.is_empty() { "the account" } else { a.scope.as_str() };
+            format!("{name} (principal {} at {scope}): {why}", a.principal_id)
+        })
+        .collect();
+    if left.len() > STUCK_SHOWN {
+        shown.push(format!("and {} more", left.len() - STUCK_SHOWN));
+    }
+    Err(Stuck {
+        message: format!(
+            "revocation not confirmed: {} role assignment(s) still in place: {}; retrying in {}s",
+            left.len(),
+            shown.join("; "),
+            retry.as_secs()
+        ),
+        assignments: left.keys().map(|n| pending[n].clone()).collect(),
+        retry,
+    })
+}
+
 async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
     let key = binding_key(&b);
-    let removed = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    let (previous, removed) = {
+        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+        (idx.get(&key).map(keys_of).unwrap_or_default(), idx.remove(&key))
+    };
     // Targets keep the dbgrant.io/bindings finalizer while a binding names
     // them, so a target is gone here only if it never existed or someone
     // removed that finalizer by hand.
@@ -490,49 +673,60 @@ async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Actio
         return Ok(Action::await_change());
     }
     // Retain: release what no other binding still wants (shared
-    // assignments stay managed and shrink to the remaining bindings).
-    let release: BTreeSet<AssignmentKey> = if b.spec.deletion_policy == DeletionPolicy::Retain {
+    // assignments stay managed and shrink to the remaining bindings); only
+    // where the target allows it now, and never once expired.
+    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
+        Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
+        // An expiry that cannot be worked out never keeps access.
+        Err(_) => true,
+    };
+    let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
+    let release: BTreeSet<AssignmentKey> = if retain {
         let still = ctx.desired(&target.name_any()).assignments;
         wanted.iter().filter(|k| !still.contains_key(*k)).cloned().collect()
     } else {
         BTreeSet::new()
     };
-    let report = revoke(ctx, &target, release).await?;
-    if let Some((stop, wait)) = &report.stopped {
-        return Err(Error::Wait {
-            backend: super::BACKEND,
-            target: target.name_any(),
-            message: format!("revocation waits: {}", stop.describe()),
-            retry_after: *wait,
-        });
-    }
-    let failed: Vec<String> = report
-        .plan
-        .actions
-        .iter()
-        .filter(|a| match a {
-            PlanAction::DeleteAssignment { key, .. } => wanted.is_empty() || wanted.contains(key),
-            _ => false,
-        })
-        .filter(|a| report.results.get(a.name()).is_some_and(|r| *r != super::sync::WriteResult::Done))
-        .map(|a| a.describe())
-        .collect();
-    if !failed.is_empty() {
-        return Err(Error::Backend {
-            backend: super::BACKEND,
-            target: target.name_any(),
-            message: format!("revocation incomplete: {}", failed.join("; ")),
-            transient: true,
-        });
-    }
-    tracing::info!(binding = %key, target = %target.name_any(), "access revoked");
-    Ok(Action::await_change())
+    // The finalizer goes only once the account, read in this pass, holds
+    // none of the assignments this binding contributed that no other
+    // binding wants (released ones are no longer dbgrant's).
+    let account = account_of(&target);
+    let recorded = b.status.as_ref().map(|s| s.assignments.as_slice()).unwrap_or_default();
+    let contributed: BTreeSet<AssignmentKey> = previous.union(&wanted).cloned().collect();
+    let pending = to_revoke(&account, &contributed, recorded, &BTreeSet::new());
+    let (stuck, error) = match revoke(ctx, &target, release, Freshness::Coalesce).await {
+        Ok(report) => (confirm(&report, &account, &pending).err(), None),
+        Err(e) => (Some(Stuck::from_error(&e, &pending)), Some(e)),
+    };
+    let Some(stuck) = stuck else {
+        tracing::info!(binding = %key, target = %target.name_any(), "access revoked (confirmed on the account)");
+        return Ok(Action::await_change());
+    };
+    // Say what is stuck, keep the finalizer, retry with backoff.
+    tracing::warn!(binding = %key, target = %target.name_any(), stuck = %stuck.message, "revocation not confirmed");
+    let current = b.status.clone().unwrap_or_default();
+    let mut st = current.clone();
+    st.assignments = stuck.assignments.clone();
+    let outcome = Outcome::progressing(reason::REVOCATION_PENDING, stuck.message.clone());
+    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
+    st.observed_generation = b.metadata.generation;
+    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
+    status::apply(&api, &b, b.status.as_ref(), &st).await?;
+    status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
+    Err(error.unwrap_or(Error::Wait {
+        backend: super::BACKEND,
+        target: target.name_any(),
+        message: stuck.message,
+        retry_after: stuck.retry,
+    }))
 }
 
 async fn revoke(
     ctx: &CosmosContext,
     target: &CosmosTarget,
     release: BTreeSet<AssignmentKey>,
+    freshness: Freshness,
 ) -> Result<Arc<SyncReport>> {
     if !target_controller::can_revoke(target) {
         return Err(Error::Backend {
@@ -542,7 +736,7 @@ async fn revoke(
             transient: true,
         });
     }
-    ctx.sync(target, release, Freshness::Coalesce).await
+    ctx.sync(target, release, freshness).await
 }
 
 /// Error policy: log, count, back off (as long as the backend asked).
@@ -565,8 +759,9 @@ mod tests {
     use super::*;
     use crate::api::{
         AzureCredential, BuiltInCosmosRole, CosmosPolicy, CosmosRoleBindingSpec, CosmosRoleDefinitionRef,
-        CosmosRoleDefinitionSpec, CosmosScope, CosmosTargetSpec, Expiry, Subject, TargetRef,
+        CosmosRoleDefinitionSpec, CosmosScope, CosmosTargetSpec, DeletionPolicy, Expiry, Subject, TargetRef,
     };
+    use crate::plan::cosmos::Action as PlanAction;
 
     const G: &str = "0B0B0B0B-0000-0000-0000-000000000001";
 
@@ -765,6 +960,83 @@ mod tests {
         // says nothing about it.
         assert!(!covers(&SyncReport::default(), &own));
         assert!(covers(&SyncReport::default(), &BTreeSet::new()));
+    }
+
+    #[test]
+    fn revocation_is_confirmed_only_once_the_account_no_longer_holds_the_contribution() {
+        use super::super::sync::WriteResult;
+        use crate::plan::cosmos::AssignmentState as S;
+        let t = target(allow_all());
+        let account = account_of(&t);
+        let k = |scope: &str| AssignmentKey {
+            principal_id: G.to_ascii_lowercase(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: scope.into(),
+        };
+        let (orders, billing) = (k("/dbs/orders"), k("/dbs/billing"));
+        let name = |k: &AssignmentKey| account.assignment_name(&k.principal_id, &k.scope, &k.role);
+        let (n_orders, n_billing) = (name(&orders), name(&billing));
+        let entry = |n: &str, ownership: &str| CosmosAssignmentStatus {
+            name: n.into(),
+            principal_id: G.to_ascii_lowercase(),
+            scope: "/dbs/x".into(),
+            ownership: ownership.into(),
+        };
+        // What it contributed: the index's keys and what its status lists
+        // as dbgrant's (not identical foreign ones), less what it keeps.
+        let previous: BTreeSet<AssignmentKey> = [orders.clone(), billing.clone()].into();
+        let recorded = [entry("0b5011e7-0000-4000-8000-000000000001", "Managed"), entry("foreign", "PreExisting")];
+        let dropped = to_revoke(&account, &previous, &recorded, &[billing.clone()].into());
+        assert_eq!(
+            dropped.keys().cloned().collect::<BTreeSet<_>>(),
+            [n_orders.clone(), "0b5011e7-0000-4000-8000-000000000001".into()].into()
+        );
+        let all = to_revoke(&account, &previous, &[], &BTreeSet::new());
+        assert_eq!(all.len(), 2);
+
+        // The DELETE of orders failed; billing is shared with a binding that
+        // still wants it, so it stays and is not this binding's to revoke.
+        let mut r = report_with(vec![(billing.clone(), S::Managed { name: n_billing.clone() })]);
+        r.remaining = Some([n_orders.clone(), n_billing.clone()].into());
+        r.plan.actions.push(PlanAction::DeleteAssignment { name: n_orders.clone(), key: orders.clone() });
+        r.results.insert(n_orders.clone(), WriteResult::Failed("HTTP 500 InternalServerError: boom".into()));
+        r.failures.insert(n_orders.clone(), 2);
+        let stuck = confirm(&r, &account, &all).unwrap_err();
+        assert!(stuck.message.contains(&n_orders) && stuck.message.contains("boom"), "{}", stuck.message);
+        assert!(!stuck.message.contains(&n_billing), "{}", stuck.message);
+        assert_eq!(stuck.assignments.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), [n_orders.as_str()]);
+        assert_eq!(stuck.retry, super::super::sync::retry_backoff(2));
+
+        // Read back without it: confirmed.
+        r.remaining = Some([n_billing.clone()].into());
+        assert_eq!(confirm(&r, &account, &all), Ok(()));
+        // A pass that never read the account confirms nothing.
+        r.remaining = None;
+        let stuck = confirm(&r, &account, &all).unwrap_err();
+        assert!(stuck.message.contains("not read"), "{}", stuck.message);
+        assert_eq!(stuck.assignments.len(), 2);
+        // Nothing to revoke: nothing to wait for.
+        assert_eq!(confirm(&r, &account, &BTreeMap::new()), Ok(()));
+    }
+
+    #[test]
+    fn a_write_that_failed_on_its_own_is_retried_not_stalled() {
+        use super::super::sync::WriteResult;
+        use crate::plan::cosmos::AssignmentState as S;
+        let t = target(allow_all());
+        let k = AssignmentKey {
+            principal_id: G.to_ascii_lowercase(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: "/dbs/orders".into(),
+        };
+        let mut r = report_with(vec![(k.clone(), S::Managed { name: "n".into() })]);
+        r.results.insert("n".into(), WriteResult::Failed("not authorised (HTTP 403 RequestDisallowedByPolicy)".into()));
+        r.failures.insert("n".into(), 1);
+        let (o, list, retry) = outcome_from(&r, "team-a/b", &[k].into(), &t);
+        assert_eq!((o.ready, o.reason, o.progress), (false, reason::BACKEND_ERROR, conditions::Progress::InProgress));
+        assert!(o.message.contains("403"), "{}", o.message);
+        assert!(list.is_empty());
+        assert_eq!(retry, Some(super::super::sync::retry_backoff(1)));
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! result. Deleting a CosmosRoleDefinition revokes the bindings that use
 //! it (their assignments go first), then the definition itself; if
 //! assignments dbgrant does not manage still use it, the finalizer waits
-//! and the status says so.
+//! and the status says so. The finalizer goes only once the account, read
+//! in the pass, no longer holds the definition (`RevocationPending` until
+//! then, with what is stuck).
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use kube::{
     Api, ResourceExt,
@@ -73,6 +79,13 @@ pub fn outcome_from(report: &SyncReport, source: &str, target: &CosmosTarget) ->
         (DefinitionState::Managed { .. }, Some(WriteResult::LimitExceeded(m))) => {
             (Outcome::stalled(reason::LIMIT_EXCEEDED, m.clone()), None)
         }
+        (DefinitionState::Managed { .. }, Some(WriteResult::Failed(m))) => (
+            Outcome::progressing(
+                reason::BACKEND_ERROR,
+                format!("Azure failed to write the role definition: {m}; retrying"),
+            ),
+            None,
+        ),
         (DefinitionState::Managed { .. } | DefinitionState::Pending { .. }, _) => {
             let why = report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "writing".into());
             (Outcome::progressing(reason::PROGRESSING, format!("role definition not in place yet: {why}")), None)
@@ -193,23 +206,36 @@ async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Ac
         });
     }
     let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;
-    let done = matches!(report.definition(&d.name_any()), Some((DefinitionState::Absent, _)))
-        && report.stopped.is_none()
-        && report
-            .plan
-            .actions
-            .iter()
-            .filter(|a| matches!(a, crate::plan::cosmos::Action::DeleteDefinition { source, .. } if *source == d.name_any()))
-            .all(|a| report.results.get(a.name()) == Some(&WriteResult::Done));
-    if done {
-        tracing::info!(definition = %d.name_any(), target = %target_name, "role definition deleted");
+    // Confirmed on the account's state after the pass, not on the plan.
+    let account = account_of(&target);
+    let name = account.definition_name(&d.name_any());
+    let left = report.left_behind(&account, [name.as_str()]);
+    if left.as_ref().is_some_and(BTreeMap::is_empty) {
+        tracing::info!(definition = %d.name_any(), target = %target_name, "role definition deleted (confirmed on the account)");
         return Ok(Action::await_change());
     }
     // Say why deletion waits, then keep the finalizer.
-    let (outcome, _) = outcome_from(&report, &d.name_any(), &target);
+    let outcome = match (report.definition(&d.name_any()), left) {
+        (Some((DefinitionState::InUse { .. }, _)), _) => outcome_from(&report, &d.name_any(), &target).0,
+        (_, Some(left)) => Outcome::progressing(
+            reason::REVOCATION_PENDING,
+            format!(
+                "role definition {name} is still on the account: {}; retrying",
+                left.values().next().cloned().unwrap_or_default()
+            ),
+        ),
+        (_, None) => Outcome::progressing(
+            reason::REVOCATION_PENDING,
+            format!(
+                "deletion not confirmed: the account was not read ({})",
+                report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "no answer".into())
+            ),
+        ),
+    };
     let current = d.status.clone().unwrap_or_default();
     let mut st = current.clone();
     st.conditions = conditions::merge(&current.conditions, &outcome, d.metadata.generation, &status::now());
+    st.observed_generation = d.metadata.generation;
     let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
     status::apply(&api, &d, d.status.as_ref(), &st).await?;
     let wait = report.retry_after().unwrap_or(Duration::from_secs(60));

@@ -7,14 +7,23 @@
 //!     ─▶ plan ─▶ for each action: write budget? ─▶ PUT/DELETE (LRO) ─▶ result
 //! ```
 //!
-//! Failures that concern one object (principal not found, rejected, limit)
-//! are recorded and the pass goes on. Failures that concern the account
+//! Failures that concern one object are recorded and the pass goes on:
+//! principal not found, refused (400/409, a 404 that is not the account's),
+//! a limit, a 403 or a 5xx on that write, a long-running operation that
+//! ended `Failed`, an answer dbgrant cannot read. So one bad binding never
+//! stops another's apply or revoke. Failures that concern the account
 //! (429/503, 412, an operation still running, dbgrant's own write budget)
-//! stop the pass; the report says when to come back. Anything else
-//! (credential, permission, network) fails the sync.
+//! stop the pass; the report says when to come back. Failures no write can
+//! get past (no token, 401, the account gone, the network down) fail the
+//! sync. The plan puts revocations first, so a pass that stops early has
+//! tried them, and the next pass tries them first again.
+//!
+//! The report says what the account holds of dbgrant's after the pass
+//! ([`SyncReport::left_behind`]): the LIST of the pass, less what was
+//! deleted, plus what was created. Revocation is confirmed against it.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -25,7 +34,8 @@ use super::{
 };
 use crate::{
     plan::cosmos::{
-        Action, Actual, AssignmentKey, AssignmentState, DefinitionState, Desired, Limits, Observed, Plan, plan,
+        AccountRef, Action, Actual, AssignmentKey, AssignmentState, DefinitionState, Desired, Limits, Observed, Plan,
+        RoleKey, plan,
     },
     runtime::metrics::Metrics,
 };
@@ -81,6 +91,9 @@ pub struct AccountState {
     pub budget: WriteBudget,
     /// Consecutive "principal not found" answers per assignment name.
     pub principal_retries: BTreeMap<String, u32>,
+    /// Consecutive failed writes per resource name: any failure of a
+    /// delete, and [`WriteResult::Failed`] of any write. Sets the backoff.
+    pub failures: BTreeMap<String, u32>,
     /// No ARM calls before this instant (throttled, locked).
     pub not_before: Option<Instant>,
     /// What the last pass that read the account left in place (None until
@@ -99,10 +112,32 @@ pub enum WriteResult {
     Rejected(String),
     /// An account limit refused this object.
     LimitExceeded(String),
+    /// The write failed for a reason that may pass (403, 5xx after the
+    /// pipeline's retries, an answer dbgrant could not read); retried with
+    /// backoff.
+    Failed(String),
+    /// Not attempted: it depends on a write that failed in this pass (an
+    /// assignment whose role definition was not written, a definition whose
+    /// assignments are still in place).
+    Held(String),
     /// Its operation is still running.
     Pending,
     /// Not attempted this pass.
     Skipped,
+}
+
+impl WriteResult {
+    /// Why a write did not go through, for status; None when it did.
+    pub fn why(&self) -> Option<String> {
+        match self {
+            WriteResult::Done => None,
+            WriteResult::PrincipalNotFound(m) => Some(format!("principal not found: {m}")),
+            WriteResult::Rejected(m) | WriteResult::LimitExceeded(m) | WriteResult::Failed(m) => Some(m.clone()),
+            WriteResult::Held(m) => Some(format!("not attempted: {m}")),
+            WriteResult::Pending => Some("its Azure operation is still running".into()),
+            WriteResult::Skipped => Some("not attempted in this pass".into()),
+        }
+    }
 }
 
 /// Why a pass stopped early.
@@ -174,6 +209,15 @@ pub struct SyncReport {
     pub definitions: usize,
     /// Consecutive principal-not-found answers, by assignment name.
     pub principal_retries: BTreeMap<String, u32>,
+    /// Consecutive failed writes, by resource name (see
+    /// [`AccountState::failures`]).
+    pub failures: BTreeMap<String, u32>,
+    /// Names (lower case) of dbgrant's assignments and custom definitions
+    /// on the account after the pass: the LIST of the pass, less deletes
+    /// that went through, plus creates that did, plus anything whose
+    /// operation is still running. None when the pass did not read the
+    /// account.
+    pub remaining: Option<BTreeSet<String>>,
 }
 
 /// Where a wanted assignment ended up, for a binding's status.
@@ -199,6 +243,8 @@ pub enum AssignmentOutcome {
     },
     /// The account's assignment limit.
     LimitExceeded(String),
+    /// The write failed for a reason that may pass; retried with backoff.
+    Failed(String),
     /// Its custom role definition is not in place.
     RoleUnavailable,
     /// Still being written (stopped early, operation running).
@@ -218,6 +264,8 @@ impl SyncReport {
                 },
                 Some(WriteResult::Rejected(m)) => AssignmentOutcome::Rejected(m.clone()),
                 Some(WriteResult::LimitExceeded(m)) => AssignmentOutcome::LimitExceeded(m.clone()),
+                Some(WriteResult::Failed(m)) => AssignmentOutcome::Failed(m.clone()),
+                Some(WriteResult::Held(_)) => AssignmentOutcome::RoleUnavailable,
                 Some(WriteResult::Pending | WriteResult::Skipped) => AssignmentOutcome::InProgress,
             },
             Some(AssignmentState::PreExisting { name }) => {
@@ -264,22 +312,85 @@ impl SyncReport {
             .collect()
     }
 
-    /// When to look again because of this report: after a stop, or for a
-    /// principal Entra has not replicated yet.
+    /// When to look again because of this report: after a stop, for a
+    /// principal Entra has not replicated yet, or for a write that failed.
     pub fn retry_after(&self) -> Option<Duration> {
         let stop = self.stopped.as_ref().map(|(_, d)| *d);
         let principal = self.principal_retries.values().max().map(|n| principal_backoff(*n));
-        match (stop, principal) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let failed = self.failures.values().min().map(|n| retry_backoff(*n));
+        [stop, principal, failed].into_iter().flatten().min()
+    }
+
+    /// Which of `names` (dbgrant's assignment or definition names) the
+    /// account still holds after this pass although no binding in the pass
+    /// wanted them, each with why it is still there. Empty: the account no
+    /// longer carries any of them (revocation confirmed). None: the pass
+    /// did not read the account, so nothing is confirmed.
+    pub fn left_behind<'a>(
+        &self,
+        account: &AccountRef,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Option<BTreeMap<String, String>> {
+        let remaining = self.remaining.as_ref()?;
+        let wanted: BTreeSet<String> =
+            self.plan.assignments.keys().map(|k| account.assignment_name(&k.principal_id, &k.scope, &k.role)).collect();
+        let mut left = BTreeMap::new();
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            if !remaining.contains(&name) || wanted.contains(&name) {
+                continue;
+            }
+            let action = self.plan.actions.iter().find(|a| a.name().eq_ignore_ascii_case(&name));
+            let why = match action.and_then(|a| self.results.get(a.name())) {
+                Some(WriteResult::Skipped) => match &self.stopped {
+                    Some((stop, _)) => format!("not attempted: {}", stop.describe()),
+                    None => "not attempted in this pass".into(),
+                },
+                Some(r) => r.why().unwrap_or_else(|| "deleted, but an Azure operation on it is still running".into()),
+                None if action.is_some() => "not attempted in this pass".into(),
+                None => match self
+                    .plan
+                    .definitions
+                    .values()
+                    .find(|s| matches!(s, DefinitionState::InUse { name: n, .. } if n.eq_ignore_ascii_case(&name)))
+                {
+                    Some(DefinitionState::InUse { by, .. }) => {
+                        format!("{by} role assignment(s) dbgrant does not manage still use it")
+                    }
+                    _ => match &self.stopped {
+                        Some((stop, _)) => format!("not deleted yet: {}", stop.describe()),
+                        None => "not deleted yet".into(),
+                    },
+                },
+            };
+            left.insert(name, why);
         }
+        Some(left)
     }
 }
 
 /// Backoff after `attempts` principal-not-found answers: 15 s doubling,
 /// at most 10 minutes.
 pub fn principal_backoff(attempts: u32) -> Duration {
+    retry_backoff(attempts)
+}
+
+/// Backoff after `attempts` consecutive failures of one write: 15 s
+/// doubling, at most 10 minutes.
+pub fn retry_backoff(attempts: u32) -> Duration {
     Duration::from_secs(15u64.saturating_mul(1 << attempts.saturating_sub(1).min(6))).min(Duration::from_secs(600))
+}
+
+/// Whether a write's 404 says the account itself (or its resource group
+/// or subscription) is gone, rather than something the write referred to.
+fn account_missing(e: &ArmError, account: &AccountRef) -> bool {
+    let ArmError::NotFound { code, message } = e else { return false };
+    let name = account.id().rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+    ["SubscriptionNotFound", "ResourceGroupNotFound", "ParentResourceNotFound"]
+        .iter()
+        .any(|c| code.eq_ignore_ascii_case(c))
+        || (code.eq_ignore_ascii_case("ResourceNotFound")
+            && message.to_ascii_lowercase().contains(&format!("databaseaccounts/{name}'")))
 }
 
 fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
@@ -361,7 +472,11 @@ pub async fn sync(
     let mut assignments_now = actual.assignments.len();
     let mut definitions_now = actual.definitions.iter().filter(|d| !d.is_built_in()).count();
 
+    // Definitions whose PUT failed, and custom roles with an assignment
+    // still in place after its DELETE failed: writes that depend on them
+    // are held, the rest go on.
     let mut failed_definitions: Vec<String> = Vec::new();
+    let mut undeleted_roles: BTreeSet<RoleKey> = BTreeSet::new();
     let mut waited = Duration::ZERO;
     for action in &p.actions {
         let name = action.name().to_string();
@@ -372,7 +487,13 @@ pub async fn sync(
         if let Action::PutAssignment { role_definition_id, .. } = action
             && failed_definitions.iter().any(|d| role_definition_id.to_ascii_lowercase().ends_with(d.as_str()))
         {
-            report.results.insert(name, WriteResult::Skipped);
+            report.results.insert(name, WriteResult::Held("its role definition was not written".into()));
+            continue;
+        }
+        if let Action::DeleteDefinition { source, .. } = action
+            && undeleted_roles.contains(&RoleKey::Custom(source.clone()))
+        {
+            report.results.insert(name, WriteResult::Held("role assignments that use it are still in place".into()));
             continue;
         }
         if let Err(wait) = state.budget.try_take(Instant::now()) {
@@ -431,21 +552,69 @@ pub async fn sync(
                 WriteResult::PrincipalNotFound(message)
             }
             Err(ArmError::LimitExceeded { code, message }) => WriteResult::LimitExceeded(format!("{code}: {message}")),
+            // No write can get past these: the pass ends, the report is
+            // not used, and nothing is confirmed.
+            Err(
+                e @ (ArmError::Credential(_) | ArmError::Unauthorized { status: 401, .. } | ArmError::Transport(_)),
+            ) => {
+                return Err(e);
+            }
+            Err(e) if account_missing(&e, &account) => return Err(e),
             Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. })) => {
                 tracing::warn!(%target, action = %action.describe(), error = %e, "azure refused the write");
-                if let Action::PutDefinition { name, .. } = action {
-                    failed_definitions.push(name.to_ascii_lowercase());
-                }
                 WriteResult::Rejected(e.to_string())
             }
-            Err(e) => return Err(e),
+            // 403, 5xx after the pipeline's retries, an unreadable answer:
+            // this write failed; the others still go.
+            Err(e) => {
+                tracing::warn!(%target, action = %action.describe(), error = %e, "azure failed the write; the pass goes on");
+                WriteResult::Failed(e.to_string())
+            }
         };
+        if outcome != WriteResult::Done {
+            match action {
+                Action::PutDefinition { name, .. } => failed_definitions.push(name.to_ascii_lowercase()),
+                Action::DeleteAssignment { key, .. } => {
+                    undeleted_roles.insert(key.role.clone());
+                }
+                _ => {}
+            }
+        }
+        let failed = matches!(outcome, WriteResult::Failed(_))
+            || (matches!(action, Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. })
+                && !matches!(outcome, WriteResult::Done | WriteResult::Pending | WriteResult::Skipped));
+        if failed {
+            *state.failures.entry(name.clone()).or_default() += 1;
+        } else if outcome == WriteResult::Done {
+            state.failures.remove(&name);
+        }
         report.results.insert(name, outcome);
     }
+    // What the account holds of dbgrant's now.
+    let mut remaining = p.ours.clone();
+    for action in &p.actions {
+        if report.results.get(action.name()) != Some(&WriteResult::Done) {
+            continue;
+        }
+        let name = action.name().to_ascii_lowercase();
+        match action {
+            Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. } => {
+                remaining.remove(&name);
+            }
+            Action::PutAssignment { .. } | Action::PutDefinition { .. } => {
+                remaining.insert(name);
+            }
+        }
+    }
+    remaining.extend(state.pending.keys().map(|n| n.to_ascii_lowercase()));
+    report.remaining = Some(remaining);
+    // Failures of writes the plan no longer has are forgotten.
+    state.failures.retain(|n, _| p.actions.iter().any(|a| a.name() == n));
     state.observed = Some(p.observed(&desired, |n| report.results.get(n) == Some(&WriteResult::Done)));
     report.assignments = assignments_now;
     report.definitions = definitions_now;
     report.principal_retries = state.principal_retries.clone();
+    report.failures = state.failures.clone();
     report.plan = p;
     Ok(report)
 }
@@ -502,6 +671,8 @@ mod tests {
         calls: Vec<String>,
         /// Next answers to writes (taken in order), then success.
         faults: VecDeque<Option<ArmError>>,
+        /// Every write to these names fails so, until removed.
+        broken: BTreeMap<String, ArmError>,
         /// Writes accepted but still running, committed when polled after
         /// `done` is set.
         running: BTreeMap<String, ActualAssignment>,
@@ -549,6 +720,9 @@ mod tests {
         async fn put_assignment(&self, name: &str, body: &AssignmentBody) -> Result<(), ArmError> {
             let mut s = self.state.lock().unwrap();
             s.calls.push(format!("PUT {name}"));
+            if let Some(e) = s.broken.get(name) {
+                return Err(e.clone());
+            }
             let a = ActualAssignment {
                 name: name.into(),
                 principal_id: body.principal_id.clone(),
@@ -570,6 +744,12 @@ mod tests {
         async fn delete_assignment(&self, name: &str) -> Result<(), ArmError> {
             let mut s = self.state.lock().unwrap();
             s.calls.push(format!("DELETE {name}"));
+            if let Some(e) = s.broken.get(name) {
+                return Err(e.clone());
+            }
+            if let Some(e) = s.faults.pop_front().flatten() {
+                return Err(e);
+            }
             s.assignments.remove(name);
             Ok(())
         }
@@ -587,6 +767,15 @@ mod tests {
 
     const P1: &str = "11111111-1111-1111-1111-111111111111";
     const P2: &str = "22222222-2222-2222-2222-222222222222";
+    const P3: &str = "33333333-3333-3333-3333-333333333333";
+
+    fn reader_name(fake: &Fake, p: &str, scope: &str) -> String {
+        fake.account().assignment_name(p, scope, &RoleKey::BuiltIn(BuiltInCosmosRole::DataReader))
+    }
+
+    fn on_account(fake: &Fake) -> Vec<String> {
+        fake.state.lock().unwrap().assignments.keys().cloned().collect()
+    }
 
     fn want(keys: &[(&str, &str)]) -> Desired {
         let mut d = Desired { known_roles: RoleKey::built_ins().into_iter().collect(), ..Default::default() };
@@ -754,6 +943,144 @@ mod tests {
         let r = run(&fake, &mut fresh, seeded).await;
         assert_eq!(r.writes, 2);
         assert_eq!(r.drift_corrected().len(), 1, "{:?}", r.drift_corrected());
+    }
+
+    #[tokio::test]
+    async fn one_failing_delete_does_not_stop_the_other_revocations() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        run(&fake, &mut state, want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")])).await;
+        let (n1, n2, n3) =
+            (reader_name(&fake, P1, "/dbs/a"), reader_name(&fake, P2, "/dbs/a"), reader_name(&fake, P3, "/dbs/a"));
+        let boom = ArmError::Server { status: 500, code: "InternalServerError".into(), message: "boom".into() };
+        fake.state.lock().unwrap().broken.insert(n2.clone(), boom);
+        let r = run(&fake, &mut state, want(&[])).await;
+        assert!(r.stopped.is_none(), "{:?}", r.stopped);
+        assert_eq!((r.results.get(&n1), r.results.get(&n3)), (Some(&WriteResult::Done), Some(&WriteResult::Done)));
+        assert!(matches!(r.results.get(&n2), Some(WriteResult::Failed(m)) if m.contains("boom")), "{:?}", r.results);
+        assert_eq!(on_account(&fake), vec![n2.clone()]);
+        // The report says which is stuck, and why; the others are confirmed.
+        let left = r.left_behind(fake.account(), [n1.as_str(), n2.as_str(), n3.as_str()]).unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), [&n2]);
+        assert!(left[&n2].contains("boom"), "{left:?}");
+        assert_eq!(r.retry_after(), Some(retry_backoff(1)));
+        // Still failing: backoff grows. Then fixed: deleted and confirmed.
+        let r = run(&fake, &mut state, want(&[])).await;
+        assert_eq!(r.retry_after(), Some(retry_backoff(2)));
+        fake.state.lock().unwrap().broken.clear();
+        let r = run(&fake, &mut state, want(&[])).await;
+        assert!(r.left_behind(fake.account(), [n2.as_str()]).unwrap().is_empty());
+        assert!(on_account(&fake).is_empty());
+        assert!(state.failures.is_empty() && r.retry_after().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_put_does_not_stop_another_bindings_put_and_delete() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        run(&fake, &mut state, want(&[(P3, "/dbs/a")])).await;
+        let (n1, n2, n3) =
+            (reader_name(&fake, P1, "/dbs/a"), reader_name(&fake, P2, "/dbs/a"), reader_name(&fake, P3, "/dbs/a"));
+        let refused = ArmError::Rejected { status: 400, code: "BadRequest".into(), message: "invalid scope".into() };
+        fake.state.lock().unwrap().broken.insert(n1.clone(), refused);
+        // ns/bad wants P1 (refused), ns/b wants P2; nobody wants P3 now.
+        let mut d = want(&[(P2, "/dbs/a")]);
+        let bad = AssignmentKey {
+            principal_id: P1.into(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: "/dbs/a".into(),
+        };
+        d.assignments.entry(bad.clone()).or_default().insert("ns/bad".into());
+        fake.calls();
+        let r = run(&fake, &mut state, d.clone()).await;
+        assert!(r.stopped.is_none());
+        let calls = fake.calls();
+        assert_eq!(calls[2], format!("DELETE {n3}"), "revocations first: {calls:?}");
+        assert!(calls.contains(&format!("PUT {n1}")) && calls.contains(&format!("PUT {n2}")), "{calls:?}");
+        assert!(matches!(r.assignment(&bad), AssignmentOutcome::Rejected(m) if m.contains("invalid scope")));
+        let good = d.assignments.keys().find(|k| k.principal_id == P2).unwrap();
+        assert!(matches!(r.assignment(good), AssignmentOutcome::Applied { managed: true, .. }));
+        assert!(r.left_behind(fake.account(), [n3.as_str()]).unwrap().is_empty());
+        assert_eq!(on_account(&fake), vec![n2]);
+        // A refused PUT is the binding's problem, not a reason to hurry.
+        assert_eq!(r.retry_after(), None);
+    }
+
+    #[tokio::test]
+    async fn only_failures_no_write_gets_past_end_the_pass() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let (n1, n2) = (reader_name(&fake, P1, "/dbs/a"), reader_name(&fake, P2, "/dbs/a"));
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        let per_object = [
+            ArmError::Unauthorized { status: 403, code: "RequestDisallowedByPolicy".into(), message: "policy".into() },
+            ArmError::Protocol("202 without Azure-AsyncOperation or Location".into()),
+            ArmError::NotFound { code: "NotFound".into(), message: "role definition not found".into() },
+        ];
+        for e in per_object {
+            fake.state.lock().unwrap().broken.insert(n1.clone(), e.clone());
+            let r = run(&fake, &mut state, d.clone()).await;
+            assert!(r.stopped.is_none(), "{e:?}");
+            assert_eq!(r.results.get(&n2), Some(&WriteResult::Done), "{e:?}: the other write went");
+            assert!(!matches!(r.results.get(&n1), Some(WriteResult::Done) | None), "{e:?}");
+            fake.state.lock().unwrap().assignments.remove(&n2);
+        }
+        let account_wide = [
+            ArmError::Unauthorized { status: 401, code: "InvalidAuthenticationToken".into(), message: "x".into() },
+            ArmError::Credential("no token".into()),
+            ArmError::Transport("connection refused".into()),
+            ArmError::NotFound {
+                code: "ResourceNotFound".into(),
+                message:
+                    "The Resource 'Microsoft.DocumentDB/databaseAccounts/acct' under resource group 'rg' was not found."
+                        .into(),
+            },
+            ArmError::NotFound { code: "ParentResourceNotFound".into(), message: "parent".into() },
+        ];
+        for e in account_wide {
+            fake.state.lock().unwrap().broken.insert(n1.clone(), e.clone());
+            let got = sync(&fake, &mut state, d.clone(), &Limits::default(), &Metrics::default(), "t").await;
+            assert_eq!(got.unwrap_err(), e);
+        }
+    }
+
+    #[tokio::test]
+    async fn revocations_are_written_first_and_retried_first_after_a_stop() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        let (n1, n2) = (reader_name(&fake, P1, "/dbs/a"), reader_name(&fake, P2, "/dbs/a"));
+        fake.fault(Some(ArmError::Locked { retry_after: Duration::from_secs(30), message: "busy".into() }));
+        fake.calls();
+        let r = run(&fake, &mut state, want(&[(P2, "/dbs/a")])).await;
+        assert!(matches!(r.stopped, Some((Stop::Locked(_), _))), "{:?}", r.stopped);
+        assert_eq!(fake.calls(), ["LIST definitions", "LIST assignments", &format!("DELETE {n1}")]);
+        let left = r.left_behind(fake.account(), [n1.as_str()]).unwrap();
+        assert!(left[&n1].contains("lock"), "{left:?}");
+        state.not_before = None; // the Retry-After has passed
+        run(&fake, &mut state, want(&[(P2, "/dbs/a")])).await;
+        assert_eq!(
+            fake.calls(),
+            ["LIST definitions", "LIST assignments", &format!("DELETE {n1}"), &format!("PUT {n2}")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_did_not_read_the_account_confirms_nothing() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        let n1 = reader_name(&fake, P1, "/dbs/a");
+        state.not_before = Some(Instant::now() + Duration::from_secs(30));
+        let r = run(&fake, &mut state, want(&[])).await;
+        assert_eq!(r.left_behind(fake.account(), [n1.as_str()]), None);
+        // An operation still running on a name counts as still there.
+        state.not_before = None;
+        let op = Operation { url: "https://arm/op/2".into(), async_operation: true, resource: n1.clone() };
+        state.pending.insert(n1.clone(), op);
+        fake.state.lock().unwrap().assignments.clear();
+        let r = run(&fake, &mut state, want(&[])).await;
+        assert!(r.left_behind(fake.account(), [n1.as_str()]).unwrap().contains_key(&n1));
     }
 
     #[test]

@@ -290,6 +290,23 @@ async fn probe_and_resync(
     if report.assignments * 10 >= ASSIGNMENT_LIMIT * 9 || report.definitions * 10 >= DEFINITION_LIMIT * 9 {
         message.push_str("; the account is close to its limits");
     }
+    // Writes that failed on their own (a 403 or 5xx on one object) do not
+    // make the account unusable, but say so: a read-only identity shows
+    // here.
+    let failed: Vec<&str> = report
+        .results
+        .values()
+        .filter_map(|r| match r {
+            super::sync::WriteResult::Failed(m) => Some(m.as_str()),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = failed.first() {
+        message.push_str(&format!(
+            "; {} write(s) failed in the last pass and are retried (first: {first}); see the bindings' status",
+            failed.len()
+        ));
+    }
     let requeue = report.retry_after().unwrap_or(ctx.shared.resync).min(ctx.shared.resync);
     Ok((message, requeue))
 }

@@ -6,10 +6,16 @@
 //! ```
 //!
 //! Revocation (delete, expiry, denial) is the same path with the binding
-//! taken out of the index. Cleanup never re-validates the spec: a bad spec
-//! must not block revocation.
+//! taken out of the index, and is confirmed: the subjects' objects are read
+//! back after the writes, and the finalizer stays until they no longer
+//! carry what the binding contributed. A contribution the server refuses
+//! is isolated (see `sync::isolate`) and left out of the union, so it
+//! never blocks another binding's apply or revoke.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use kube::{
     Api, ResourceExt,
@@ -27,12 +33,12 @@ use super::{
 use crate::{
     Error, FINALIZER, Result,
     api::{
-        DeletionPolicy, MongoRoleBinding, MongoTarget, SubjectKey, conditions,
+        MongoRoleBinding, MongoTarget, SubjectKey, conditions,
         conditions::{Outcome, reason},
     },
     plan::{
         expiry::{self, ExpiryState},
-        index::{Affected, BindingIndex, Contribution},
+        index::{Affected, BindingIndex, Contribution, Rejection},
         mongo::{MongoGrant, ROLE_DB, USER_DB, objects_for},
         policy,
     },
@@ -44,6 +50,11 @@ pub const KIND: &str = "MongoRoleBinding";
 
 /// How often a binding whose target is not Ready looks again by itself.
 pub const TARGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a contribution the server refused stays out of its subjects'
+/// unions before its binding tries it again by itself (a spec change, or a
+/// change to another binding naming the same subject, retries at once).
+pub const REJECTED_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What evaluating a binding against its target decided.
 #[derive(Debug)]
@@ -82,7 +93,15 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
             exp,
         );
     };
-    let denials = policy::evaluate_mongo(&target.spec.policy, &ns, target_name, &b.spec.roles, &b.spec.privileges);
+    let denials = policy::evaluate_mongo(
+        &target.spec.policy,
+        &target.spec.oidc.auth_name_prefix,
+        &ns,
+        target_name,
+        &b.spec.roles,
+        &b.spec.privileges,
+        b.spec.deletion_policy,
+    );
     if !denials.is_empty() {
         return blocked(
             Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
@@ -182,16 +201,24 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     let eval = evaluate(&b, target.as_deref(), now);
     let key = key(&b);
     let own_subjects: BTreeSet<SubjectKey> = eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
-    let affected = {
+    let (affected, rejected) = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        match eval.contribution.clone() {
+        let mut affected = match eval.contribution.clone() {
             Some(c) => idx.upsert(&key, c),
             None => idx.remove(&key),
+        };
+        // A refused contribution is tried again once it has sat out long
+        // enough; until then, the binding reports the refusal it has.
+        let retry_before = now - jiff::SignedDuration::try_from(REJECTED_RETRY).unwrap_or_default();
+        if idx.rejections(&key).values().any(|r| r.since <= retry_before) {
+            affected.extend(idx.retry(&key));
         }
+        (affected, idx.rejections(&key))
     };
     let current = b.status.clone().unwrap_or_default();
     let already_applied = current.observed_generation == b.metadata.generation
-        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
+        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True")
+        && rejected.is_empty();
 
     let mut st = current.clone();
     let mut waiting_for_target = false;
@@ -199,8 +226,15 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     let outcome = match (&eval.blocked, target.as_deref()) {
         (Some(blocked), Some(t)) if !affected.is_empty() || !st.roles.is_empty() || !st.users.is_empty() => {
             // Revoke what this binding contributed; the index already
-            // excludes it, so the sync shrinks or drops.
-            revoke(ctx, t, affected, false).await?;
+            // excludes it, so the sync shrinks or drops. Its subjects are
+            // checked even if the index no longer had them (a retry after
+            // an unconfirmed revocation).
+            let mut all = affected;
+            all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), s.key())));
+            if let Err(e) = revoke(ctx, &key, t, all, false).await {
+                report_revocation_failure(ctx, &b, &current, &e).await;
+                return Err(e);
+            }
             st.roles.clear();
             st.users.clear();
             blocked.clone()
@@ -225,6 +259,13 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
                 format!("waiting for MongoTarget {} to be Ready", t.name_any()),
             )
         }
+        (None, Some(t)) if affected.is_empty() && !rejected.is_empty() => {
+            // Refused recently and nothing changed since: say so again
+            // without asking the server; the binding retries by itself.
+            st.roles.clear();
+            st.users.clear();
+            rejected_outcome(t, &rejected)
+        }
         (None, Some(_)) if affected.is_empty() && already_applied => {
             // Nothing changed: drift is the target's periodic resync's job,
             // so a steady state costs no backend calls per binding.
@@ -235,7 +276,7 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (None, Some(t)) => {
             let subjects: BTreeSet<SubjectKey> =
                 affected.iter().map(|(_, s)| s.clone()).chain(own_subjects.iter().cloned()).collect();
-            let report = match sync_subjects(ctx, t, &subjects, false).await {
+            let report = match sync_subjects(ctx, t, &subjects, false, false).await {
                 Ok(report) => report,
                 Err(e) => {
                     // Say on the binding why it is not applied (yet); the
@@ -255,15 +296,17 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
                     return Err(e);
                 }
             };
+            ctx.after_sync(&t.name_any(), &report, &key);
             let mut conflicts = Vec::new();
-            let mut rejected = Vec::new();
+            let mut refused = Vec::new();
             for s in &own_subjects {
                 match report.results.get(s) {
                     Some(SubjectResult::Conflict(c)) => conflicts.extend(c.iter().cloned()),
-                    Some(SubjectResult::Rejected(m)) => rejected.push(m.clone()),
+                    Some(SubjectResult::Rejected(m)) => refused.push(m.clone()),
                     _ => {}
                 }
             }
+            let own_rejections = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).rejections(&key);
             let objects: Vec<_> = own_subjects.iter().filter_map(|s| objects_for(&t.spec.oidc, s).ok()).collect();
             st.roles = objects.iter().map(|o| format!("{ROLE_DB}.{}", o.role)).collect();
             st.users = objects.iter().filter_map(|o| o.user.as_ref()).map(|u| format!("{USER_DB}.{u}")).collect();
@@ -275,8 +318,12 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
                         conflicts.join(", ")
                     ),
                 )
-            } else if !rejected.is_empty() {
-                Outcome::stalled(reason::REJECTED, rejected.join("; "))
+            } else if !own_rejections.is_empty() {
+                st.roles.clear();
+                st.users.clear();
+                rejected_outcome(t, &own_rejections)
+            } else if !refused.is_empty() {
+                Outcome::stalled(reason::REJECTED, refused.join("; "))
             } else {
                 st.last_applied_time = Some(status::now());
                 Outcome::ready(
@@ -295,7 +342,41 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     if waiting_for_target {
         requeue = requeue.min(TARGET_WAIT);
     }
+    if outcome.reason == reason::REJECTED {
+        requeue = requeue.min(REJECTED_RETRY);
+    }
     Ok(Action::requeue(requeue))
+}
+
+/// The Ready outcome of a binding whose contribution the server refused.
+fn rejected_outcome(t: &MongoTarget, rejected: &BTreeMap<SubjectKey, Rejection>) -> Outcome {
+    let reasons: BTreeSet<&str> = rejected.values().map(|r| r.message.as_str()).collect();
+    Outcome::stalled(
+        reason::REJECTED,
+        format!(
+            "MongoTarget {} refused this binding's grant, so nothing of it is applied (other bindings are not affected): {}",
+            t.name_any(),
+            reasons.into_iter().collect::<Vec<_>>().join("; ")
+        ),
+    )
+}
+
+/// Say on the binding that its revocation is not done yet, and why.
+async fn report_revocation_failure(
+    ctx: &MongoContext,
+    b: &MongoRoleBinding,
+    current: &crate::api::MongoRoleBindingStatus,
+    e: &Error,
+) {
+    let mut st = current.clone();
+    let outcome = Outcome::progressing(reason::REVOKING, format!("revocation not complete, retrying: {e}"));
+    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
+    st.observed_generation = b.metadata.generation;
+    let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(b));
+    if let Err(se) = status::apply(&api, b, b.status.as_ref(), &st).await {
+        tracing::warn!(binding = %key(b), error = %se, "could not report the pending revocation on status");
+    }
+    status::publish_transition(&ctx.shared, b, &current.conditions, &st.conditions).await;
 }
 
 fn ns_of(b: &MongoRoleBinding) -> String {
@@ -341,12 +422,27 @@ async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action>
     for s in &b.spec.subjects {
         all.insert((target.name_any(), s.key()));
     }
-    revoke(ctx, &target, all, b.spec.deletion_policy == DeletionPolicy::Retain).await?;
+    let current = b.status.clone().unwrap_or_default();
+    // Retain only where the target allows it now, and never once expired.
+    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
+        Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
+        // An expiry that cannot be worked out never keeps access.
+        Err(_) => true,
+    };
+    let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
+    if let Err(e) = revoke(ctx, &key(&b), &target, all, retain).await {
+        report_revocation_failure(ctx, &b, &current, &e).await;
+        return Err(e);
+    }
     tracing::info!(binding = %key(&b), target = %target.name_any(), "access revoked");
     Ok(Action::await_change())
 }
 
-async fn revoke(ctx: &MongoContext, target: &MongoTarget, affected: Affected, retain: bool) -> Result<()> {
+/// Revoke `key`'s contribution to `affected` subjects (the index no longer
+/// has it) and confirm it: the subjects' objects are read back, and an
+/// error says what still differs.
+async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: Affected, retain: bool) -> Result<()> {
     if affected.is_empty() {
         return Ok(());
     }
@@ -359,7 +455,18 @@ async fn revoke(ctx: &MongoContext, target: &MongoTarget, affected: Affected, re
         });
     }
     let subjects = affected.into_iter().map(|(_, s)| s).collect();
-    sync_subjects(ctx, target, &subjects, retain).await.map(|_| ())
+    let report = sync_subjects(ctx, target, &subjects, retain, true).await?;
+    ctx.after_sync(&target.name_any(), &report, key);
+    if report.unconfirmed.is_empty() {
+        return Ok(());
+    }
+    let pending: Vec<String> = report.unconfirmed.values().cloned().collect();
+    Err(Error::Backend {
+        backend: super::BACKEND,
+        target: target.name_any(),
+        message: format!("revocation not confirmed: {}", pending.join("; ")),
+        transient: true,
+    })
 }
 
 async fn sync_subjects(
@@ -367,6 +474,7 @@ async fn sync_subjects(
     target: &MongoTarget,
     subjects: &BTreeSet<SubjectKey>,
     retain: bool,
+    confirm: bool,
 ) -> Result<sync::SyncReport> {
     let name = target.name_any();
     let conn = target_controller::connect(ctx, target).await?;
@@ -380,7 +488,7 @@ async fn sync_subjects(
     // older union after a newer one.
     let work = {
         let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        subject_work(target, &idx, subjects, retain)
+        subject_work(target, &idx, subjects, retain, confirm)
     };
     let result = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await;
     conn.record(&result);
@@ -388,13 +496,15 @@ async fn sync_subjects(
 }
 
 /// The sync work for `subjects` on `target`: each subject's objects and the
-/// union of its live bindings in `idx` (None revokes; `retain` then leaves
-/// the objects in place). Subjects the target cannot name are skipped. Pure.
+/// union of its live, accepted bindings in `idx` (None revokes; `retain`
+/// then leaves the objects in place), read back afterwards if `confirm`.
+/// Subjects the target cannot name are skipped. Pure.
 pub fn subject_work(
     target: &MongoTarget,
     idx: &BindingIndex<MongoGrant>,
     subjects: &BTreeSet<SubjectKey>,
     retain: bool,
+    confirm: bool,
 ) -> Vec<SubjectWork> {
     let name = target.name_any();
     subjects
@@ -402,7 +512,14 @@ pub fn subject_work(
         .filter_map(|s| {
             let objects = objects_for(&target.spec.oidc, s).ok()?;
             let desired = idx.desired(&name, s);
-            Some(SubjectWork { subject: s.clone(), retain: retain && desired.is_none(), desired, objects })
+            Some(SubjectWork {
+                subject: s.clone(),
+                retain: retain && desired.is_none(),
+                contributions: target_controller::contributions(idx, &name, s),
+                desired,
+                objects,
+                confirm,
+            })
         })
         .collect()
 }

@@ -2,7 +2,10 @@
 //! string, TLS and the operator's own credentials, all from Secrets in
 //! the operator namespace.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bson::{Document, doc};
 use mongodb::{
@@ -20,13 +23,92 @@ use crate::{
     },
 };
 
-/// Actions dbgrant needs on the cluster (any database) to manage OIDC
-/// roles and users.
-pub const REQUIRED_ACTIONS: &[&str] =
-    &["createRole", "dropRole", "grantRole", "revokeRole", "viewRole", "createUser", "dropUser", "viewUser"];
+/// Where dbgrant needs rights, in MongoDB's resource terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The `admin` database, where dbgrant's roles live:
+    /// `{db: "admin", collection: ""}`.
+    Admin,
+    /// Every database: `{db: "", collection: ""}` (only that resource, or
+    /// `anyResource`, meets a check on all databases).
+    EveryDatabase,
+    /// `$external`, where MONGODB-OIDC users live:
+    /// `{db: "$external", collection: ""}`.
+    External,
+    /// The ownership ledger collection (`dbgrant.ownership`).
+    Ledger,
+}
 
-/// Actions dbgrant needs on its ownership ledger's database.
+impl Scope {
+    /// How the probe's message names it.
+    fn describe(self) -> String {
+        match self {
+            Self::Admin => "the admin database".into(),
+            Self::EveryDatabase => "every database".into(),
+            Self::External => "the $external database".into(),
+            Self::Ledger => {
+                format!("{}.{} (the ownership ledger)", super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION)
+            }
+        }
+    }
+
+    /// The privilege resource to grant, as a document.
+    fn resource(self) -> String {
+        let (db, collection) = match self {
+            Self::Admin => ("admin", ""),
+            Self::EveryDatabase => ("", ""),
+            Self::External => ("$external", ""),
+            Self::Ledger => (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION),
+        };
+        format!("{{db: \"{db}\", collection: \"{collection}\"}}")
+    }
+
+    /// Whether a privilege on `resource` reaches this scope: MongoDB's
+    /// resource search list (`anyResource` reaches everything; `{db: "",
+    /// collection: ""}` every database but `local` and `config` and their
+    /// non-system collections; `{db, collection: ""}` that database and
+    /// its collections; `{db: "", collection}` that collection everywhere).
+    fn reached_by(self, resource: &Pattern) -> bool {
+        let ledger = (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION);
+        match (self, resource) {
+            (_, Pattern::Any) | (_, Pattern::Namespace("", "")) => true,
+            (Self::EveryDatabase, _) => false,
+            (Self::Admin, Pattern::Namespace(db, "")) => *db == "admin",
+            (Self::External, Pattern::Namespace(db, "")) => *db == "$external",
+            (Self::Ledger, Pattern::Namespace(db, "")) => *db == ledger.0,
+            (Self::Ledger, Pattern::Namespace("", c)) => *c == ledger.1,
+            (Self::Ledger, Pattern::Namespace(db, c)) => (*db, *c) == ledger,
+            _ => false,
+        }
+    }
+}
+
+/// The rights dbgrant's commands need (MongoDB's "Required Access" of
+/// each): `createRole` (in `admin`), `dropRole` and `rolesInfo` on
+/// `admin`; `grantRole` on the database of every privilege and inherited
+/// role a binding may name, and `revokeRole` on all databases for
+/// `updateRole` and `updateUser` — so both on every database; and
+/// `createUser`, `dropUser` and `usersInfo` on `$external`.
+pub const REQUIRED_ACTIONS: &[(Scope, &[&str])] = &[
+    (Scope::Admin, &["createRole", "dropRole", "viewRole"]),
+    (Scope::EveryDatabase, &["grantRole", "revokeRole"]),
+    (Scope::External, &["createUser", "dropUser", "viewUser"]),
+];
+
+/// Actions dbgrant needs on its ownership ledger (`find`, and an upsert
+/// needs `insert` as well as `update`).
 pub const LEDGER_ACTIONS: &[&str] = &["find", "insert", "update", "remove"];
+
+/// A privilege's resource in a `connectionStatus` reply.
+enum Pattern<'a> {
+    /// `{anyResource: true}`.
+    Any,
+    /// `{db, collection}`, either possibly `""` (any).
+    Namespace(&'a str, &'a str),
+    /// `{cluster: true}`, `system_buckets` resources, and anything else:
+    /// never where dbgrant needs rights.
+    Other,
+}
 
 /// A connected client for one target, plus a lock that serialises writes
 /// (every user/role command takes a server-wide lock).
@@ -107,12 +189,60 @@ fn backend_error(target: &str, message: impl Into<String>, transient: bool) -> E
     Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), transient }
 }
 
+/// Whether the connection string `uri` sets the option `key` (names are
+/// case-insensitive), whatever its value.
+fn uri_sets(uri: &str, key: &str) -> bool {
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    query.split('&').any(|pair| pair.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case(key)))
+}
+
+/// Whether the server's certificate is verified with these TLS settings:
+/// `Enabled`, `Disabled` (`tlsInsecure`, `tlsAllowInvalidCertificates` or
+/// `insecureSkipVerify`, which all set `allow_invalid_certificates`), or
+/// `NotUsed` for a plain connection.
+pub fn tls_verification(tls: Option<&Tls>) -> &'static str {
+    match tls {
+        Some(Tls::Enabled(t)) if t.allow_invalid_certificates == Some(true) => "Disabled",
+        Some(Tls::Enabled(_)) => "Enabled",
+        Some(Tls::Disabled) | None => "NotUsed",
+    }
+}
+
+/// Why `auth.oidc` may not be used with this TLS verification, if it may
+/// not: the Entra access token goes to the server, and whoever reads it
+/// can act as dbgrant there until it expires.
+pub fn oidc_transport_problem(tls_verification: &str, allow_insecure_transport: bool) -> Option<String> {
+    let how = match tls_verification {
+        "Enabled" => return None,
+        _ if allow_insecure_transport => return None,
+        "Disabled" => "over TLS without certificate verification (anyone in the path could answer and take it)",
+        _ => "over a connection without TLS (readable on the network)",
+    };
+    Some(format!(
+        "auth.oidc would send dbgrant's Entra access token {how}, and whoever holds it can act as dbgrant on the server until it expires: use TLS with verification (tls=true in the connection string, or spec.connection.tls), or set spec.auth.oidc.allowInsecureTransport for local testing only"
+    ))
+}
+
 /// Build driver options for `target`. Secrets are read from the operator
-/// namespace; their values never appear in errors.
+/// namespace; their values never appear in errors. CA and client-key files
+/// written here for the driver are removed by the caller once the client is
+/// built ([`remove_private_files`]).
 pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(ClientOptions, &'static str)> {
     let name = target.metadata.name.clone().unwrap_or_default();
     let spec = &target.spec;
     let uri = secrets::read_key(&ctx.client, &ctx.namespace, &spec.connection.uri_secret_ref).await?;
+    if uri_sets(uri.expose_secret(), "tlsAllowInvalidHostnames") {
+        // The driver's rustls backend has no such switch and calls the
+        // option invalid; say what to do instead.
+        return Err(backend_error(
+            &name,
+            format!(
+                "the connection string in Secret {}/{} key {:?} sets tlsAllowInvalidHostnames, which dbgrant's TLS stack does not support: remove it (for tests, tlsInsecure=true turns off certificate and host name checks, shown as tlsVerification: Disabled)",
+                ctx.namespace, spec.connection.uri_secret_ref.name, spec.connection.uri_secret_ref.key
+            ),
+            false,
+        ));
+    }
     let mut opts = ClientOptions::parse(uri.expose_secret()).await.map_err(|e| {
         if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::DnsResolve { .. }) {
             return backend_error(
@@ -135,33 +265,36 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
     opts.connect_timeout = Some(Duration::from_secs(5));
     opts.server_selection_timeout = Some(Duration::from_secs(5));
 
-    let mut tls_verification = match &opts.tls {
-        Some(Tls::Enabled(_)) => "Enabled",
-        _ => "NotUsed",
-    };
     if let Some(tls) = &spec.connection.tls {
         let mut t = match opts.tls.take() {
             Some(Tls::Enabled(t)) => t,
             _ => TlsOptions::default(),
         };
+        if tls.insecure_skip_verify {
+            t.allow_invalid_certificates = Some(true);
+        }
+        opts.tls = Some(Tls::Enabled(t));
+    }
+    // Decided before any Secret is read or file written.
+    let verification = tls_verification(opts.tls.as_ref());
+    if let Some(oidc) = &spec.auth.oidc
+        && let Some(problem) = oidc_transport_problem(verification, oidc.allow_insecure_transport)
+    {
+        return Err(backend_error(&name, problem, false));
+    }
+    if let (Some(tls), Some(Tls::Enabled(t))) = (&spec.connection.tls, opts.tls.as_mut()) {
+        let root = private_files_root();
         if let Some(ca) = &tls.ca_secret_ref {
             let pem = secrets::read_key(&ctx.client, &ctx.namespace, ca).await?;
-            t.ca_file_path = Some(write_private_file(&name, "ca.pem", pem.expose_secret().as_bytes())?);
+            t.ca_file_path = Some(write_private_file(&root, &name, "ca.pem", pem.expose_secret().as_bytes())?);
         }
         if let Some(cert) = &tls.client_certificate_secret_ref {
             let s = secrets::read(&ctx.client, &ctx.namespace, &cert.name).await?;
             let crt = secrets::key(&s, &ctx.namespace, &cert.name, "tls.crt")?;
             let key = secrets::key(&s, &ctx.namespace, &cert.name, "tls.key")?;
             let both = format!("{}\n{}\n", crt.expose_secret(), key.expose_secret());
-            t.cert_key_file_path = Some(write_private_file(&name, "client.pem", both.as_bytes())?);
+            t.cert_key_file_path = Some(write_private_file(&root, &name, "client.pem", both.as_bytes())?);
         }
-        if tls.insecure_skip_verify {
-            t.allow_invalid_certificates = Some(true);
-            tls_verification = "Disabled";
-        } else {
-            tls_verification = "Enabled";
-        }
-        opts.tls = Some(Tls::Enabled(t));
     }
 
     let auth = &spec.auth;
@@ -186,26 +319,91 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
         let env = |k: &str| std::env::var(k).ok();
         opts.credential = Some(super::oidc::credential(&name, oidc, ca.as_ref().map(|c| c.expose_secret()), env)?);
     }
-    Ok((opts, tls_verification))
+    Ok((opts, verification))
 }
 
-/// Write key material to a private temporary file the driver can read.
-/// The driver only accepts file paths for CA and client certificates.
-fn write_private_file(target: &str, file: &str, contents: &[u8]) -> Result<std::path::PathBuf> {
-    use std::io::Write;
-    let dir = std::env::temp_dir().join("dbgrant").join(target);
-    let io =
-        |e: std::io::Error| backend_error(target, format!("cannot write TLS material to a temporary file: {e}"), true);
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let path = dir.join(file);
-    let mut f = std::fs::File::create(&path).map_err(io)?;
+/// Where CA and client-key files for the driver go: one directory per
+/// target under this one.
+pub fn private_files_root() -> PathBuf {
+    std::env::temp_dir().join("dbgrant")
+}
+
+/// Create `dir` (and missing parents) with mode 0700, or check that an
+/// existing one is a real directory (not a link) and tighten it to 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!("{} is not a directory", dir.display())));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
-    f.write_all(contents).map_err(io)?;
+    Ok(())
+}
+
+/// Write key material to a private file the driver can read (it only
+/// accepts file paths for CA and client certificates):
+/// `<root>/<target>/<file>`, in directories of mode 0700, created with mode
+/// 0600 (never readable by anyone else, not even briefly) under a fresh
+/// name and renamed into place, so a reader sees the old file or the new
+/// one, never a mix.
+fn write_private_file(root: &Path, target: &str, file: &str, contents: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let io =
+        |e: std::io::Error| backend_error(target, format!("cannot write TLS material to a temporary file: {e}"), true);
+    private_dir(root).map_err(io)?;
+    let dir = root.join(target);
+    private_dir(&dir).map_err(io)?;
+    let path = dir.join(file);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fresh = dir.join(format!(".{file}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&fresh)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&fresh, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+    }
+    written.map_err(io)?;
     Ok(path)
+}
+
+/// Remove the CA and client-key files written for `target`. The driver
+/// reads them once, while the client is built, so they go right after
+/// that, and again when the target goes. A missing directory is success.
+pub fn remove_private_files(target: &str) {
+    if let Err(e) = remove_private_files_in(&private_files_root(), target) {
+        tracing::warn!(target = %target, error = %e, "cannot remove the target's TLS files");
+    }
+}
+
+fn remove_private_files_in(root: &Path, target: &str) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(root.join(target)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Connect and check that dbgrant is authenticated with the rights it
@@ -220,71 +418,90 @@ pub async fn probe(target: &str, client: &Client, tls_verification: &'static str
         .map_err(|e| classify(target, "connectionStatus", &e))?;
     let missing = missing_actions(&status);
     if !missing.is_empty() {
-        return Err(backend_error(
-            target,
-            format!(
-                "dbgrant's MongoDB identity lacks {}; grant it the roles userAdmin@admin (or userAdminAnyDatabase) and readWrite@{} (the ownership ledger)",
-                missing.join(", "),
-                crate::mongo::sync::LEDGER_DB
-            ),
-            false,
-        ));
+        return Err(backend_error(target, lacks_message(&status, &missing), false));
     }
     Ok(Probe { version, tls_verification })
 }
 
-/// Which rights the authenticated user lacks, from a `connectionStatus`
-/// reply with privileges: [`REQUIRED_ACTIONS`] on `admin` (user and role
-/// administration), then [`LEDGER_ACTIONS`] on the ownership ledger's
-/// database, named as `dbgrant.<action>`.
-pub fn missing_actions(status: &Document) -> Vec<String> {
-    let Ok(auth) = status.get_document("authInfo") else {
-        let mut all: Vec<String> = REQUIRED_ACTIONS.iter().map(|s| s.to_string()).collect();
-        all.extend(LEDGER_ACTIONS.iter().map(|a| format!("{}.{a}", crate::mongo::sync::LEDGER_DB)));
-        return all;
-    };
-    let roles: Vec<(String, String)> = auth
-        .get_array("authenticatedUserRoles")
-        .map(|r| r.to_vec())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| r.as_document())
-        .map(|r| (r.get_str("role").unwrap_or("").to_string(), r.get_str("db").unwrap_or("").to_string()))
-        .collect();
-    let has_role = |role: &str, db: &str| roles.iter().any(|(r, d)| r == role && d == db);
-    // (db the privilege applies to, or "" for any database; its actions)
-    let mut privileges: Vec<(String, Vec<String>)> = Vec::new();
-    if let Ok(privs) = auth.get_array("authenticatedUserPrivileges") {
-        for p in privs.iter().filter_map(|p| p.as_document()) {
-            let Ok(r) = p.get_document("resource") else { continue };
-            let db = if r.get_bool("anyResource").unwrap_or(false) { "" } else { r.get_str("db").unwrap_or("-") };
-            if r.get_str("collection").is_ok() || db.is_empty() {
-                let actions = p.get_array("actions").map(|a| a.to_vec()).unwrap_or_default();
-                privileges
-                    .push((db.to_string(), actions.iter().filter_map(|a| a.as_str()).map(str::to_string).collect()));
-            }
+/// Joins `a, b and c`.
+fn and_list<S: AsRef<str>>(items: &[S]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.as_ref().to_string(),
+        [init @ .., last] => {
+            format!("{} and {}", init.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", "), last.as_ref())
         }
     }
-    let has_action = |db: &str, action: &str| {
+}
+
+/// What the probe says: what is missing, and what to grant.
+fn lacks_message(status: &Document, missing: &[String]) -> String {
+    let ledger = super::sync::LEDGER_DB;
+    let custom: Vec<String> = REQUIRED_ACTIONS
+        .iter()
+        .copied()
+        .chain([(Scope::Ledger, LEDGER_ACTIONS)])
+        .map(|(scope, actions)| format!("{} on {}", and_list(actions), scope.resource()))
+        .collect();
+    let roles = status.get_document("authInfo").and_then(|a| a.get_array("authenticatedUserRoles")).ok();
+    // The usual mistake, named: user administration on admin only.
+    let on_admin_only = roles.and_then(|roles| {
+        roles
+            .iter()
+            .filter_map(|r| r.as_document())
+            .filter(|r| r.get_str("db") == Ok("admin"))
+            .find_map(|r| r.get_str("role").ok().filter(|role| matches!(*role, "userAdmin" | "dbOwner")))
+    });
+    let hint = match on_admin_only {
+        Some(role) => format!(" ({role}@admin is not enough: it grants these actions on the admin database only)"),
+        None => String::new(),
+    };
+    format!(
+        "dbgrant's MongoDB identity lacks {}{hint}; grant it userAdminAnyDatabase@admin and readWrite@{ledger}, or a custom role with {}",
+        missing.join("; "),
+        and_list(&custom)
+    )
+}
+
+/// What the authenticated user lacks, from a `connectionStatus` reply with
+/// `showPrivileges: true` (its `authenticatedUserPrivileges`, where a real
+/// server lists every privilege of every role it holds, built-in roles
+/// expanded): for each scope of [`REQUIRED_ACTIONS`] and the ledger
+/// ([`LEDGER_ACTIONS`]), the actions missing there, as "grantRole,
+/// revokeRole on every database". Role names are not trusted: only the
+/// privileges say what the server will allow.
+pub fn missing_actions(status: &Document) -> Vec<String> {
+    let mut privileges: Vec<(Pattern<'_>, Vec<&str>)> = Vec::new();
+    let listed = status.get_document("authInfo").and_then(|a| a.get_array("authenticatedUserPrivileges"));
+    for p in listed.map(|l| l.as_slice()).unwrap_or_default().iter().filter_map(|p| p.as_document()) {
+        let Ok(r) = p.get_document("resource") else { continue };
+        let pattern = if r.get_bool("anyResource") == Ok(true) {
+            Pattern::Any
+        } else if r.contains_key("cluster") || r.contains_key("system_buckets") {
+            Pattern::Other
+        } else {
+            match (r.get_str("db"), r.get_str("collection")) {
+                (Ok(db), Ok(collection)) => Pattern::Namespace(db, collection),
+                _ => Pattern::Other,
+            }
+        };
+        let actions = p.get_array("actions").map(|a| a.iter().filter_map(|a| a.as_str()).collect()).unwrap_or_default();
+        privileges.push((pattern, actions));
+    }
+    let allowed = |scope: Scope, action: &str| {
         privileges
             .iter()
-            .any(|(d, acts)| (d.is_empty() || d == db) && acts.iter().any(|a| a == action || a == "anyAction"))
+            .any(|(r, actions)| scope.reached_by(r) && actions.iter().any(|a| *a == action || *a == "anyAction"))
     };
-    let superuser = has_role("root", "admin") || has_role("__system", "admin");
-    let mut missing = Vec::new();
-    let user_admin = superuser || has_role("userAdminAnyDatabase", "admin") || has_role("userAdmin", "admin");
-    if !user_admin {
-        missing.extend(REQUIRED_ACTIONS.iter().filter(|a| !has_action("admin", a)).map(|a| a.to_string()));
-    }
-    let ledger_db = crate::mongo::sync::LEDGER_DB;
-    let ledger = superuser
-        || has_role("readWriteAnyDatabase", "admin")
-        || has_role("readWrite", ledger_db)
-        || has_role("dbOwner", ledger_db);
-    if !ledger {
-        missing.extend(LEDGER_ACTIONS.iter().filter(|a| !has_action(ledger_db, a)).map(|a| format!("{ledger_db}.{a}")));
-    }
-    missing
+    REQUIRED_ACTIONS
+        .iter()
+        .copied()
+        .chain([(Scope::Ledger, LEDGER_ACTIONS)])
+        .filter_map(|(scope, actions)| {
+            let lacking: Vec<&str> = actions.iter().copied().filter(|a| !allowed(scope, a)).collect();
+            (!lacking.is_empty()).then(|| format!("{} on {}", and_list(&lacking), scope.describe()))
+        })
+        .collect()
 }
 
 /// Server error code of a driver error, if it is a command error.
@@ -386,36 +603,325 @@ mod tests {
         assert!(conn.check_available("t").is_ok());
     }
 
-    #[test]
-    fn user_admin_alone_lacks_the_ledger() {
-        let missing = missing_actions(&status(&[("userAdmin", "admin")], vec![]));
-        assert_eq!(missing, ["dbgrant.find", "dbgrant.insert", "dbgrant.update", "dbgrant.remove"]);
-        let missing = missing_actions(&status(&[("userAdminAnyDatabase", "admin")], vec![]));
-        assert_eq!(missing.len(), LEDGER_ACTIONS.len());
+    fn privilege(resource: Document, actions: &[&str]) -> Document {
+        doc! {"resource": resource, "actions": actions.to_vec()}
+    }
+
+    fn db(db: &str, collection: &str) -> Document {
+        doc! {"db": db, "collection": collection}
+    }
+
+    const READ: &[&str] = &[
+        "changeStream",
+        "collStats",
+        "dbHash",
+        "dbStats",
+        "find",
+        "killCursors",
+        "listCollections",
+        "listIndexes",
+        "listSearchIndexes",
+        "planCacheRead",
+    ];
+    const READ_WRITE: &[&str] = &[
+        "changeStream",
+        "collStats",
+        "convertToCapped",
+        "createCollection",
+        "createIndex",
+        "dbHash",
+        "dbStats",
+        "dropCollection",
+        "dropIndex",
+        "find",
+        "insert",
+        "killCursors",
+        "listCollections",
+        "listIndexes",
+        "planCacheRead",
+        "remove",
+        "renameCollectionSameDB",
+        "update",
+    ];
+    const USER_ADMIN: &[&str] = &[
+        "changeCustomData",
+        "changePassword",
+        "createRole",
+        "createUser",
+        "dropRole",
+        "dropUser",
+        "grantRole",
+        "revokeRole",
+        "setAuthenticationRestriction",
+        "viewRole",
+        "viewUser",
+    ];
+
+    /// readWrite@dbgrant as a server expands it.
+    fn read_write_dbgrant() -> Vec<Document> {
+        vec![privilege(db("dbgrant", ""), READ_WRITE), privilege(db("dbgrant", "system.js"), READ_WRITE)]
+    }
+
+    /// userAdminAnyDatabase as a server (8.0) expands it.
+    fn user_admin_any_database() -> Vec<Document> {
+        let mut any = USER_ADMIN.to_vec();
+        any.push("listCachedAndActiveUsers");
+        vec![
+            privilege(
+                doc! {"cluster": true},
+                &["authSchemaUpgrade", "invalidateUserCache", "listDatabases", "viewUser"],
+            ),
+            privilege(db("", ""), &any),
+            privilege(db("local", ""), USER_ADMIN),
+            privilege(db("config", ""), USER_ADMIN),
+            privilege(db("admin", "system.users"), READ),
+            privilege(db("admin", "system.roles"), READ),
+            privilege(db("", "system.users"), READ),
+        ]
+    }
+
+    /// The least-privilege custom role from the README.
+    fn least_privilege() -> Vec<Document> {
+        vec![
+            privilege(db("admin", ""), &["createRole", "dropRole", "viewRole"]),
+            privilege(db("", ""), &["grantRole", "revokeRole"]),
+            privilege(db("$external", ""), &["createUser", "dropUser", "viewUser"]),
+            privilege(db("dbgrant", "ownership"), &["find", "insert", "remove", "update"]),
+        ]
     }
 
     #[test]
-    fn the_documented_roles_are_enough() {
-        assert!(missing_actions(&status(&[("userAdmin", "admin"), ("readWrite", "dbgrant")], vec![])).is_empty());
-        assert!(missing_actions(&status(&[("root", "admin")], vec![])).is_empty());
+    fn user_admin_on_admin_is_not_enough_even_with_the_ledger() {
+        // What the old documentation asked for.
+        let mut privileges = vec![privilege(db("admin", ""), USER_ADMIN)];
+        privileges.extend(read_write_dbgrant());
+        let reply = status(&[("userAdmin", "admin"), ("readWrite", "dbgrant")], privileges);
+        let missing = missing_actions(&reply);
+        assert_eq!(
+            missing,
+            [
+                "grantRole and revokeRole on every database",
+                "createUser, dropUser and viewUser on the $external database"
+            ]
+        );
+        let message = lacks_message(&reply, &missing);
+        assert!(message.starts_with("dbgrant's MongoDB identity lacks grantRole and revokeRole on every database; createUser, dropUser and viewUser on the $external database (userAdmin@admin is not enough: it grants these actions on the admin database only); grant it userAdminAnyDatabase@admin and readWrite@dbgrant, or a custom role with createRole, dropRole and viewRole on {db: \"admin\", collection: \"\"}, grantRole and revokeRole on {db: \"\", collection: \"\"}, createUser, dropUser and viewUser on {db: \"$external\", collection: \"\"} and find, insert, update and remove on {db: \"dbgrant\", collection: \"ownership\"}"), "{message}");
+        // userAdmin@admin alone lacks the ledger too.
+        let alone = missing_actions(&status(&[("userAdmin", "admin")], vec![privilege(db("admin", ""), USER_ADMIN)]));
+        assert_eq!(alone.len(), 3);
+        assert_eq!(alone[2], "find, insert, update and remove on dbgrant.ownership (the ownership ledger)");
     }
 
     #[test]
-    fn privileges_count_only_on_the_right_database() {
-        let admin = doc! {"resource": {"db": "admin", "collection": ""}, "actions": REQUIRED_ACTIONS.to_vec()};
-        let elsewhere =
-            doc! {"resource": {"db": "orders", "collection": ""}, "actions": ["find", "insert", "update", "remove"]};
-        let missing = missing_actions(&status(&[], vec![admin.clone(), elsewhere]));
-        assert_eq!(missing.len(), LEDGER_ACTIONS.len(), "{missing:?}");
-        let ledger = doc! {"resource": {"db": "dbgrant", "collection": "ownership"}, "actions": ["find", "insert", "update", "remove"]};
-        assert!(missing_actions(&status(&[], vec![admin, ledger])).is_empty());
+    fn the_documented_minimum_and_the_custom_role_are_enough() {
+        let mut privileges = user_admin_any_database();
+        privileges.extend(read_write_dbgrant());
+        let reply = status(&[("userAdminAnyDatabase", "admin"), ("readWrite", "dbgrant")], privileges);
+        assert_eq!(missing_actions(&reply), Vec::<String>::new());
+        assert!(missing_actions(&status(&[("dbgrantOperator", "admin")], least_privilege())).is_empty());
+        // userAdminAnyDatabase alone: only the ledger is missing.
+        let missing = missing_actions(&status(&[("userAdminAnyDatabase", "admin")], user_admin_any_database()));
+        assert_eq!(missing, ["find, insert, update and remove on dbgrant.ownership (the ownership ledger)"]);
+    }
+
+    #[test]
+    fn root_and_any_action_are_enough_by_their_privileges() {
+        // root's privileges (an excerpt of what a server lists): no
+        // anyAction, but every action dbgrant needs on every database.
+        let mut normal = USER_ADMIN.to_vec();
+        normal.extend(READ_WRITE);
+        let root = vec![
+            privilege(doc! {"anyResource": true}, &["collStats", "listCollections", "listIndexes", "validate"]),
+            privilege(doc! {"cluster": true}, &["listDatabases", "viewUser", "shutdown"]),
+            privilege(db("", ""), &normal),
+            privilege(doc! {"db": "", "system_buckets": ""}, &["find"]),
+            privilege(db("config", "system.preimages"), &["find", "remove"]),
+        ];
+        assert!(missing_actions(&status(&[("root", "admin")], root)).is_empty());
+        let system = vec![privilege(doc! {"anyResource": true}, &["anyAction"])];
+        assert!(missing_actions(&status(&[("__system", "admin")], system)).is_empty());
+        // A role name without privileges proves nothing.
+        assert_eq!(missing_actions(&status(&[("root", "admin")], vec![])).len(), 4);
+    }
+
+    #[test]
+    fn rights_count_only_where_the_commands_need_them() {
+        // grantRole/revokeRole on every named database is not "all databases".
+        let mut privileges = least_privilege();
+        privileges[1] = privilege(db("orders", ""), &["grantRole", "revokeRole"]);
+        privileges.push(privilege(db("admin", ""), &["grantRole", "revokeRole"]));
+        let missing = missing_actions(&status(&[], privileges));
+        assert_eq!(missing, ["grantRole and revokeRole on every database"]);
+        // The ledger: the collection, its database, the collection in every
+        // database, or every database — not another collection or database.
+        for (resource, enough) in [
+            (db("dbgrant", ""), true),
+            (db("", "ownership"), true),
+            (db("dbgrant", "other"), false),
+            (db("orders", ""), false),
+            (doc! {"cluster": true}, false),
+        ] {
+            let mut privileges = least_privilege();
+            privileges[3] = privilege(resource.clone(), LEDGER_ACTIONS);
+            assert_eq!(missing_actions(&status(&[], privileges)).is_empty(), enough, "{resource}");
+        }
+        // The custom role's admin actions on another database do not count.
+        let mut privileges = least_privilege();
+        privileges[0] = privilege(db("orders", ""), &["createRole", "dropRole", "viewRole"]);
+        assert_eq!(
+            missing_actions(&status(&[], privileges)),
+            ["createRole, dropRole and viewRole on the admin database"]
+        );
     }
 
     #[test]
     fn nothing_known_means_everything_missing() {
-        let missing = missing_actions(&doc! {"ok": 1});
-        assert_eq!(missing.len(), REQUIRED_ACTIONS.len() + LEDGER_ACTIONS.len());
-        let no_rights = missing_actions(&status(&[("read", "orders")], vec![]));
-        assert!(no_rights.contains(&"createRole".to_string()) && no_rights.contains(&"dbgrant.insert".to_string()));
+        for reply in [
+            doc! {"ok": 1},
+            doc! {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}},
+            status(&[("read", "orders")], vec![privilege(db("orders", ""), READ)]),
+            status(&[], vec![doc! {"resource": "junk", "actions": ["createRole"]}, doc! {"actions": 1}]),
+        ] {
+            let missing = missing_actions(&reply);
+            assert_eq!(missing.len(), REQUIRED_ACTIONS.len() + 1, "{reply}");
+            assert!(missing[0].starts_with("createRole, dropRole and viewRole on"), "{missing:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A fresh directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("dbgrant-test-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    async fn verification(uri: &str) -> &'static str {
+        let opts = ClientOptions::parse(uri).await.expect("valid URI");
+        tls_verification(opts.tls.as_ref())
+    }
+
+    #[tokio::test]
+    async fn tls_verification_follows_the_connection_string() {
+        assert_eq!(verification("mongodb://db.example:27017/").await, "NotUsed");
+        assert_eq!(verification("mongodb://db.example:27017/?tls=false").await, "NotUsed");
+        assert_eq!(verification("mongodb://db.example:27017/?tls=true").await, "Enabled");
+        assert_eq!(verification("mongodb://db.example:27017/?tls=true&tlsInsecure=false").await, "Enabled");
+        for insecure in ["tlsInsecure=true", "tlsAllowInvalidCertificates=true", "TLSINSECURE=true"] {
+            assert_eq!(verification(&format!("mongodb://db.example:27017/?tls=true&{insecure}")).await, "Disabled");
+            // Either one turns TLS on by itself.
+            assert_eq!(verification(&format!("mongodb://db.example:27017/?{insecure}")).await, "Disabled");
+        }
+    }
+
+    #[test]
+    fn invalid_host_names_are_spotted_in_any_spelling() {
+        let key = "tlsAllowInvalidHostnames";
+        assert!(uri_sets("mongodb://h/?tls=true&tlsAllowInvalidHostnames=true", key));
+        assert!(uri_sets("mongodb://h/?TLSALLOWINVALIDHOSTNAMES=false", key));
+        assert!(!uri_sets("mongodb://h/?tls=true", key));
+        assert!(!uri_sets("mongodb://h/?appName=tlsAllowInvalidHostnames", key));
+        assert!(!uri_sets("mongodb://h/", key));
+    }
+
+    #[test]
+    fn oidc_needs_verified_tls_unless_the_target_opts_in() {
+        assert_eq!(oidc_transport_problem("Enabled", false), None);
+        let plain = oidc_transport_problem("NotUsed", false).expect("plain TCP refused");
+        assert!(plain.contains("without TLS") && plain.contains("allowInsecureTransport"), "{plain}");
+        let unverified = oidc_transport_problem("Disabled", false).expect("unverified TLS refused");
+        assert!(unverified.contains("without certificate verification"), "{unverified}");
+        assert_eq!(oidc_transport_problem("NotUsed", true), None);
+        assert_eq!(oidc_transport_problem("Disabled", true), None);
+        // Not an authorization problem: the target says InvalidSpec, not
+        // Unauthorized, and does not retry by itself.
+        let e = backend_error("t", plain, false);
+        assert_eq!(
+            crate::mongo::target_controller::target_outcome(&e).reason,
+            crate::api::conditions::reason::INVALID_SPEC
+        );
+    }
+
+    #[test]
+    fn private_files_are_0600_in_0700_directories_from_the_start() {
+        let scratch = Scratch::new("modes");
+        let root = scratch.0.join("dbgrant");
+        let path = write_private_file(&root, "orders", "client.pem", b"KEY").expect("written");
+        assert_eq!(path, root.join("orders").join("client.pem"));
+        assert_eq!(std::fs::read(&path).expect("read"), b"KEY");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&root.join("orders")), 0o700);
+        assert_eq!(mode(&root), 0o700);
+    }
+
+    #[test]
+    fn a_loose_existing_directory_is_tightened_and_a_link_refused() {
+        let scratch = Scratch::new("loose");
+        let root = scratch.0.join("dbgrant");
+        std::fs::create_dir_all(root.join("orders")).expect("dirs");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(root.join("orders"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        write_private_file(&root, "orders", "ca.pem", b"CA").expect("written");
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("orders")), 0o700);
+
+        let elsewhere = scratch.0.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("dir");
+        std::os::unix::fs::symlink(&elsewhere, root.join("linked")).expect("symlink");
+        assert!(write_private_file(&root, "linked", "ca.pem", b"CA").is_err());
+        assert!(!elsewhere.join("ca.pem").exists());
+    }
+
+    #[test]
+    fn a_changed_file_replaces_the_old_one_whole() {
+        let scratch = Scratch::new("replace");
+        let root = scratch.0.join("dbgrant");
+        let first = write_private_file(&root, "orders", "ca.pem", b"OLD CA").expect("written");
+        // A reader holding the old file keeps reading the old bytes.
+        let mut held = std::fs::File::open(&first).expect("open");
+        let second = write_private_file(&root, "orders", "ca.pem", b"NEW CA").expect("rewritten");
+        assert_eq!(first, second);
+        assert_eq!(std::fs::read(&second).expect("read"), b"NEW CA");
+        assert_eq!(mode(&second), 0o600);
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut held, &mut old).expect("read held");
+        assert_eq!(old, "OLD CA");
+        let names: Vec<_> =
+            std::fs::read_dir(root.join("orders")).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ca.pem")], "no temporary file left behind");
+    }
+
+    #[test]
+    fn removing_a_targets_files_leaves_nothing_and_tolerates_nothing_there() {
+        let scratch = Scratch::new("remove");
+        let root = scratch.0.join("dbgrant");
+        write_private_file(&root, "orders", "ca.pem", b"CA").expect("written");
+        write_private_file(&root, "orders", "client.pem", b"KEY").expect("written");
+        write_private_file(&root, "billing", "ca.pem", b"CA").expect("written");
+        remove_private_files_in(&root, "orders").expect("removed");
+        assert!(!root.join("orders").exists());
+        assert!(root.join("billing").join("ca.pem").exists(), "other targets' files stay");
+        remove_private_files_in(&root, "orders").expect("nothing to remove is fine");
+        remove_private_files_in(&scratch.0.join("never-created"), "orders").expect("no root is fine");
     }
 }

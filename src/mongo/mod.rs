@@ -9,16 +9,19 @@ pub mod sync;
 pub mod target_controller;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::OnceCell;
 
 use crate::{
     api::{MongoRoleBinding, MongoTarget},
-    plan::{index::BindingIndex, mongo::MongoGrant},
+    plan::{
+        index::{BindingIndex, Rejection},
+        mongo::MongoGrant,
+    },
     runtime::context::Context,
 };
 
@@ -40,4 +43,56 @@ pub struct MongoContext {
     pub primed: OnceCell<()>,
     /// One connection (and write lock) per target.
     pub connections: tokio::sync::Mutex<HashMap<String, Arc<connection::TargetConnection>>>,
+    /// Asks the binding controller to reconcile a binding whose status a
+    /// sync of another binding (or of the target) changed: a subject's
+    /// union changed, or the server refused one of its contributions.
+    pub refresh: futures::channel::mpsc::UnboundedSender<ObjectRef<MongoRoleBinding>>,
+}
+
+impl MongoContext {
+    /// Whether the cached binding `namespace/name` is Ready at its
+    /// generation.
+    fn is_ready(&self, key: &str) -> bool {
+        let Some((ns, name)) = key.split_once('/') else { return false };
+        self.bindings.get(&ObjectRef::new(name).within(ns)).is_some_and(|b| {
+            b.status.as_ref().is_some_and(|s| {
+                s.observed_generation == b.metadata.generation
+                    && crate::api::conditions::ready(&s.conditions).is_some_and(|c| c.status == "True")
+            })
+        })
+    }
+
+    /// Record the contributions a sync of `target` found refused, and ask
+    /// every binding whose result that changes (the refused ones, and the
+    /// siblings naming a subject whose objects were rewritten) to refresh
+    /// its status. `except` is the binding whose own reconcile ran the
+    /// sync: it reports for itself.
+    pub fn after_sync(&self, target: &str, report: &sync::SyncReport, except: &str) {
+        let now = jiff::Timestamp::now();
+        let mut wake = BTreeSet::new();
+        {
+            let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            for (subject, refused) in &report.rejected {
+                for (key, message) in refused {
+                    idx.reject(target, subject, key, Rejection { message: message.clone(), since: now });
+                }
+            }
+            // Siblings whose contribution was just refused, and siblings
+            // not Ready (a stale `Rejected` may have been accepted now).
+            for (subject, refused) in &report.rejected {
+                wake.extend(refused.keys().cloned());
+                wake.extend(idx.bindings_for(target, subject).filter(|k| !self.is_ready(k)).cloned());
+            }
+            for subject in &report.written {
+                wake.extend(idx.bindings_for(target, subject).filter(|k| !self.is_ready(k)).cloned());
+            }
+        }
+        wake.remove(except);
+        for key in wake {
+            tracing::debug!(binding = %key, "status refresh after a sibling's sync");
+            if let Some((ns, name)) = key.split_once('/') {
+                let _ = self.refresh.unbounded_send(ObjectRef::new(name).within(ns));
+            }
+        }
+    }
 }

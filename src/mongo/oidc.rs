@@ -403,6 +403,7 @@ mod tests {
             client_id: None,
             authority_host: None,
             ca_secret_ref: None,
+            allow_insecure_transport: false,
         }
     }
 

@@ -23,8 +23,9 @@ use crate::{
     runtime::metrics::Metrics,
 };
 
-/// Database and collection of the ownership ledger.
-pub const LEDGER_DB: &str = "dbgrant";
+/// Database of the ownership ledger; defined with the pure code, whose
+/// policy keeps it out of every tenant's reach.
+pub use crate::plan::mongo::LEDGER_DB;
 /// Collection of the ownership ledger.
 pub const LEDGER_COLLECTION: &str = "ownership";
 /// Names per `rolesInfo`/`usersInfo` call: far below the 16 MiB message
@@ -34,11 +35,14 @@ pub const BATCH: usize = 500;
 /// The result of syncing one subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubjectResult {
-    /// State matches the desired grant.
+    /// State matches the desired grant (the union of the contributions the
+    /// server accepted; see [`SyncReport::rejected`]).
     Applied,
     /// An object with dbgrant's name exists and is not dbgrant's.
     Conflict(Vec<String>),
-    /// The server refused the grant (bad role, cycle, ...).
+    /// The server refused the grant (bad role, cycle, ...) and no single
+    /// contribution could be blamed: the subject's objects were left as
+    /// they were.
     Rejected(String),
 }
 
@@ -47,6 +51,15 @@ pub enum SubjectResult {
 pub struct SyncReport {
     /// Result per subject.
     pub results: BTreeMap<SubjectKey, SubjectResult>,
+    /// Contributions the server refused, per subject and binding key, with
+    /// the server's reason. The subject's objects carry the union of the
+    /// others.
+    pub rejected: BTreeMap<SubjectKey, BTreeMap<String, String>>,
+    /// Subjects asked to [`SubjectWork::confirm`] whose objects, read back
+    /// after the writes, still differ from the desired state, and how.
+    pub unconfirmed: BTreeMap<SubjectKey, String>,
+    /// Subjects whose objects were written.
+    pub written: BTreeSet<SubjectKey>,
     /// Objects whose out-of-band changes were corrected.
     pub drifted: Vec<String>,
     /// Writes issued.
@@ -61,9 +74,22 @@ pub struct SubjectWork {
     pub objects: SubjectObjects,
     /// Union of live bindings, or None to revoke.
     pub desired: Option<MongoGrant>,
+    /// The contributions `desired` is the union of, by binding key (sorted):
+    /// when the server refuses the union, they are tried one by one to
+    /// find the ones it refuses. Empty for objects no binding wants.
+    pub contributions: Vec<(String, MongoGrant)>,
     /// Leave instead of dropping when revoking.
     pub retain: bool,
+    /// Read the objects back after the writes and report in
+    /// [`SyncReport::unconfirmed`] if they still differ (revocation).
+    pub confirm: bool,
 }
+
+/// The scratch role a refused union's contributions are tried on, one at a
+/// time: created with a candidate grant and dropped at once. It is granted
+/// to nobody; if dbgrant dies between the two commands, the next isolation
+/// drops it before reusing the name.
+pub const SCRATCH_ROLE: &str = "dbgrant.validate";
 
 /// Read, plan and write for `work` on one target. The caller holds the
 /// target's write lock.
@@ -74,63 +100,254 @@ pub async fn sync(
     adopt: bool,
     work: &[SubjectWork],
 ) -> Result<SyncReport> {
-    let roles: Vec<String> = work.iter().map(|w| w.objects.role.clone()).collect();
-    let users: Vec<String> = work.iter().filter_map(|w| w.objects.user.clone()).collect();
+    let actual = read_actual(target, client, metrics, work.iter()).await?;
+    let mut report = SyncReport::default();
+    // The grant each confirmed subject ended up with, to check it against.
+    let mut wanted: BTreeMap<&SubjectKey, Option<MongoGrant>> = BTreeMap::new();
+    for (w, actual) in work.iter().zip(actual) {
+        let plan: Plan = crate::plan::mongo::plan(&w.objects, w.desired.as_ref(), &actual, adopt, w.retain);
+        if !plan.conflicts.is_empty() {
+            report.results.insert(w.subject.clone(), SubjectResult::Conflict(plan.conflicts));
+            if w.confirm {
+                wanted.insert(&w.subject, w.desired.clone());
+            }
+            continue;
+        }
+        cleanup_stale_ledger(target, client, metrics, w, w.desired.as_ref(), &actual).await?;
+        let mut desired = w.desired.clone();
+        let mut result = SubjectResult::Applied;
+        match run(target, client, metrics, &plan.actions, &mut report.writes).await {
+            Ok(()) => {
+                if !plan.actions.is_empty() {
+                    report.written.insert(w.subject.clone());
+                }
+                report.drifted.extend(plan.drifted.iter().cloned())
+            }
+            Err(Failed(e)) => return Err(e),
+            Err(Rejected(msg)) => {
+                let refused =
+                    isolate(target, client, metrics, &w.contributions, &msg, &mut report.writes).await.map_err(
+                        |e| match e {
+                            Failed(e) => e,
+                            Rejected(m) => backend_error(target, m),
+                        },
+                    )?;
+                if refused.is_empty() {
+                    // Every contribution passes on its own and together:
+                    // the refusal is not any binding's (a race, a lock).
+                    result = SubjectResult::Rejected(msg);
+                } else {
+                    // Write the union of what the server accepts.
+                    desired = union(w.contributions.iter().filter(|(k, _)| !refused.contains_key(k)));
+                    let [actual] = read_actual(target, client, metrics, [w].into_iter())
+                        .await?
+                        .try_into()
+                        .unwrap_or_else(|_: Vec<Actual>| [Actual::default()]);
+                    let retry = crate::plan::mongo::plan(&w.objects, desired.as_ref(), &actual, adopt, w.retain);
+                    cleanup_stale_ledger(target, client, metrics, w, desired.as_ref(), &actual).await?;
+                    match run(target, client, metrics, &retry.actions, &mut report.writes).await {
+                        Ok(()) => {
+                            report.written.insert(w.subject.clone());
+                        }
+                        Err(Failed(e)) => return Err(e),
+                        Err(Rejected(m)) => result = SubjectResult::Rejected(m),
+                    }
+                    tracing::warn!(%target, subject = %w.subject, bindings = ?refused.keys().collect::<Vec<_>>(),
+                        "server refused these bindings' grants; applied the others");
+                    report.rejected.insert(w.subject.clone(), refused);
+                }
+            }
+        }
+        if w.confirm {
+            wanted.insert(&w.subject, desired);
+        }
+        report.results.insert(w.subject.clone(), result);
+    }
+    // Read back what revocations left: a revocation is reported only once
+    // the server no longer carries what it took away.
+    let confirm: Vec<&SubjectWork> = work.iter().filter(|w| w.confirm).collect();
+    if !confirm.is_empty() {
+        let after = read_actual(target, client, metrics, confirm.iter().copied()).await?;
+        for (w, actual) in confirm.into_iter().zip(after) {
+            let desired = wanted.get(&w.subject).cloned().flatten();
+            let left = crate::plan::mongo::plan(&w.objects, desired.as_ref(), &actual, adopt, w.retain);
+            if !left.actions.is_empty() {
+                let pending: Vec<String> = left.actions.iter().map(describe).collect();
+                report.unconfirmed.insert(w.subject.clone(), pending.join(", "));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The union of `contributions`, or None when there are none.
+fn union<'a>(contributions: impl Iterator<Item = &'a (String, MongoGrant)>) -> Option<MongoGrant> {
+    use crate::plan::index::Grant;
+    let mut out: Option<MongoGrant> = None;
+    for (_, g) in contributions {
+        out.get_or_insert_with(MongoGrant::default).merge(g);
+    }
+    out
+}
+
+/// What a still-pending write would do, for a status message.
+fn describe(a: &Action) -> String {
+    match a {
+        Action::CreateRole { name, .. } => format!("role {ROLE_DB}.{name} is missing"),
+        Action::UpdateRole { name, .. } => format!("role {ROLE_DB}.{name} still differs"),
+        Action::CreateUser { name, .. } => format!("user {USER_DB}.{name} is missing"),
+        Action::UpdateUser { name, .. } => format!("user {USER_DB}.{name} still differs"),
+        Action::DropUser { name } => format!("user {USER_DB}.{name} still exists"),
+        Action::DropRole { name } => format!("role {ROLE_DB}.{name} still exists"),
+        Action::Release { name } => format!("{name} is still in the ledger"),
+        Action::Adopt { name } => format!("{name} is not in the ledger"),
+    }
+}
+
+/// The actual state of each work item's objects, in order: roles, users
+/// and ledger entries read in batches.
+async fn read_actual<'a>(
+    target: &str,
+    client: &Client,
+    metrics: &Metrics,
+    work: impl Iterator<Item = &'a SubjectWork> + Clone,
+) -> Result<Vec<Actual>> {
+    let roles: Vec<String> = work.clone().map(|w| w.objects.role.clone()).collect();
+    let users: Vec<String> = work.clone().filter_map(|w| w.objects.user.clone()).collect();
     let actual_roles = roles_info(target, client, metrics, &roles).await?;
     let actual_users = users_info(target, client, metrics, &users).await?;
     let mut ledger_ids: Vec<String> = roles.iter().map(|r| format!("{ROLE_DB}.{r}")).collect();
     ledger_ids.extend(users.iter().map(|u| format!("{USER_DB}.{u}")));
     let owned = ledger(target, client, metrics, &ledger_ids).await?;
-
-    let mut report = SyncReport::default();
-    for w in work {
-        let role_id = format!("{ROLE_DB}.{}", w.objects.role);
-        let user_id = w.objects.user.as_ref().map(|u| format!("{USER_DB}.{u}"));
-        let actual = Actual {
-            role: actual_roles.get(&w.objects.role).cloned(),
-            user: w.objects.user.as_ref().and_then(|u| actual_users.get(u).cloned()),
-            role_owned: owned.contains(&role_id),
-            user_owned: user_id.as_ref().is_some_and(|u| owned.contains(u)),
-        };
-        let plan: Plan = crate::plan::mongo::plan(&w.objects, w.desired.as_ref(), &actual, adopt, w.retain);
-        if !plan.conflicts.is_empty() {
-            report.results.insert(w.subject.clone(), SubjectResult::Conflict(plan.conflicts));
-            continue;
-        }
-        // Ledger entries for objects that no longer exist and are not
-        // wanted are cleaned up here (crash between drop and unledger).
-        if w.desired.is_none() {
-            if actual.role.is_none() && actual.role_owned {
-                unledger(target, client, metrics, &role_id).await?;
+    Ok(work
+        .map(|w| {
+            let user_id = w.objects.user.as_ref().map(|u| format!("{USER_DB}.{u}"));
+            Actual {
+                role: actual_roles.get(&w.objects.role).cloned(),
+                user: w.objects.user.as_ref().and_then(|u| actual_users.get(u).cloned()),
+                role_owned: owned.contains(&format!("{ROLE_DB}.{}", w.objects.role)),
+                user_owned: user_id.as_ref().is_some_and(|u| owned.contains(u)),
             }
-            if let Some(u) = &user_id
-                && actual.user.is_none()
-                && actual.user_owned
-            {
-                unledger(target, client, metrics, u).await?;
-            }
-        }
-        let mut result = SubjectResult::Applied;
-        for action in &plan.actions {
-            report.writes += 1;
-            match apply(target, client, metrics, action).await {
-                Ok(()) => {}
-                Err(Rejected(msg)) => {
-                    result = SubjectResult::Rejected(msg);
-                    break;
-                }
-                Err(Failed(e)) => return Err(e),
-            }
-        }
-        // Drift counts as corrected only once the writes went through.
-        if result == SubjectResult::Applied {
-            report.drifted.extend(plan.drifted.iter().cloned());
-        }
-        report.results.insert(w.subject.clone(), result);
-    }
-    Ok(report)
+        })
+        .collect())
 }
 
+/// Ledger entries for objects that no longer exist and are not wanted are
+/// removed (a crash between drop and unledger, or a refused create).
+async fn cleanup_stale_ledger(
+    target: &str,
+    client: &Client,
+    metrics: &Metrics,
+    w: &SubjectWork,
+    desired: Option<&MongoGrant>,
+    actual: &Actual,
+) -> Result<()> {
+    if desired.is_some() {
+        return Ok(());
+    }
+    if actual.role.is_none() && actual.role_owned {
+        unledger(target, client, metrics, &format!("{ROLE_DB}.{}", w.objects.role)).await?;
+    }
+    if let Some(u) = &w.objects.user
+        && actual.user.is_none()
+        && actual.user_owned
+    {
+        unledger(target, client, metrics, &format!("{USER_DB}.{u}")).await?;
+    }
+    Ok(())
+}
+
+/// Run a subject's writes in order, stopping at the first refusal.
+async fn run(
+    target: &str,
+    client: &Client,
+    metrics: &Metrics,
+    actions: &[Action],
+    writes: &mut usize,
+) -> Result<(), ApplyError> {
+    for action in actions {
+        *writes += 1;
+        apply(target, client, metrics, action).await?;
+    }
+    Ok(())
+}
+
+/// Find which contributions the server refuses: each is added in turn (by
+/// binding key) to the union of those accepted so far and tried on
+/// [`SCRATCH_ROLE`]; the ones refused are returned with the server's
+/// reason. A lone contribution is the refusal's cause by itself (`refusal`
+/// is its reason) and costs no scratch writes.
+async fn isolate(
+    target: &str,
+    client: &Client,
+    metrics: &Metrics,
+    contributions: &[(String, MongoGrant)],
+    refusal: &str,
+    writes: &mut usize,
+) -> Result<BTreeMap<String, String>, ApplyError> {
+    use crate::plan::index::Grant;
+    let mut refused = BTreeMap::new();
+    if let [(key, _)] = contributions {
+        refused.insert(key.clone(), refusal.to_string());
+        return Ok(refused);
+    }
+    let mut accepted = MongoGrant::default();
+    for (key, grant) in contributions {
+        let mut candidate = accepted.clone();
+        candidate.merge(grant);
+        match try_on_scratch(target, client, metrics, &candidate, writes).await {
+            Ok(()) => accepted = candidate,
+            Err(Rejected(reason)) => {
+                refused.insert(key.clone(), reason);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Create [`SCRATCH_ROLE`] with `grant` and drop it again. `Rejected` when
+/// the server refuses the grant.
+async fn try_on_scratch(
+    target: &str,
+    client: &Client,
+    metrics: &Metrics,
+    grant: &MongoGrant,
+    writes: &mut usize,
+) -> Result<(), ApplyError> {
+    let (roles, privileges) = grant_bson(grant);
+    let create = doc! { "createRole": SCRATCH_ROLE, "roles": roles, "privileges": privileges };
+    let drop = || async {
+        let r = ignore_code(client.database(ROLE_DB).run_command(doc! { "dropRole": SCRATCH_ROLE }).await, 31);
+        metrics.backend_op(BACKEND, "dropRole", r.is_ok());
+        r.map(|_| ()).map_err(|e| Failed(connection::classify(target, "dropRole", &e)))
+    };
+    for attempt in 0..2 {
+        *writes += 1;
+        let r = client.database(ROLE_DB).run_command(create.clone()).await;
+        metrics.backend_op(BACKEND, "createRole", r.is_ok());
+        match r {
+            Ok(_) => {
+                *writes += 1;
+                return drop().await;
+            }
+            // Left behind by a crash: drop it and try once more.
+            Err(e) if connection::error_code(&e) == Some(51002) && attempt == 0 => {
+                *writes += 1;
+                drop().await?;
+            }
+            Err(e) => return Err(refusal(target, "createRole", &e)),
+        }
+    }
+    Err(Failed(backend_error(target, format!("{SCRATCH_ROLE} keeps reappearing; is another dbgrant writing?"))))
+}
+
+fn backend_error(target: &str, message: impl Into<String>) -> Error {
+    Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), transient: true }
+}
+
+/// A refused grant (bad input that only this grant carries) or a failure
+/// of the whole sync.
 enum ApplyError {
     /// The server refused this subject's grant; other subjects go on.
     Rejected(String),
@@ -138,6 +355,23 @@ enum ApplyError {
     Failed(Error),
 }
 use ApplyError::{Failed, Rejected};
+
+/// Server error codes that mean "this grant is bad", not "this target is
+/// unusable": BadValue, FailedToParse (an unknown privilege action),
+/// RoleNotFound, InvalidRoleModification (cycles, cross-database), role or
+/// user exists, unknown field.
+const REFUSAL_CODES: &[i32] = &[2, 9, 31, 49, 51002, 51003, 40415];
+
+fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
+    let err = connection::classify(target, op, e);
+    match connection::error_code(e) {
+        Some(code) if REFUSAL_CODES.contains(&code) => {
+            tracing::warn!(%target, operation = op, code, error = %err, "server refused grant");
+            Rejected(err.to_string())
+        }
+        _ => Failed(err),
+    }
+}
 
 async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action) -> Result<(), ApplyError> {
     let admin = client.database(ROLE_DB);
@@ -195,17 +429,7 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
     metrics.backend_op(BACKEND, op, result.is_ok());
     match result {
         Ok(_) => Ok(()),
-        Err(e) => match connection::error_code(&e) {
-            // Bad input that only this subject's grant carries. 9
-            // (FailedToParse) is what the server says about an unknown
-            // privilege action.
-            Some(code @ (2 | 9 | 31 | 49 | 51002 | 51003 | 40415)) => {
-                let err = connection::classify(target, op, &e);
-                tracing::warn!(%target, operation = op, code, error = %err, "server refused grant");
-                Err(Rejected(err.to_string()))
-            }
-            _ => Err(Failed(connection::classify(target, op, &e))),
-        },
+        Err(e) => Err(refusal(target, op, &e)),
     }
 }
 
@@ -214,6 +438,14 @@ fn ignore_code(r: mongodb::error::Result<Document>, code: i32) -> mongodb::error
         Err(e) if connection::error_code(&e) == Some(code) => Ok(Document::new()),
         other => other,
     }
+}
+
+/// A grant's `roles` and `privileges` arrays, as `createRole` takes them.
+fn grant_bson(g: &MongoGrant) -> (Vec<Bson>, Vec<Bson>) {
+    let roles: Vec<(String, String)> = g.roles.iter().cloned().collect();
+    let privileges: Vec<(Resource, Vec<String>)> =
+        g.privileges.iter().map(|(r, a)| (r.clone(), a.iter().cloned().collect())).collect();
+    (roles_bson(&roles), privileges_bson(&privileges))
 }
 
 fn roles_bson(roles: &[(String, String)]) -> Vec<Bson> {

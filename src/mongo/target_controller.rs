@@ -93,6 +93,7 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
         ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name).collect();
     if users.is_empty() {
         ctx.connections.lock().await.remove(&name);
+        connection::remove_private_files(&name);
         tracing::info!(target = %name, "no bindings use the target any more; released");
         return Ok(Action::await_change());
     }
@@ -171,6 +172,8 @@ pub fn target_outcome(e: &Error) -> Outcome {
 async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut MongoTargetStatus) -> Result<()> {
     let name = target.name_any();
     let conn = connect(ctx, target).await?;
+    // Known before the probe, so a target that fails it still shows it.
+    st.tls_verification = Some(conn.tls_verification.to_string());
     let probe = connection::probe(&name, &conn.client, conn.tls_verification).await;
     conn.record(&probe);
     let probe = probe?;
@@ -196,6 +199,9 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
         resync_work(target, &idx, &ledger)
     };
     let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await?;
+    // Refusals found here (a custom role dropped out of band) are recorded
+    // and their bindings told; drift corrections change no binding's status.
+    ctx.after_sync(&name, &report, "");
     if !report.drifted.is_empty() {
         ctx.shared
             .metrics
@@ -238,8 +244,10 @@ pub fn resync_work(
             work.push(SubjectWork {
                 subject: subject.clone(),
                 desired: idx.desired(&name, subject),
+                contributions: contributions(idx, &name, subject),
                 objects,
                 retain: false,
+                confirm: false,
             });
         }
     }
@@ -251,7 +259,9 @@ pub fn resync_work(
                 subject: SubjectKey { kind: SubjectKind::Group, id: role.to_string() },
                 objects: SubjectObjects { role: role.to_string(), user },
                 desired: None,
+                contributions: Vec::new(),
                 retain: false,
+                confirm: false,
             });
         } else if let Some(user) = id.strip_prefix("$external.")
             && !ledger.contains(&format!("admin.{user}"))
@@ -260,11 +270,19 @@ pub fn resync_work(
                 subject: SubjectKey { kind: SubjectKind::User, id: user.to_string() },
                 objects: SubjectObjects { role: user.to_string(), user: Some(user.to_string()) },
                 desired: None,
+                contributions: Vec::new(),
                 retain: false,
+                confirm: false,
             });
         }
     }
     work
+}
+
+/// The accepted contributions to `subject` on `target`, owned, by binding
+/// key. Pure.
+pub fn contributions(idx: &BindingIndex<MongoGrant>, target: &str, subject: &SubjectKey) -> Vec<(String, MongoGrant)> {
+    idx.contributions(target, subject).into_iter().map(|(k, g)| (k.clone(), g.clone())).collect()
 }
 
 /// Remove from the index the bindings on `target` that no longer exist
@@ -290,8 +308,14 @@ pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<Tar
     {
         return Ok(c.clone());
     }
-    let (opts, tls_verification) = connection::client_options(&ctx.shared, target).await?;
-    let client = mongodb::Client::with_options(opts).map_err(|e| connection::classify(&name, "connecting", &e))?;
+    let built = connection::client_options(&ctx.shared, target).await.and_then(|(opts, tls_verification)| {
+        let client = mongodb::Client::with_options(opts).map_err(|e| connection::classify(&name, "connecting", &e))?;
+        Ok((client, tls_verification))
+    });
+    // The driver read the CA and client-key files while building the
+    // client (or failed): they leave the disk now, whatever happened.
+    connection::remove_private_files(&name);
+    let (client, tls_verification) = built?;
     let conn = Arc::new(TargetConnection::new(client, target.metadata.generation, tls_verification));
     conns.insert(name, conn.clone());
     Ok(conn)

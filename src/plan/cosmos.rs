@@ -8,8 +8,13 @@
 //!                         \                      /
 //!                          plan(account, desired, actual, limits)
 //!                                     │
-//!   PutDefinition* ─▶ DeleteAssignment* ─▶ PutAssignment* ─▶ DeleteDefinition*
+//!   DeleteAssignment* ─▶ PutDefinition* ─▶ PutAssignment* ─▶ DeleteDefinition*
 //! ```
+//!
+//! Revocations come first: when a pass ends early (throttling, the
+//! account's lock, dbgrant's write budget) the deletes have had their turn,
+//! and the next pass plans them first again. Definitions are written before
+//! the assignments that use them and deleted after the last one.
 //!
 //! # Names and ownership
 //!
@@ -554,6 +559,11 @@ pub struct Plan {
     /// Released names whose assignment no longer exists: the caller drops
     /// them from the released list.
     pub stale_released: Vec<String>,
+    /// Names (lower case) of dbgrant's own assignments and custom role
+    /// definitions on the account as listed: what a revocation has to see
+    /// gone (see `cosmos::sync::SyncReport::left_behind`). Released and
+    /// foreign objects are not in it.
+    pub ours: BTreeSet<String>,
 }
 
 struct Norm<'a> {
@@ -739,6 +749,7 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
         deletes.push(Action::DeleteAssignment { name: n.actual.name.clone(), key: key.clone() });
     }
     p.stale_released = desired.released.iter().filter(|r| !by_name.contains_key(r.as_str())).cloned().collect();
+    p.ours.extend(norms.iter().filter(|n| n.owned.is_some()).map(|n| n.name.clone()));
 
     // --- Capacity: admit whole bindings, oldest first. ---
     let mut total = actual.assignments.len().saturating_sub(deletes.len());
@@ -804,6 +815,9 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
     for d in &actual.definitions {
         let lname = d.name.to_ascii_lowercase();
         let Some(source) = ours_by_name.get(&lname) else { continue };
+        if !d.is_built_in() {
+            p.ours.insert(lname.clone());
+        }
         if desired.definitions.contains_key(*source) || d.is_built_in() {
             continue;
         }
@@ -831,7 +845,8 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
     for group in [&mut def_puts, &mut deletes, &mut puts, &mut def_deletes] {
         group.sort_by(|a, b| a.name().cmp(b.name()));
     }
-    p.actions = def_puts.into_iter().chain(deletes).chain(puts).chain(def_deletes).collect();
+    // Revocations first (see the module docs).
+    p.actions = deletes.into_iter().chain(def_puts).chain(puts).chain(def_deletes).collect();
     p
 }
 
@@ -1196,6 +1211,47 @@ mod tests {
         let p = plan(&a, &d3, &actual, &limits);
         assert_eq!(p.definitions["one"], DefinitionState::Managed { name: a.definition_name("one") });
         assert_eq!(p.definitions["two"], DefinitionState::LimitExceeded);
+    }
+
+    #[test]
+    fn revocations_come_first_and_ours_lists_only_dbgrants_objects() {
+        let a = account();
+        let mut actual = Actual { definitions: built_in_defs(), ..Default::default() };
+        let d = with_custom(desired(&[("ns/a", key(P1, reader(), "/dbs/orders"))]), "items", "Items");
+        let first = plan(&a, &d, &actual, &Limits::default());
+        apply(&a, &mut actual, &first);
+        let theirs = foreign("f0f0f0f0-0000-4000-8000-000000000001", P2, "00000000-0000-0000-0000-000000000001", "");
+        actual.assignments.push(theirs);
+        let mine = a.assignment_name(P1, "/dbs/orders", &reader());
+        let definition = a.definition_name("items");
+
+        // ns/a goes, ns/b arrives with a new role: the delete runs first,
+        // then the definition and the assignment that uses it.
+        let custom = RoleKey::Custom("items2".into());
+        let next = with_custom(
+            with_custom(desired(&[("ns/b", key(P2, custom, "/dbs/x"))]), "items2", "Items 2"),
+            "items",
+            "Items",
+        );
+        let p = plan(&a, &next, &actual, &Limits::default());
+        assert!(
+            matches!(
+                p.actions.as_slice(),
+                [
+                    Action::DeleteAssignment { .. },
+                    Action::PutDefinition { create: true, .. },
+                    Action::PutAssignment { create: true, .. }
+                ]
+            ),
+            "{:?}",
+            p.actions
+        );
+        assert_eq!(p.ours, [mine.clone(), definition].into_iter().collect::<BTreeSet<_>>(), "never the foreign one");
+
+        // A released name is no longer dbgrant's.
+        let mut released = next.clone();
+        released.released.insert(mine.clone());
+        assert!(!plan(&a, &released, &actual, &Limits::default()).ours.contains(&mine));
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! so one binding change recomputes exactly the subjects it touches. Only
 //! bindings that are live, unexpired and allowed are put in; everything
 //! else is removed, which is how denial and expiry revoke.
+//!
+//! A contribution the backend refuses (a role that does not exist, an
+//! action the server does not know) is *rejected* for that subject: it
+//! stays in the index, so its binding still counts as naming the subject,
+//! but leaves the union, so one bad binding never blocks another's apply
+//! or revoke. Rejections are forgotten whenever the subject's set of
+//! contributions changes (the refusal may have come from a combination)
+//! and when the rejected binding retries on its own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -42,16 +50,28 @@ pub struct Contribution<G> {
 /// A (target, subject) pair whose backend object must be recomputed.
 pub type Affected = BTreeSet<(String, SubjectKey)>;
 
+/// Why the backend refused a binding's contribution to one subject, and
+/// since when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The server's refusal, as shown on the binding's status.
+    pub message: String,
+    /// When it was refused.
+    pub since: jiff::Timestamp,
+}
+
 /// Index of live bindings by (target, subject).
 #[derive(Debug)]
 pub struct BindingIndex<G> {
     bindings: HashMap<BindingKey, Contribution<G>>,
     by_target: HashMap<String, BTreeMap<SubjectKey, BTreeSet<BindingKey>>>,
+    /// Contributions the backend refused, per (target, subject).
+    rejected: HashMap<(String, SubjectKey), BTreeMap<BindingKey, Rejection>>,
 }
 
 impl<G> Default for BindingIndex<G> {
     fn default() -> Self {
-        Self { bindings: HashMap::new(), by_target: HashMap::new() }
+        Self { bindings: HashMap::new(), by_target: HashMap::new(), rejected: HashMap::new() }
     }
 }
 
@@ -74,6 +94,7 @@ impl<G: Grant> BindingIndex<G> {
             affected.insert((contribution.target.clone(), subject.clone()));
         }
         self.bindings.insert(key.to_string(), contribution);
+        self.forget_rejections(&affected);
         affected
     }
 
@@ -97,20 +118,82 @@ impl<G: Grant> BindingIndex<G> {
                 self.by_target.remove(&old.target);
             }
         }
+        self.forget_rejections(&affected);
         affected
     }
 
-    /// The union of every live grant for `subject` on `target`, or `None`
-    /// when no live binding names it (the backend object should go).
+    /// A subject's set of contributions changed: what was refused in
+    /// combination may be accepted now, so every rejection there is
+    /// retried at the subject's next sync.
+    fn forget_rejections(&mut self, affected: &Affected) {
+        for pair in affected {
+            self.rejected.remove(pair);
+        }
+    }
+
+    /// The union of every live, accepted grant for `subject` on `target`,
+    /// or `None` when none remains (the backend object should go).
     pub fn desired(&self, target: &str, subject: &SubjectKey) -> Option<G> {
-        let keys = self.by_target.get(target)?.get(subject)?;
+        let accepted = self.contributions(target, subject);
+        if accepted.is_empty() {
+            return None;
+        }
         let mut grant = G::default();
-        for key in keys {
-            if let Some(c) = self.bindings.get(key) {
-                grant.merge(&c.grant);
-            }
+        for (_, g) in accepted {
+            grant.merge(g);
         }
         Some(grant)
+    }
+
+    /// The live contributions to `subject` on `target` that the backend has
+    /// not refused, by binding key (sorted).
+    pub fn contributions(&self, target: &str, subject: &SubjectKey) -> Vec<(&BindingKey, &G)> {
+        let rejected = self.rejected.get(&(target.to_string(), subject.clone()));
+        self.bindings_for(target, subject)
+            .filter(|k| rejected.is_none_or(|r| !r.contains_key(*k)))
+            .filter_map(|k| Some((k, &self.bindings.get(k)?.grant)))
+            .collect()
+    }
+
+    /// Record that the backend refused `key`'s contribution to `subject` on
+    /// `target`: it leaves the union until the subject's contributions
+    /// change or [`BindingIndex::retry`] is called. Ignored for a binding
+    /// that does not name the subject there.
+    pub fn reject(&mut self, target: &str, subject: &SubjectKey, key: &str, rejection: Rejection) {
+        if self.bindings_for(target, subject).any(|k| k == key) {
+            self.rejected.entry((target.to_string(), subject.clone())).or_default().insert(key.to_string(), rejection);
+        }
+    }
+
+    /// The subjects whose contribution from `key` the backend refused.
+    pub fn rejections(&self, key: &str) -> BTreeMap<SubjectKey, Rejection> {
+        let Some(c) = self.bindings.get(key) else { return BTreeMap::new() };
+        c.subjects
+            .iter()
+            .filter_map(|s| {
+                let r = self.rejected.get(&(c.target.clone(), s.clone()))?.get(key)?;
+                Some((s.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// Put `key`'s refused contributions back into their unions so the next
+    /// sync tries them again. Returns the pairs whose union grew.
+    pub fn retry(&mut self, key: &str) -> Affected {
+        let mut affected = Affected::new();
+        let Some(c) = self.bindings.get(key) else { return affected };
+        for s in &c.subjects {
+            let pair = (c.target.clone(), s.clone());
+            if let Some(r) = self.rejected.get_mut(&pair)
+                && r.remove(key).is_some()
+            {
+                if r.is_empty() {
+                    self.rejected.remove(&pair);
+                }
+                affected.insert(pair);
+            }
+        }
+        affected
     }
 
     /// Bindings that name `subject` on `target`.
@@ -247,6 +330,65 @@ mod tests {
         assert_eq!(idx.desired("t1", &group("g1")), Some(roles(&["read"])));
         assert_eq!(idx.subjects("t2").cloned().collect::<Vec<_>>(), vec![group("g1")]);
         assert_eq!(idx.bindings_on("t1").len(), 1);
+    }
+
+    fn refused(message: &str) -> Rejection {
+        Rejection { message: message.into(), since: jiff::Timestamp::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn a_rejected_contribution_leaves_the_union_but_still_names_the_subject() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/good", mk("t", &["g1"], &["read"]));
+        idx.upsert("b/bad", mk("t", &["g1", "g2"], &["nosuchrole"]));
+        idx.reject("t", &group("g1"), "b/bad", refused("role nosuchrole does not exist"));
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
+        assert_eq!(idx.contributions("t", &group("g1")), vec![(&"a/good".to_string(), &roles(&["read"]))]);
+        // Only the refused subject is affected; g2 still carries it.
+        assert_eq!(idx.desired("t", &group("g2")), Some(roles(&["nosuchrole"])));
+        assert_eq!(idx.bindings_for("t", &group("g1")).count(), 2);
+        assert_eq!(idx.rejections("b/bad").keys().cloned().collect::<Vec<_>>(), vec![group("g1")]);
+        assert!(idx.rejections("a/good").is_empty());
+    }
+
+    #[test]
+    fn a_subject_whose_only_contribution_is_rejected_wants_nothing() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("b/bad", mk("t", &["g1"], &["nosuchrole"]));
+        idx.reject("t", &group("g1"), "b/bad", refused("no"));
+        assert_eq!(idx.desired("t", &group("g1")), None);
+    }
+
+    #[test]
+    fn rejections_are_forgotten_when_the_subject_changes_or_the_binding_retries() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t", &["g1"], &["read"]));
+        idx.upsert("b/two", mk("t", &["g1"], &["write"]));
+        idx.reject("t", &group("g1"), "b/two", refused("no"));
+        // An unchanged upsert keeps it.
+        idx.upsert("b/two", mk("t", &["g1"], &["write"]));
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
+        // A sibling leaving changes the subject: every rejection there is retried.
+        idx.remove("a/one");
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["write"])));
+        assert!(idx.rejections("b/two").is_empty());
+
+        idx.reject("t", &group("g1"), "b/two", refused("no"));
+        assert_eq!(idx.desired("t", &group("g1")), None);
+        let affected = idx.retry("b/two");
+        assert_eq!(affected, [("t".to_string(), group("g1"))].into_iter().collect());
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["write"])));
+        assert!(idx.retry("b/two").is_empty(), "nothing left to retry");
+    }
+
+    #[test]
+    fn rejecting_a_binding_that_does_not_name_the_subject_is_ignored() {
+        let mut idx = BindingIndex::default();
+        idx.upsert("a/one", mk("t", &["g1"], &["read"]));
+        idx.reject("t", &group("g2"), "a/one", refused("no"));
+        idx.reject("u", &group("g1"), "a/one", refused("no"));
+        assert!(idx.rejections("a/one").is_empty());
+        assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
     }
 
     proptest! {

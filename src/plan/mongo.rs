@@ -16,6 +16,9 @@ use super::index::Grant;
 pub const ROLE_DB: &str = "admin";
 /// The database OIDC users live in.
 pub const USER_DB: &str = "$external";
+/// The database of dbgrant's ownership ledger (`dbgrant.ownership`). No
+/// binding can ever reach it: see [`crate::plan::policy::evaluate_mongo`].
+pub const LEDGER_DB: &str = "dbgrant";
 
 /// A privilege resource, normalised.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

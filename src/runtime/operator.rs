@@ -194,6 +194,8 @@ async fn mongo_controllers(
     // Bindings reconcile on spec and deletion changes, and when their
     // target's spec or readiness changes.
     let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec);
+    // Bindings whose status another binding's sync changed.
+    let (refresh, refreshes) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(MongoContext {
         shared: shared.clone(),
         targets: target_store.clone(),
@@ -201,6 +203,7 @@ async fn mongo_controllers(
         index: Mutex::new(Default::default()),
         primed: Default::default(),
         connections: Default::default(),
+        refresh,
     });
     let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
     let store = binding_store.clone();
@@ -209,7 +212,8 @@ async fn mongo_controllers(
         .watches_stream(watch::triggers(targets, Relevance::SpecOrReadiness), move |t: MongoTarget| {
             let name = t.metadata.name.unwrap_or_default();
             bindings_where(&store, |b: &MongoRoleBinding| b.spec.target_ref.name == name)
-        });
+        })
+        .reconcile_on(refreshes);
 
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {

@@ -8,7 +8,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Result, bail};
 use dbgrant_doubles::arm::{
-    AccountRef, ArmAccess, DATA_CONTRIBUTOR_ID, DATA_READER_ID, Principal, RequestKind, RoleAssignment, new_guid,
+    AccountRef, ArmAccess, DATA_CONTRIBUTOR_ID, DATA_READER_ID, Fault, FaultTarget, Principal, RequestKind,
+    RoleAssignment, new_guid,
 };
 use dbgrant_harness::{
     Cluster, DumpOnFailure, Operator,
@@ -686,7 +687,9 @@ async fn retain_keeps_the_assignment_after_the_binding_and_a_restart() -> Result
     let cosmos = arm_double(&cluster).await?;
     let n = suffix(&ns.name);
     let account = new_account(&cosmos, &format!("e2e-retain-{n}"));
-    let target = cosmos_target(&format!("retain-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    let mut target = cosmos_target(&format!("retain-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    // Retain is the target's decision.
+    target["spec"]["policy"]["allowRetain"] = json!(true);
     let mut binding = in_ns(
         cosmos_binding(
             "kept",
@@ -808,6 +811,68 @@ async fn pruning_a_cosmos_target_with_everything_on_it_revokes_before_the_target
     assert!(left.is_empty(), "assignments left behind: {left:#?}");
     assert!(cosmos.custom_definitions(&account).is_empty(), "the custom definition was left behind");
     assert!(!op.log_text().contains("nothing to revoke"), "revocation was skipped:\n{}", op.log_tail(40));
+    op.stop(Duration::from_secs(10)).await?;
+    dump.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cosmos_revocation_keeps_the_binding_until_azure_confirms_it() -> Result<()> {
+    let _lock = operator_lock().await;
+    let (cluster, ns, mut dump) = setup("cosmos-stuck").await?;
+    let cosmos = arm_double(&cluster).await?;
+    let n = suffix(&ns.name);
+    let account = new_account(&cosmos, &format!("e2e-stuck-{n}"));
+    let target = cosmos_target(&format!("stuck-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    let tname = manifests::name(&target).to_string();
+    let reader = json!({"builtIn": "DataReader"});
+    let stuck =
+        in_ns(cosmos_binding("stuck", &tname, READERS, reader.clone(), json!([{"database": "orders"}])), &ns.name);
+    let other = in_ns(cosmos_binding("other", &tname, WRITERS, reader, json!([{"database": "orders"}])), &ns.name);
+    let mut op = operator(&cluster, &cosmos, "cosmos-stuck", Duration::from_secs(300), &mut dump).await?;
+    cluster.apply(&cluster.admin, &target, None).await?;
+    cluster.apply_all(&cluster.admin, &[stuck.clone(), other.clone()], None).await?;
+    let mut names = Vec::new();
+    for b in [&stuck, &other] {
+        let o = cluster.wait_condition(b, None, "Ready", "True", Some("Applied"), SETTLE).await?;
+        names.push(status_assignments(&o).first().map(|a| a.0.clone()).expect("one assignment"));
+    }
+    let (stuck_name, other_name) = (names[0].clone(), names[1].clone());
+
+    // Azure fails every DELETE of the first binding's assignment.
+    cosmos.double.inject(
+        Fault::respond(
+            FaultTarget::Path {
+                method: Some("DELETE".into()),
+                path_contains: format!("/sqlRoleAssignments/{stuck_name}"),
+            },
+            100_000,
+            500,
+            "InternalServerError",
+        )
+        .message("the resource provider is failing"),
+    );
+    cluster.delete(&cluster.admin, &stuck, None).await?;
+    cluster.delete(&cluster.admin, &other, None).await?;
+    // The other binding's revocation is not held up.
+    cluster.wait_gone(&other, None, SETTLE).await?;
+    assert!(cosmos.double.role_assignment(&account, &other_name).is_none(), "the other revocation went through");
+    // The stuck one keeps its finalizer, says what is stuck, and its access
+    // is really still there.
+    let b = cluster.wait_condition(&stuck, None, "Ready", "False", Some("RevocationPending"), SETTLE).await?;
+    let msg = ready_message(&b);
+    assert!(msg.contains(&stuck_name.to_ascii_lowercase()) && msg.contains("failing"), "{msg}");
+    assert!(b.metadata.deletion_timestamp.is_some());
+    assert!(b.metadata.finalizers.iter().flatten().any(|f| f == "dbgrant.io/revoke"), "{:?}", b.metadata.finalizers);
+    assert!(cosmos.double.role_assignment(&account, &stuck_name).is_some());
+    assert_eq!(status_assignments(&b).len(), 1, "the status lists what is still in place");
+
+    // Azure recovers: the retry deletes it, and only then the binding goes.
+    cosmos.double.clear_faults();
+    cluster.wait_gone(&stuck, None, Duration::from_secs(120)).await?;
+    assert!(cosmos.double.role_assignments(&account).is_empty(), "{:#?}", cosmos.double.role_assignments(&account));
+    assert!(op.is_running(), "operator crashed:\n{}", op.log_tail(60));
+    delete_targets(&cluster, std::slice::from_ref(&target)).await?;
     op.stop(Duration::from_secs(10)).await?;
     dump.passed();
     Ok(())

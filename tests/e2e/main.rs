@@ -14,5 +14,6 @@ mod hostile;
 mod mongo;
 mod mongo_oidc;
 mod rbac;
+mod revocation;
 mod security;
 mod validation;

@@ -57,7 +57,7 @@ async fn mongo(arm: &Arc<ArmDouble>, seen: &Arc<Mutex<Vec<String>>>) -> Result<M
     let double = MongoDouble::start(MongoDoubleConfig::default().oidc(provider)).await?;
     double.insert_role(
         Role::new(format!("entra/{OPS_GROUP}"), "admin")
-            .with_role("userAdmin", "admin")
+            .with_role("userAdminAnyDatabase", "admin")
             .with_role("readWrite", "dbgrant"),
     );
     Ok(double)
@@ -69,7 +69,10 @@ fn oidc_target(name: &str, uri: &str, opns: &str, arm: &ArmDouble, oidc: Value) 
     let mut auth = json!({
         "scope": format!("api://{}/.default", MONGO_APP.0),
         "authorityHost": arm.authority_host(),
-        "caSecretRef": {"name": format!("{name}-entra-ca"), "key": "ca.crt"}
+        "caSecretRef": {"name": format!("{name}-entra-ca"), "key": "ca.crt"},
+        // The MongoDB double serves plain TCP: without this the target is
+        // refused, since the Entra token would cross the network in clear.
+        "allowInsecureTransport": true
     });
     for (k, v) in oidc.as_object().cloned().unwrap_or_default() {
         auth[k] = v;

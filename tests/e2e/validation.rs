@@ -108,6 +108,13 @@ fn bad_cases() -> Result<Vec<(&'static str, Value, Vec<&'static str>)>> {
             vec!["spec.roles[0].db"],
         ),
         (
+            // MongoResource has no anyResource: the field is pruned, and
+            // what is left is neither a namespace nor the cluster.
+            "mongo binding with an anyResource privilege",
+            with(&mrb, json!({"spec": {"privileges": [{"resource": {"anyResource": true}, "actions": ["find"]}]}})),
+            vec!["spec.privileges[0].resource", "set either cluster: true, or both db and collection"],
+        ),
+        (
             "mongo binding with an unknown deletion policy",
             with(&mrb, json!({"spec": {"deletionPolicy": "Orphan"}})),
             vec!["spec.deletionPolicy", "Unsupported value"],
@@ -142,6 +149,21 @@ fn bad_cases() -> Result<Vec<(&'static str, Value, Vec<&'static str>)>> {
             with(&crdef, json!({"spec": {"assignableScopes": [{"container": "products"}]}})),
             vec!["a container scope needs its database"],
         ),
+        (
+            "cosmos role definition assignable at database ..",
+            with(&crdef, json!({"spec": {"assignableScopes": [{"database": ".."}]}})),
+            vec!["spec.assignableScopes[0].database", "a database name may not be . or .."],
+        ),
+        (
+            "cosmos role definition assignable at container .",
+            with(&crdef, json!({"spec": {"assignableScopes": [{"database": "catalog", "container": "."}]}})),
+            vec!["spec.assignableScopes[0].container", "a container name may not be . or .."],
+        ),
+        (
+            "cosmos role definition assignable at a database with a slash",
+            with(&crdef, json!({"spec": {"assignableScopes": [{"database": "catalog/colls"}]}})),
+            vec!["spec.assignableScopes[0].database"],
+        ),
         // CosmosRoleBinding
         (
             "cosmos binding with an AppRole subject",
@@ -159,6 +181,46 @@ fn bad_cases() -> Result<Vec<(&'static str, Value, Vec<&'static str>)>> {
             vec!["spec.roleDefinition.builtIn", "Unsupported value"],
         ),
         ("cosmos binding with an invalid GUID", with(&crb, group("7b72785-7c23")), vec!["spec.subjects[0].objectId"]),
+        (
+            "cosmos binding scoped to database ..",
+            with(&crb, json!({"spec": {"scopes": [{"database": ".."}]}})),
+            vec!["spec.scopes[0].database", "a database name may not be . or .."],
+        ),
+        (
+            "cosmos binding scoped to database .",
+            with(&crb, json!({"spec": {"scopes": [{"database": "."}]}})),
+            vec!["spec.scopes[0].database", "a database name may not be . or .."],
+        ),
+        (
+            "cosmos binding scoped to container ..",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog", "container": ".."}]}})),
+            vec!["spec.scopes[0].container", "a container name may not be . or .."],
+        ),
+        (
+            "cosmos binding scoped to a database with a slash",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog/colls/x"}]}})),
+            vec!["spec.scopes[0].database"],
+        ),
+        (
+            "cosmos binding scoped to a database with a backslash",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog\\x"}]}})),
+            vec!["spec.scopes[0].database"],
+        ),
+        (
+            "cosmos binding scoped to a database with a question mark",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog?x"}]}})),
+            vec!["spec.scopes[0].database"],
+        ),
+        (
+            "cosmos binding scoped to a container with a hash",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog", "container": "items#1"}]}})),
+            vec!["spec.scopes[0].container"],
+        ),
+        (
+            "cosmos binding scoped to a database with a trailing space",
+            with(&crb, json!({"spec": {"scopes": [{"database": "catalog "}]}})),
+            vec!["spec.scopes[0].database"],
+        ),
     ])
 }
 

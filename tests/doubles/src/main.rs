@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! dbgrant-doubles mongo --listen 127.0.0.1:0 --user admin:secret --latency-ms 2
+//! dbgrant-doubles mongo --login root:pw:root@admin --login op:pw:dbgrantOperator@admin
 //! dbgrant-doubles arm --listen 127.0.0.1:0 --lro-polls 2 --tls-dir /tmp/arm
 //! ```
 //!
@@ -79,12 +80,19 @@ struct MongoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// A user-admin login, as NAME:PASSWORD (repeatable).
+    /// A login with the documented minimum for dbgrant's identity
+    /// (userAdminAnyDatabase@admin and readWrite@dbgrant), as NAME:PASSWORD
+    /// (repeatable).
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
-    /// A login without user-management rights, as NAME:PASSWORD (repeatable).
+    /// A login with readAnyDatabase@admin only, as NAME:PASSWORD (repeatable).
     #[arg(long = "read-only-user", value_name = "NAME:PASSWORD")]
     read_only_users: Vec<String>,
+    /// A login with explicit roles, as NAME:PASSWORD:ROLE@DB[,ROLE@DB...]
+    /// (repeatable; the password may contain ':'; an empty role list grants
+    /// nothing).
+    #[arg(long = "login", value_name = "NAME:PASSWORD:ROLES")]
+    logins: Vec<String>,
     /// Time every command takes, in milliseconds.
     #[arg(long, default_value_t = 2)]
     latency_ms: u64,
@@ -94,6 +102,24 @@ struct MongoArgs {
     /// Serve TLS with a generated CA; writes ca.pem and client.pem here.
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+}
+
+/// `NAME:PASSWORD:role@db,role@db` (split at the last ':' and each role at
+/// its last '@').
+fn parse_login_with_roles(spec: &str) -> Result<ScramUser> {
+    let (login, roles) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("expected NAME:PASSWORD:ROLE@DB[,ROLE@DB...], got a spec without roles"))?;
+    let (name, password) = parse_login(login)?;
+    let roles = roles
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.rsplit_once('@') {
+            Some((role, db)) if !role.is_empty() && !db.is_empty() => Ok((role, db)),
+            _ => Err(anyhow!("expected ROLE@DB, got {r:?}")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ScramUser::with_roles(name, password, &roles))
 }
 
 fn parse_login(spec: &str) -> Result<(String, String)> {
@@ -118,6 +144,9 @@ async fn run_mongo(args: MongoArgs) -> Result<()> {
     for spec in &args.read_only_users {
         let (name, password) = parse_login(spec)?;
         config.users.push(ScramUser::read_only(name, password));
+    }
+    for spec in &args.logins {
+        config.users.push(parse_login_with_roles(spec)?);
     }
     let mut ca_file = None;
     if let Some(dir) = &args.tls_dir {
@@ -234,5 +263,21 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Mongo(args) => run_mongo(args).await,
         Command::Arm(args) => run_arm(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_with_roles_parse() {
+        let user = parse_login_with_roles("op:pa:ss:dbgrantOperator@admin,read@orders").unwrap();
+        assert_eq!((user.name.as_str(), user.password.as_str()), ("op", "pa:ss"));
+        let roles: Vec<String> = user.roles.iter().map(|r| r.to_string()).collect();
+        assert_eq!(roles, ["dbgrantOperator@admin", "read@orders"]);
+        assert!(parse_login_with_roles("op:pw:").unwrap().roles.is_empty());
+        assert!(parse_login_with_roles("op:pw:root").is_err());
+        assert!(parse_login_with_roles("op").is_err());
     }
 }

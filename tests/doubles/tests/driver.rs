@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 const ADMIN: &str = "admin";
 const SECRET: &str = "s3cret:pa ss";
 
+/// A double with a `root` login (these tests are about the double's
+/// general semantics; `authz.rs` covers who may do what) and a
+/// `readAnyDatabase` one.
 async fn start() -> MongoDouble {
     MongoDouble::start(
         MongoDoubleConfig::default()
-            .user(ScramUser::admin(ADMIN, SECRET))
+            .user(ScramUser::root(ADMIN, SECRET))
             .user(ScramUser::read_only("viewer", "viewer-pw")),
     )
     .await
@@ -302,7 +305,7 @@ async fn tls_with_the_generated_ca() {
     let dir = std::env::temp_dir().join(format!("dbgrant-doubles-tls-{}", std::process::id()));
     let files = pki.write_files(&dir).unwrap();
     let double = MongoDouble::start(
-        MongoDoubleConfig::default().user(ScramUser::admin(ADMIN, SECRET)).tls(pki.server_tls_config()),
+        MongoDoubleConfig::default().user(ScramUser::root(ADMIN, SECRET)).tls(pki.server_tls_config()),
     )
     .await
     .unwrap();
@@ -430,6 +433,7 @@ async fn binary_prints_its_address_and_serves() {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dbgrant-doubles"))
         .args(["mongo", "--listen", "127.0.0.1:0", "--user", "admin:secret", "--latency-ms", "1"])
+        .args(["--login", "boss:pw:root@admin", "--login", "reader:pw:read@orders,read@billing"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -446,5 +450,21 @@ async fn binary_prints_its_address_and_serves() {
     let addr = ready["addr"].as_str().unwrap();
     let client = client(&format!("mongodb://admin:secret@{addr}/?directConnection=true")).await;
     run(&client, "admin", doc! {"ping": 1}).await.expect("ping the binary");
+    // --user is the documented minimum for dbgrant; --login names roles.
+    let roles = |status: Document| -> Vec<String> {
+        let info = status.get_document("authInfo").unwrap().clone();
+        info.get_array("authenticatedUserRoles")
+            .unwrap()
+            .iter()
+            .map(|r| r.as_document().unwrap())
+            .map(|r| format!("{}@{}", r.get_str("role").unwrap(), r.get_str("db").unwrap()))
+            .collect()
+    };
+    let status = run(&client, "admin", doc! {"connectionStatus": 1}).await.unwrap();
+    assert_eq!(roles(status), ["userAdminAnyDatabase@admin", "readWrite@dbgrant"]);
+    let reader = self::client(&format!("mongodb://reader:pw@{addr}/?directConnection=true")).await;
+    let status = run(&reader, "admin", doc! {"connectionStatus": 1}).await.unwrap();
+    assert_eq!(roles(status), ["read@orders", "read@billing"]);
+    expect_code(&reader, "admin", doc! {"rolesInfo": 1}, 13).await;
     child.kill().await.unwrap();
 }

@@ -65,6 +65,20 @@ pub enum FaultAction {
     },
     /// Close the connection without answering (nothing is applied).
     Drop,
+    /// Accept the write as usual (202 with `Azure-AsyncOperation` and
+    /// `Location`), then end its long-running operation `Failed` with
+    /// `{"status": "Failed", "error": {"code", "message"}}`, as ARM reports
+    /// a write the resource provider gave up on; nothing changes. With
+    /// operations completing inline (`lro_polls == 0`) the write is
+    /// answered with the error at once. A matching write refused before it
+    /// starts an operation (412, 429, a validation error) uses it up with
+    /// that refusal as its answer.
+    FailOperation {
+        /// Error code of the failed operation.
+        code: String,
+        /// Error message of the failed operation.
+        message: String,
+    },
 }
 
 /// A fault armed for the next `remaining` matching requests.
@@ -93,6 +107,20 @@ impl Fault {
         }
     }
 
+    /// The next `n` writes matching `target` are accepted and their
+    /// operations end `Failed` with `code` (see
+    /// [`FaultAction::FailOperation`]).
+    pub fn fail_operation(target: FaultTarget, n: u32, code: &str) -> Self {
+        Self {
+            target,
+            action: FaultAction::FailOperation {
+                code: code.to_string(),
+                message: format!("injected operation failure: {code}"),
+            },
+            remaining: n,
+        }
+    }
+
     /// Adds `Retry-After` to a `Respond` fault.
     pub fn retry_after(mut self, seconds: u64) -> Self {
         if let FaultAction::Respond { retry_after, .. } = &mut self.action {
@@ -101,9 +129,9 @@ impl Fault {
         self
     }
 
-    /// Sets the message of a `Respond` fault.
+    /// Sets the message of a `Respond` or `FailOperation` fault.
     pub fn message(mut self, text: impl Into<String>) -> Self {
-        if let FaultAction::Respond { message, .. } = &mut self.action {
+        if let FaultAction::Respond { message, .. } | FaultAction::FailOperation { message, .. } = &mut self.action {
             *message = text.into();
         }
         self
@@ -127,7 +155,10 @@ impl Faults {
     }
 
     pub fn take(&mut self, kind: RequestKind, method: &str, path: &str) -> Option<FaultAction> {
-        let index = self.queue.iter().position(|f| f.target.matches(kind, method, path))?;
+        let index = self.queue.iter().position(|f| {
+            f.target.matches(kind, method, path)
+                && (kind == RequestKind::ArmWrite || !matches!(f.action, FaultAction::FailOperation { .. }))
+        })?;
         let fault = &mut self.queue[index];
         fault.remaining -= 1;
         let action = fault.action.clone();
@@ -159,5 +190,23 @@ mod tests {
         assert_eq!(faults.take(RequestKind::ArmWrite, "PUT", "/x"), None);
         assert_eq!(faults.take(RequestKind::ArmRead, "GET", "/a/sqlRoleAssignments"), Some(FaultAction::Drop));
         assert_eq!(faults.take(RequestKind::ArmRead, "GET", "/a/sqlRoleAssignments"), None);
+    }
+
+    #[test]
+    fn operation_failures_hit_only_writes_to_their_path() {
+        let mut faults = Faults::default();
+        let target =
+            FaultTarget::Path { method: Some("DELETE".into()), path_contains: "/sqlRoleAssignments/abc".into() };
+        faults.arm(Fault::fail_operation(target, 1, "InternalServerError").message("the provider fell over"));
+        assert_eq!(faults.take(RequestKind::ArmRead, "GET", "/a/sqlRoleAssignments/abc"), None);
+        assert_eq!(faults.take(RequestKind::ArmWrite, "DELETE", "/a/sqlRoleAssignments/other"), None);
+        assert_eq!(
+            faults.take(RequestKind::ArmWrite, "DELETE", "/a/sqlRoleAssignments/ABC"),
+            Some(FaultAction::FailOperation {
+                code: "InternalServerError".into(),
+                message: "the provider fell over".into()
+            })
+        );
+        assert_eq!(faults.take(RequestKind::ArmWrite, "DELETE", "/a/sqlRoleAssignments/abc"), None);
     }
 }

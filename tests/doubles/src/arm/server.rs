@@ -296,6 +296,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             }
             reply
         }
+        Some(FaultAction::FailOperation { code, message }) => {
+            // The write goes through the resource provider as usual; the
+            // operation it starts (if it starts one) takes this failure
+            // before any queued with `fail_next_operations`.
+            injected = true;
+            let queued = state.operation_failures.len();
+            state.operation_failures.push_front((code, message));
+            let reply = dispatch(&mut state, &shared.ctx, &req, kind);
+            if state.operation_failures.len() > queued {
+                state.operation_failures.pop_front();
+            }
+            reply
+        }
         None => dispatch(&mut state, &shared.ctx, &req, kind),
     };
     record(&mut state, &req, kind, &reply, injected);

@@ -1,15 +1,15 @@
 //! Command dispatch for one connection: the handshake (`hello`/`isMaster`),
 //! SCRAM and MONGODB-OIDC (`saslStart`/`saslContinue`, speculative or not),
-//! the small admin
-//! commands drivers send, the access checks, and hand-off to the
-//! user-management commands.
+//! the small admin commands drivers send, the access checks (authentication,
+//! then [`authz`](super::authz) against the login's roles), and hand-off to
+//! the user-management and data commands.
 
+use super::authz;
 use super::data::{self, DocumentStore};
 use super::error::{CommandError, CommandResult, codes};
-use super::journal::CommandKind;
 use super::oidc::{self, OidcConfig};
 use super::scram::{self, Conversation, ScramCredential};
-use super::state::{AuthzStore, privileges_bson};
+use super::state::{AuthzStore, RoleName, privileges_bson, role_names_bson};
 use super::umc;
 use super::wire::MAX_MESSAGE_SIZE;
 use bson::{Binary, Bson, DateTime, Document, doc, spec::BinarySubtype};
@@ -25,7 +25,8 @@ const CONVERSATION_ID: i32 = 1;
 #[derive(Debug, Clone)]
 pub(crate) struct Login {
     pub(crate) credential: ScramCredential,
-    pub(crate) user_admin: bool,
+    /// Roles granted to it.
+    pub(crate) roles: Vec<RoleName>,
 }
 
 /// Fixed facts about the server, set at start.
@@ -40,14 +41,37 @@ pub(crate) struct ServerInfo {
     pub(crate) oidc: Option<OidcConfig>,
 }
 
+/// Where a login's roles come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Grants {
+    /// Fixed at login: a configured SCRAM login, or an OIDC login's roles.
+    Fixed(Vec<RoleName>),
+    /// The user document of a user made with `createUser`, read at each
+    /// command (as the server's user cache is invalidated on changes).
+    Stored,
+}
+
 /// Who a connection is authenticated as.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
     pub(crate) user: String,
     pub(crate) db: String,
-    pub(crate) user_admin: bool,
-    /// Set for MONGODB-OIDC logins: their roles, privileges and expiry.
+    /// The roles granted to it directly.
+    pub(crate) grants: Grants,
+    /// Set for MONGODB-OIDC logins: their expiry.
     pub(crate) oidc: Option<oidc::Login>,
+}
+
+impl Identity {
+    /// The roles granted to this login directly, now.
+    pub(crate) fn roles(&self, store: &AuthzStore) -> Vec<RoleName> {
+        match &self.grants {
+            Grants::Fixed(roles) => roles.clone(),
+            Grants::Stored => {
+                store.users.get(&(self.db.clone(), self.user.clone())).map(|u| u.roles.clone()).unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// Per-connection state.
@@ -110,23 +134,19 @@ pub(crate) fn execute(
         ));
     }
     if info.require_auth && !is_public(name) {
-        match &session.identity {
-            None => {
-                return Err(CommandError::new(codes::UNAUTHORIZED, format!("Command {name} requires authentication")));
-            }
-            // Logins without user_admin read like readAnyDatabase: no
-            // user-management commands and no data writes.
-            Some(id)
-                if (CommandKind::of(name).is_user_management() || CommandKind::of(name) == CommandKind::DataWrite)
-                    && !id.user_admin =>
-            {
-                return Err(CommandError::new(
-                    codes::UNAUTHORIZED,
-                    format!("not authorized on {db} to execute command {{ {name}: ... }}"),
-                ));
-            }
-            Some(_) => {}
-        }
+        let Some(id) = &session.identity else {
+            return Err(CommandError::new(codes::UNAUTHORIZED, format!("Command {name} requires authentication")));
+        };
+        // The login's privileges, resolved now: roles created or changed
+        // since it logged in count.
+        let (roles, privileges) = {
+            let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let roles = id.roles(&store);
+            let privileges = store.all_privileges(&roles);
+            (roles, privileges)
+        };
+        let login = authz::Login { user: &id.user, db: &id.db, roles: &roles, privileges: &privileges };
+        authz::authorize(&login, name, db, body)?;
     }
     match name {
         "hello" | "isMaster" | "ismaster" => Ok(hello(info, store, session, body)),
@@ -135,7 +155,7 @@ pub(crate) fn execute(
         "ping" | "endSessions" => Ok(Document::new()),
         "buildInfo" | "buildinfo" => Ok(build_info(info)),
         "getParameter" => get_parameter(info, body),
-        "connectionStatus" => Ok(connection_status(session, body)),
+        "connectionStatus" => Ok(connection_status(store, session, body)),
         _ if data::implements(name) => {
             let mut documents = documents.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             data::run(&mut documents, name, db, body)
@@ -164,7 +184,8 @@ fn hello(info: &ServerInfo, store: &Mutex<AuthzStore>, session: &mut Session, bo
     };
     if let Ok(qualified) = body.get_str("saslSupportedMechs")
         && let Some((db, user)) = qualified.split_once('.')
-        && info.logins.contains_key(&(db.to_string(), user.to_string()))
+        && (info.logins.contains_key(&(db.to_string(), user.to_string()))
+            || store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).scram_credential(db, user).is_some())
     {
         reply.insert("saslSupportedMechs", vec![scram::MECHANISM]);
     }
@@ -221,10 +242,19 @@ fn sasl_start(
     let skip_empty_exchange =
         body.get_document("options").ok().and_then(|o| o.get_bool("skipEmptyExchange").ok()).unwrap_or(false);
     let first = scram::parse_client_first(&payload_bytes(body)?)?;
-    let Some(login) = info.logins.get(&(db.to_string(), first.username.clone())) else {
+    // Configured logins first, then users made with createUser and a pwd.
+    let credential = match info.logins.get(&(db.to_string(), first.username.clone())) {
+        Some(login) => Some(login.credential.clone()),
+        None => store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .scram_credential(db, &first.username)
+            .cloned(),
+    };
+    let Some(credential) = credential else {
         return Err(CommandError::new(codes::AUTHENTICATION_FAILED, "Authentication failed."));
     };
-    let (conversation, payload) = Conversation::start(first, db, login.credential.clone(), skip_empty_exchange)?;
+    let (conversation, payload) = Conversation::start(first, db, credential, skip_empty_exchange)?;
     session.conversation = Some(conversation);
     Ok(sasl_reply(payload, false))
 }
@@ -263,8 +293,11 @@ fn sasl_continue(
     if step.done
         && let Some(done) = session.conversation.take()
     {
-        let user_admin = info.logins.get(&(done.db.clone(), done.username.clone())).is_some_and(|l| l.user_admin);
-        session.identity = Some(Identity { user: done.username, db: done.db, user_admin, oidc: None });
+        let grants = match info.logins.get(&(done.db.clone(), done.username.clone())) {
+            Some(login) => Grants::Fixed(login.roles.clone()),
+            None => Grants::Stored,
+        };
+        session.identity = Some(Identity { user: done.username, db: done.db, grants, oidc: None });
     }
     Ok(sasl_reply(step.payload, step.done))
 }
@@ -315,7 +348,7 @@ fn oidc_login(
     session.identity = Some(Identity {
         user: login.user.clone(),
         db: "$external".into(),
-        user_admin: login.user_admin,
+        grants: Grants::Fixed(login.roles.clone()),
         oidc: Some(login),
     });
     Ok(())
@@ -373,33 +406,24 @@ fn mechanisms(info: &ServerInfo) -> Vec<&'static str> {
     all
 }
 
-fn connection_status(session: &Session, body: &Document) -> Document {
-    if let Some(id) = &session.identity
-        && let Some(login) = &id.oidc
-    {
-        let roles: Vec<Document> = login.roles.iter().map(|r| r.to_document()).collect();
-        let mut auth_info = doc! {
-            "authenticatedUsers": [{ "user": id.user.clone(), "db": id.db.clone() }],
-            "authenticatedUserRoles": roles,
-        };
-        if body.get_bool("showPrivileges") == Ok(true) {
-            auth_info.insert("authenticatedUserPrivileges", privileges_bson(&login.privileges));
-        }
-        return doc! { "authInfo": auth_info };
-    }
-    let (users, roles) = match &session.identity {
-        Some(id) => {
-            let role = if id.user_admin { "root" } else { "readAnyDatabase" };
-            (vec![doc! { "user": id.user.clone(), "db": id.db.clone() }], vec![doc! { "role": role, "db": "admin" }])
-        }
-        None => (Vec::new(), Vec::new()),
-    };
+/// `connectionStatus`: the login, every role it holds (direct ones first,
+/// then inherited, as the server's `authenticatedUserRoles`), and with
+/// `showPrivileges` the privileges of all of them merged by resource.
+fn connection_status(store: &Mutex<AuthzStore>, session: &Session, body: &Document) -> Document {
     let mut auth_info = doc! {
-        "authenticatedUsers": users,
-        "authenticatedUserRoles": roles,
+        "authenticatedUsers": Bson::Array(Vec::new()),
+        "authenticatedUserRoles": Bson::Array(Vec::new()),
     };
-    if body.get_bool("showPrivileges") == Ok(true) {
-        auth_info.insert("authenticatedUserPrivileges", Bson::Array(Vec::new()));
+    let mut privileges = Vec::new();
+    if let Some(id) = &session.identity {
+        let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let roles = id.roles(&store);
+        auth_info.insert("authenticatedUsers", vec![doc! { "user": id.user.clone(), "db": id.db.clone() }]);
+        auth_info.insert("authenticatedUserRoles", role_names_bson(&store.all_roles(&roles)));
+        privileges = store.all_privileges(&roles);
+    }
+    if body.get("showPrivileges").and_then(super::umc::args::truthy) == Some(true) {
+        auth_info.insert("authenticatedUserPrivileges", privileges_bson(&privileges));
     }
     doc! { "authInfo": auth_info }
 }
@@ -412,7 +436,10 @@ mod tests {
         let mut logins = HashMap::new();
         logins.insert(
             ("admin".to_string(), "ro".to_string()),
-            Login { credential: ScramCredential::derive("pw").unwrap(), user_admin: false },
+            Login {
+                credential: ScramCredential::derive("pw").unwrap(),
+                roles: vec![RoleName::new("readAnyDatabase", "admin")],
+            },
         );
         ServerInfo { version: "8.0.4".into(), max_wire_version: 21, require_auth, logins, oidc: None }
     }
@@ -431,8 +458,17 @@ mod tests {
         assert!(exec(&info, &mut session, doc! {"ping": 1}).is_ok());
         assert_eq!(exec(&info, &mut session, doc! {"nope": 1}).unwrap_err().code, 59);
         assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
-        session.identity = Some(Identity { user: "ro".into(), db: "admin".into(), user_admin: false, oidc: None });
-        assert_eq!(exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err().code, 13);
+        let reader = Grants::Fixed(vec![RoleName::new("readAnyDatabase", "admin")]);
+        session.identity = Some(Identity { user: "ro".into(), db: "admin".into(), grants: reader, oidc: None });
+        let err = exec(&info, &mut session, doc! {"rolesInfo": 1}).unwrap_err();
+        assert_eq!(err.code, 13);
+        assert_eq!(err.message, "not authorized on admin to execute command { rolesInfo: 1 }");
+        assert!(exec(&info, &mut session, doc! {"find": "c"}).is_ok(), "readAnyDatabase reads");
+        assert_eq!(exec(&info, &mut session, doc! {"insert": "c", "documents": [{}]}).unwrap_err().code, 13);
+        let status = exec(&info, &mut session, doc! {"connectionStatus": 1, "showPrivileges": true}).unwrap();
+        let auth = status.get_document("authInfo").unwrap();
+        assert_eq!(auth.get_array("authenticatedUserRoles").unwrap().len(), 1);
+        assert!(auth.get_array("authenticatedUserPrivileges").unwrap().len() >= 3);
         assert!(exec(&info, &mut session, doc! {"getParameter": 1, "featureCompatibilityVersion": 1}).is_ok());
         assert!(exec(&server_info(false), &mut Session::new(2), doc! {"rolesInfo": 1}).is_ok());
     }

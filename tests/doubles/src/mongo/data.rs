@@ -103,6 +103,31 @@ pub(crate) fn run(store: &mut DocumentStore, name: &str, db: &str, cmd: &Documen
     }
 }
 
+/// The access check's hook: the collection data command `name` works on
+/// and the actions it needs there (`find` for `find` and `getMore`,
+/// `insert`, `update` — plus `insert` when any statement upserts —, and
+/// `remove` for `delete`; `killCursors` needs none, a login may always
+/// kill its own cursors). `None` when the command is malformed: it then
+/// fails on its own.
+pub(crate) fn required_actions(name: &str, cmd: &Document) -> Option<(String, Vec<&'static str>)> {
+    let collection = |field: &str| cmd.get_str(field).ok().map(str::to_string);
+    match name {
+        "find" => Some((collection(name)?, vec!["find"])),
+        "getMore" => Some((collection("collection")?, vec!["find"])),
+        "insert" => Some((collection(name)?, vec!["insert"])),
+        "delete" => Some((collection(name)?, vec!["remove"])),
+        "update" => {
+            let upsert = cmd
+                .get_array("updates")
+                .ok()?
+                .iter()
+                .any(|u| u.as_document().and_then(|u| u.get("upsert")).and_then(truthy).unwrap_or(false));
+            Some((collection(name)?, if upsert { vec!["update", "insert"] } else { vec!["update"] }))
+        }
+        _ => None,
+    }
+}
+
 fn unmodelled(what: impl std::fmt::Display) -> CommandError {
     CommandError::bad_value(format!("{what} is not modelled by the test double"))
 }

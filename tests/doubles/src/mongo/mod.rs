@@ -1,6 +1,7 @@
 //! A MongoDB wire-protocol test double: a real TCP (optionally TLS) server
 //! that the official `mongodb` driver connects to, authenticates against
-//! with SCRAM-SHA-256, and runs user-management commands on.
+//! with SCRAM-SHA-256 or MONGODB-OIDC, and runs user-management and data
+//! commands on — with MongoDB's authorization rules.
 //!
 //! What it models (MongoDB 7.0/8.0 semantics, standalone server):
 //! - OP_MSG (kind-0 bodies, kind-1 document sequences, `moreToCome`), and
@@ -8,16 +9,39 @@
 //! - `hello`/`isMaster` (with `saslSupportedMechs` and
 //!   `speculativeAuthenticate`), `ping`, `buildInfo`, `getParameter`,
 //!   `connectionStatus`, `endSessions`.
-//! - SCRAM-SHA-256 via `saslStart`/`saslContinue` for the users given in
-//!   [`MongoDoubleConfig::users`]. When any user (or OIDC) is configured,
-//!   other commands need authentication (13 `Unauthorized` otherwise), and
-//!   user/role commands need a user with `user_admin`.
+//! - SCRAM-SHA-256 via `saslStart`/`saslContinue`, for the logins in
+//!   [`MongoDoubleConfig::users`] (each with its granted roles, see
+//!   [`ScramUser`]) and for users made with `createUser` and a `pwd` (their
+//!   roles are read from the user at every command, as a real server's
+//!   user cache follows changes).
 //! - MONGODB-OIDC (`$external`) when [`MongoDoubleConfig::oidc`] is set:
 //!   the machine flow (`{jwt}` in `saslStart`, also speculatively in
 //!   `hello`), the human flow's two steps, token validation by the test's
 //!   [`OidcConfig::validate`], roles from the authorization claim as with
-//!   `useAuthorizationClaim`, and 391 `ReauthenticationRequired` once the
-//!   token expires. See [`OidcConfig`].
+//!   `useAuthorizationClaim` (or the `$external` user's roles), and 391
+//!   `ReauthenticationRequired` once the token expires. See [`OidcConfig`].
+//! - Authorization, when any login (or OIDC) is configured: commands other
+//!   than the handshake, auth, `ping`, `buildInfo`, `connectionStatus` and
+//!   `endSessions` need a login (13 otherwise), and then the privileges
+//!   each command needs per MongoDB's "Required Access" rules, checked per
+//!   database against the union of the privileges of the login's roles and
+//!   of every role they inherit, built-in or created with `createRole`,
+//!   resolved when the command runs (a least-privilege custom role is
+//!   tested as on a real server). A refusal is 13 `Unauthorized`, "not
+//!   authorized on <db> to execute command { ... }". Resource matching,
+//!   including `{db: "", collection: ""}` not reaching `local`, `config` or
+//!   `system.*` collections, and the rule per command: the `authz` module.
+//!   `connectionStatus` with `showPrivileges` returns the login's roles
+//!   (direct and inherited) and their privileges merged by resource.
+//! - Built-in roles with the privileges of MongoDB 8.0's
+//!   `builtin_roles.yml`: `read`, `readWrite`, `dbAdmin`, `userAdmin`,
+//!   `dbOwner` in every database; `readAnyDatabase`,
+//!   `readWriteAnyDatabase`, `userAdminAnyDatabase`, `dbAdminAnyDatabase`,
+//!   `clusterMonitor`, `clusterManager`, `hostManager`, `clusterAdmin`,
+//!   `backup`, `restore`, `enableSharding`, `directShardOperations` and
+//!   `root` (their union, not `anyAction`) in `admin`; `__system` is
+//!   `anyAction` on `anyResource`. As on the server they inherit no roles:
+//!   their privileges are flattened.
 //! - Roles and users: `createRole`, `updateRole`, `dropRole`,
 //!   `grantRolesToRole`, `revokeRolesFromRole`, `grantPrivilegesToRole`,
 //!   `revokePrivilegesFromRole`, `rolesInfo`, `createUser`, `updateUser`,
@@ -30,21 +54,23 @@
 //!   `killCursors`, `insert`, `update` (operators `$set`, `$unset`,
 //!   `$setOnInsert`, `$inc`, replacements, `upsert`, `multi`) and `delete`
 //!   on an in-memory store per namespace, with `_id` uniqueness (11000) and
-//!   the common query operators. Logins without `user_admin` may read
-//!   documents but not write them.
+//!   the common query operators; each needs `find` / `insert` / `update`
+//!   (+ `insert` to upsert) / `remove` on its collection.
 //!
 //! What it does not model: other data commands (`aggregate`, `count`,
 //! `createIndexes`, ...), projections, collations, regular expressions and
 //! array update operators (refused with `BadValue`, never ignored), replica
-//! sets, X.509 authentication, logins for users made with
-//! `createUser` (only configured users can log in), and the privileges of
-//! built-in roles other than `read`/`readWrite`.
+//! sets, X.509 authentication, SCRAM-SHA-1, privileges on `system.buckets`
+//! (time series) resources, the built-in role `searchCoordinator`, the
+//! privilege `getParameter` needs (any login may call it) and cursor
+//! ownership (any login may kill any cursor).
 //!
 //! Test hooks on [`MongoDouble`]: the command log, counters (reads and
 //! writes of users, roles and documents), latency and per-command delays,
 //! injected errors and dropped connections, refusing connections, and
 //! direct access to the roles, users and documents.
 
+mod authz;
 mod catalog;
 mod commands;
 mod data;
@@ -79,7 +105,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A login the double accepts over SCRAM-SHA-256.
+/// A login the double accepts over SCRAM-SHA-256, with the roles granted
+/// to it (built-in, or custom roles the test creates: they are resolved
+/// when each command runs).
 #[derive(Clone)]
 pub struct ScramUser {
     /// User name.
@@ -88,28 +116,51 @@ pub struct ScramUser {
     pub db: String,
     /// Password.
     pub password: String,
-    /// May run user/role commands (as with `userAdminAnyDatabase`).
-    pub user_admin: bool,
+    /// Roles granted to the user.
+    pub roles: Vec<RoleName>,
 }
 
 impl ScramUser {
-    /// A user in `admin` allowed to manage users and roles.
-    pub fn admin(name: impl Into<String>, password: impl Into<String>) -> Self {
-        Self { name: name.into(), db: "admin".into(), password: password.into(), user_admin: true }
+    /// A user in `admin` granted `roles` (`(role, db)` pairs), e.g.
+    /// `ScramUser::with_roles("op", "pw", &[("userAdminAnyDatabase", "admin"), ("readWrite", "dbgrant")])`.
+    pub fn with_roles(name: impl Into<String>, password: impl Into<String>, roles: &[(&str, &str)]) -> Self {
+        Self {
+            name: name.into(),
+            db: "admin".into(),
+            password: password.into(),
+            roles: roles.iter().map(|(role, db)| RoleName::new(*role, *db)).collect(),
+        }
     }
 
-    /// A user in `admin` without user-management rights.
+    /// A user in `admin` with the documented minimum for dbgrant's
+    /// identity: `userAdminAnyDatabase@admin` (roles and `$external` users
+    /// for any database) and `readWrite@dbgrant` (the ownership ledger).
+    pub fn admin(name: impl Into<String>, password: impl Into<String>) -> Self {
+        Self::with_roles(name, password, &DBGRANT_MINIMUM)
+    }
+
+    /// A user in `admin` with `root@admin`, for test setup.
+    pub fn root(name: impl Into<String>, password: impl Into<String>) -> Self {
+        Self::with_roles(name, password, &[("root", "admin")])
+    }
+
+    /// A user in `admin` with `readAnyDatabase@admin`: reads documents, no
+    /// user or role administration, no writes.
     pub fn read_only(name: impl Into<String>, password: impl Into<String>) -> Self {
-        Self { user_admin: false, ..Self::admin(name, password) }
+        Self::with_roles(name, password, &[("readAnyDatabase", "admin")])
     }
 }
+
+/// The roles [`ScramUser::admin`] grants: the documented minimum for
+/// dbgrant's MongoDB identity.
+pub const DBGRANT_MINIMUM: [(&str, &str); 2] = [("userAdminAnyDatabase", "admin"), ("readWrite", "dbgrant")];
 
 impl std::fmt::Debug for ScramUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScramUser")
             .field("name", &self.name)
             .field("db", &self.db)
-            .field("user_admin", &self.user_admin)
+            .field("roles", &self.roles)
             .finish_non_exhaustive()
     }
 }
@@ -214,7 +265,7 @@ impl MongoDouble {
         for user in &config.users {
             let credential = scram::ScramCredential::derive(&user.password)
                 .map_err(|e| anyhow::anyhow!("user {}: {e}", user.name))?;
-            logins.insert((user.db.clone(), user.name.clone()), Login { credential, user_admin: user.user_admin });
+            logins.insert((user.db.clone(), user.name.clone()), Login { credential, roles: user.roles.clone() });
         }
         let info = ServerInfo {
             version: config.server_version.clone(),
@@ -231,7 +282,8 @@ impl MongoDouble {
         Ok(Self { addr, tls: config.tls.is_some(), shared, task: Some(task) })
     }
 
-    /// Starts a double with one user-admin login and default settings.
+    /// Starts a double with default settings and one login with the
+    /// documented minimum for dbgrant ([`ScramUser::admin`]).
     pub async fn start_with_admin(user: &str, password: &str) -> Result<Self> {
         Self::start(MongoDoubleConfig::default().user(ScramUser::admin(user, password))).await
     }
@@ -372,7 +424,7 @@ impl MongoDouble {
     }
 
     /// All users created through the commands or [`insert_user`](Self::insert_user)
-    /// (not the SCRAM logins), ordered by `(db, user)`.
+    /// (not the configured SCRAM logins), ordered by `(db, user)`.
     pub fn users(&self) -> Vec<User> {
         lock(&self.shared.store).users.values().cloned().collect()
     }
@@ -400,9 +452,11 @@ impl MongoDouble {
         lock(&self.shared.store).users.insert((user.db.clone(), user.user.clone()), user);
     }
 
-    /// Removes a user out of band.
+    /// Removes a user out of band (it can no longer log in).
     pub fn remove_user(&self, user: &str, db: &str) -> Option<User> {
-        lock(&self.shared.store).users.remove(&(db.to_string(), user.to_string()))
+        let mut store = lock(&self.shared.store);
+        store.credentials.remove(&(db.to_string(), user.to_string()));
+        store.users.remove(&(db.to_string(), user.to_string()))
     }
 
     /// The documents in `db.collection`, in natural (insertion) order.
@@ -432,6 +486,7 @@ impl MongoDouble {
         let mut store = lock(&self.shared.store);
         store.roles.clear();
         store.users.clear();
+        store.credentials.clear();
         lock(&self.shared.documents).clear();
     }
 

@@ -21,13 +21,13 @@
 //! `<authNamePrefix>/<principal>` gets the roles `admin.<authNamePrefix>/<value>`
 //! for each claim value; without it, the `$external` user
 //! `<authNamePrefix>/<principal>` must exist and brings its roles.
-//! Inherited roles are resolved; the login may manage users and roles
-//! when it holds `root`, `userAdminAnyDatabase`, `userAdmin@admin` or
-//! `dbOwner@admin` (directly or inherited), or when its principal is in
-//! [`OidcConfig::admin_principals`].
+//! What the login may do is decided per command like for any login (see
+//! `authz`): the privileges of its roles and of the roles they inherit,
+//! resolved when the command runs. A principal in
+//! [`OidcConfig::admin_principals`] also holds `root`.
 
 use super::error::{CommandError, codes};
-use super::state::{AuthzStore, Privilege, RoleName};
+use super::state::{AuthzStore, RoleName};
 use bson::{Bson, Document, doc};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -72,8 +72,7 @@ pub struct OidcConfig {
     pub client_id: Option<String>,
     /// `requestScopes`, sent to human-flow clients.
     pub request_scopes: Vec<String>,
-    /// Principals that may manage users and roles whatever their roles
-    /// (as if granted `root`), e.g. the operator under test.
+    /// Principals that also hold `root`, whatever their roles.
     pub admin_principals: Vec<String>,
     /// Token validation.
     pub validate: Validator,
@@ -97,7 +96,7 @@ impl OidcConfig {
         }
     }
 
-    /// Treats `principal` as a user administrator.
+    /// Grants `principal` the `root` role.
     pub fn admin_principal(mut self, principal: impl Into<String>) -> Self {
         self.admin_principals.push(principal.into());
         self
@@ -191,17 +190,12 @@ pub(crate) fn idp_info(config: &OidcConfig) -> Result<Vec<u8>, CommandError> {
 pub(crate) struct Login {
     /// `<prefix>/<principal>`.
     pub(crate) user: String,
-    /// Every role it holds, direct ones first, then inherited.
+    /// The roles it holds directly: one per authorization claim value, or
+    /// the `$external` user's roles (plus `root` for an admin principal).
     pub(crate) roles: Vec<RoleName>,
-    /// The privileges of those roles, merged.
-    pub(crate) privileges: Vec<Privilege>,
-    /// May manage users and roles.
-    pub(crate) user_admin: bool,
     /// When its token expires.
     pub(crate) expires_at: Option<SystemTime>,
 }
-
-const ADMIN_ROLES: &[&str] = &["root", "__system", "userAdminAnyDatabase", "userAdmin", "dbOwner"];
 
 /// Validates `token` and resolves what the login may do.
 pub(crate) fn authenticate(config: &OidcConfig, store: &AuthzStore, token: &str) -> Result<Login, CommandError> {
@@ -212,7 +206,7 @@ pub(crate) fn authenticate(config: &OidcConfig, store: &AuthzStore, token: &str)
     let prefix = &config.auth_name_prefix;
     let user = format!("{prefix}/{}", identity.principal);
     let admin_principal = config.admin_principals.iter().any(|p| p == &identity.principal);
-    let mut direct: Vec<RoleName> = if config.use_authorization_claim {
+    let mut roles: Vec<RoleName> = if config.use_authorization_claim {
         identity.groups.iter().map(|g| RoleName::new(format!("{prefix}/{g}"), "admin")).collect()
     } else {
         match store.users.get(&("$external".to_string(), user.clone())) {
@@ -222,17 +216,9 @@ pub(crate) fn authenticate(config: &OidcConfig, store: &AuthzStore, token: &str)
         }
     };
     if admin_principal {
-        direct.push(RoleName::new("root", "admin"));
+        roles.push(RoleName::new("root", "admin"));
     }
-    let mut roles = direct.clone();
-    for r in store.inherited_roles(&direct) {
-        if !roles.contains(&r) {
-            roles.push(r);
-        }
-    }
-    let user_admin = roles.iter().any(|r| r.db == "admin" && ADMIN_ROLES.contains(&r.role.as_str()));
-    let privileges = store.all_privileges(&direct);
-    Ok(Login { user, roles, privileges, user_admin, expires_at: identity.expires_at })
+    Ok(Login { user, roles, expires_at: identity.expires_at })
 }
 
 /// `body` with the token in any MONGODB-OIDC payload replaced, for the
@@ -303,14 +289,14 @@ mod tests {
 
     #[test]
     fn claim_values_become_admin_roles_with_their_inheritance() {
-        let ops = authenticate(&config(), &store(), "ops").unwrap();
+        let s = store();
+        let ops = authenticate(&config(), &s, "ops").unwrap();
         assert_eq!(ops.user, "entra/op-1");
-        assert!(ops.user_admin);
-        assert!(ops.roles.contains(&RoleName::new("readWrite", "dbgrant")));
-        let reader = authenticate(&config(), &store(), "reader").unwrap();
-        assert!(!reader.user_admin);
-        assert_eq!(reader.roles[..2], [RoleName::new("entra/g-read", "admin"), RoleName::new("entra/g-none", "admin")]);
-        assert!(reader.privileges.iter().any(|p| p.resource == Resource::collection("orders", "audit")));
+        assert_eq!(ops.roles, [RoleName::new("entra/g-ops", "admin")]);
+        assert!(s.all_roles(&ops.roles).contains(&RoleName::new("readWrite", "dbgrant")));
+        let reader = authenticate(&config(), &s, "reader").unwrap();
+        assert_eq!(reader.roles, [RoleName::new("entra/g-read", "admin"), RoleName::new("entra/g-none", "admin")]);
+        assert!(s.all_privileges(&reader.roles).iter().any(|p| p.resource == Resource::collection("orders", "audit")));
     }
 
     #[test]
@@ -328,9 +314,10 @@ mod tests {
         let user = User::external("entra/u-2").with_role("entra/g-read", "admin");
         s.users.insert((user.db.clone(), user.user.clone()), user);
         let login = authenticate(&cfg, &s, "reader").unwrap();
-        assert!(login.roles.contains(&RoleName::new("read", "orders")));
+        assert_eq!(login.roles, [RoleName::new("entra/g-read", "admin")]);
+        assert!(s.all_roles(&login.roles).contains(&RoleName::new("read", "orders")));
         let admin = authenticate(&cfg.clone().admin_principal("op-1"), &store(), "ops").unwrap();
-        assert!(admin.user_admin);
+        assert_eq!(admin.roles, [RoleName::new("root", "admin")]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! out-of-band changes (a foreign role, a role edited by hand).
 
 use super::catalog;
+use super::scram::ScramCredential;
 use bson::{Bson, Document, Uuid, doc};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -210,6 +211,9 @@ impl User {
 pub(crate) struct AuthzStore {
     pub(crate) roles: BTreeMap<RoleName, Role>,
     pub(crate) users: BTreeMap<(String, String), User>,
+    /// SCRAM-SHA-256 credentials of users created (or updated) with a
+    /// `pwd`, keyed like `users`: they can log in.
+    pub(crate) credentials: BTreeMap<(String, String), ScramCredential>,
 }
 
 impl AuthzStore {
@@ -223,18 +227,15 @@ impl AuthzStore {
         self.roles.get(name).map(|r| r.roles.clone()).unwrap_or_default()
     }
 
-    /// Direct privileges of `name`.
+    /// Direct privileges of `name`: a custom role's own privileges, or
+    /// everything a built-in role grants (the server flattens built-in
+    /// roles: they inherit no roles, their privileges include those of the
+    /// roles they are made of).
     pub(crate) fn direct_privileges(&self, name: &RoleName) -> Vec<Privilege> {
         if let Some(role) = self.roles.get(name) {
             return role.privileges.clone();
         }
-        if name.is_builtin() {
-            let actions = catalog::builtin_privileges(&name.role);
-            if !actions.is_empty() {
-                return vec![Privilege::new(Resource::database(name.db.clone()), actions.iter().copied())];
-            }
-        }
-        Vec::new()
+        catalog::builtin_privileges(&name.role, &name.db)
     }
 
     /// Every role reachable from `start` through `roles` edges, breadth
@@ -257,6 +258,29 @@ impl AuthzStore {
         let mut all: Vec<RoleName> = roles.to_vec();
         all.extend(self.inherited_roles(roles));
         normalize_privileges(all.iter().flat_map(|r| self.direct_privileges(r)))
+    }
+
+    /// The SCRAM credential of user `user@db`, if it exists, was created
+    /// with a password and may use SCRAM-SHA-256.
+    pub(crate) fn scram_credential(&self, db: &str, user: &str) -> Option<&ScramCredential> {
+        let key = (db.to_string(), user.to_string());
+        let u = self.users.get(&key)?;
+        if !u.mechanisms.iter().any(|m| m == super::scram::MECHANISM) {
+            return None;
+        }
+        self.credentials.get(&key)
+    }
+
+    /// Every role of a login holding `direct` roles: those first, then the
+    /// roles they inherit (the server's `authenticatedUserRoles`).
+    pub(crate) fn all_roles(&self, direct: &[RoleName]) -> Vec<RoleName> {
+        let mut all = direct.to_vec();
+        for r in self.inherited_roles(direct) {
+            if !all.contains(&r) {
+                all.push(r);
+            }
+        }
+        all
     }
 
     /// Removes `name` from every role's and user's `roles`.

@@ -4,6 +4,7 @@
 use super::args::{Args, non_empty, parse_role_names, truthy};
 use super::roles::require_roles_exist;
 use crate::mongo::error::{CommandError, CommandResult, codes};
+use crate::mongo::scram::ScramCredential;
 use crate::mongo::state::{AuthzStore, User, privileges_bson, role_names_bson};
 use bson::{Bson, Document, Uuid, doc};
 use std::collections::BTreeSet;
@@ -68,6 +69,10 @@ pub(crate) fn create_user(store: &mut AuthzStore, db: &str, args: &Args<'_>) -> 
     } else {
         mechanisms.unwrap_or_else(|| vec!["SCRAM-SHA-1".into(), "SCRAM-SHA-256".into()])
     };
+    // A user with a password can log in (SCRAM-SHA-256).
+    if let Some(pwd) = pwd {
+        store.credentials.insert(key.clone(), ScramCredential::derive(pwd)?);
+    }
     store.users.insert(
         key,
         User {
@@ -102,6 +107,13 @@ pub(crate) fn update_user(store: &mut AuthzStore, db: &str, args: &Args<'_>) -> 
     if let Some(roles) = &roles {
         require_roles_exist(store, roles)?;
     }
+    if !store.users.contains_key(&user_key(db, &user)) {
+        return Err(CommandError::new(codes::USER_NOT_FOUND, format!("User {user}@{db} not found")));
+    }
+    if let Some(pwd) = pwd {
+        let credential = ScramCredential::derive(pwd)?;
+        store.credentials.insert(user_key(db, &user), credential);
+    }
     let Some(existing) = store.users.get_mut(&user_key(db, &user)) else {
         return Err(CommandError::new(codes::USER_NOT_FOUND, format!("User {user}@{db} not found")));
     };
@@ -123,6 +135,7 @@ pub(crate) fn update_user(store: &mut AuthzStore, db: &str, args: &Args<'_>) -> 
 pub(crate) fn drop_user(store: &mut AuthzStore, db: &str, args: &Args<'_>) -> CommandResult {
     args.only(&[])?;
     let user = args.param()?;
+    store.credentials.remove(&user_key(db, &user));
     match store.users.remove(&user_key(db, &user)) {
         Some(_) => Ok(Document::new()),
         None => Err(CommandError::new(codes::USER_NOT_FOUND, format!("User '{user}@{db}' not found"))),
