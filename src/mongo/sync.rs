@@ -125,13 +125,12 @@ pub async fn sync(
             }
             Err(Failed(e)) => return Err(e),
             Err(Rejected(msg)) => {
-                let refused =
-                    isolate(target, client, metrics, &w.contributions, &msg, &mut report.writes).await.map_err(
-                        |e| match e {
-                            Failed(e) => e,
-                            Rejected(m) => backend_error(target, m),
-                        },
-                    )?;
+                let refused = isolate(target, client, metrics, &w.contributions, &msg, &mut report.writes)
+                    .await
+                    .map_err(|e| match e {
+                        Failed(e) => e,
+                        Rejected(m) => backend_error(target, m),
+                    })?;
                 if refused.is_empty() {
                     // Every contribution passes on its own and together:
                     // the refusal is not any binding's (a race, a lock).

@@ -84,7 +84,8 @@ async fn scene(label: &str, group: &str, mut b_bindings: Vec<Value>) -> Result<(
     let double = mongo_double().await?;
     let n = tenant_a.name.rsplit('-').next().unwrap_or("0").to_string();
     let target_name = format!("{label}-{n}");
-    let mut target = mongo_target(&target_name, &double.uri(), &[&tenant_a.name, &tenant_b], &cluster.operator_namespace);
+    let mut target =
+        mongo_target(&target_name, &double.uri(), &[&tenant_a.name, &tenant_b], &cluster.operator_namespace);
     target[2]["spec"]["policy"]["allowedDatabases"] = json!(["orders", "orders-eu", "orders-us"]);
     let op = operator(&cluster, label, Duration::from_secs(300), &mut dump).await?;
     cluster.apply_all(&cluster.admin, &target, None).await?;
@@ -126,7 +127,10 @@ fn roles(list: &[(&str, &str)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_shared_group_does_not_stop_another_tenants_delete() -> Result<()> {
     let _lock = operator_lock().await;
-    let b = vec![b_binding("b-eu", roles(&[("read", "orders-eu")])), b_binding("b-orders", roles(&[("readWrite", "orders")]))];
+    let b = vec![
+        b_binding("b-eu", roles(&[("read", "orders-eu")])),
+        b_binding("b-orders", roles(&[("readWrite", "orders")])),
+    ];
     let (s, b) = scene("rv-delete", SHARED, b).await?;
     assert_eq!(grants(&s.double, SHARED), ["read@orders-eu", "readWrite@orders"]);
     s.cluster.delete(&s.cluster.admin, &b[1], None).await?;
@@ -162,7 +166,8 @@ async fn a_poisoned_shared_group_does_not_stop_another_tenants_expiry() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_shared_group_does_not_stop_a_policy_driven_revocation() -> Result<()> {
     let _lock = operator_lock().await;
-    let b = vec![b_binding("b-eu", roles(&[("read", "orders-eu")])), b_binding("b-us", roles(&[("read", "orders-us")]))];
+    let b =
+        vec![b_binding("b-eu", roles(&[("read", "orders-eu")])), b_binding("b-us", roles(&[("read", "orders-us")]))];
     let (s, b) = scene("rv-policy", SHARED, b).await?;
     assert_eq!(grants(&s.double, SHARED), ["read@orders-eu", "read@orders-us"]);
     // The platform team withdraws orders-us from the target.
@@ -215,7 +220,8 @@ async fn tenants_reach_neither_the_ledger_nor_other_subjects_roles() -> Result<(
     let wide = format!("rv-wide-{n}");
     let mut tdocs = mongo_target(&wide, &double.uri(), &[&ns.name], &cluster.operator_namespace);
     tdocs[2]["spec"]["policy"]["allowedDatabases"] = json!(["*", "admin", "dbgrant"]);
-    tdocs[2]["spec"]["policy"]["allowEscalation"] = json!(["readWriteAnyDatabase", "readAnyDatabase", "root", "dbOwner"]);
+    tdocs[2]["spec"]["policy"]["allowEscalation"] =
+        json!(["readWriteAnyDatabase", "readAnyDatabase", "root", "dbOwner"]);
     // A policy with `*` alone: admin, local and config stay closed.
     let star = format!("rv-star-{n}");
     let mut sdocs = mongo_target(&star, &double.uri(), &[&ns.name], &cluster.operator_namespace);
