@@ -369,7 +369,7 @@ async fn report_revocation_failure(
     e: &Error,
 ) {
     let mut st = current.clone();
-    let outcome = Outcome::progressing(reason::REVOKING, format!("revocation not complete, retrying: {e}"));
+    let outcome = Outcome::progressing(reason::REVOCATION_PENDING, format!("revocation not complete, retrying: {e}"));
     st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
     st.observed_generation = b.metadata.generation;
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(b));
