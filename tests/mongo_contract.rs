@@ -1272,19 +1272,19 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
 async fn probe_checks_rights_and_errors_never_quote_credentials() {
     let env = Env::start().await;
     let client = connect(&env.uri).await;
-    let probe = connection::probe("main", &client, "NotUsed").await.expect("the operator login has the rights");
+    let probe = connection::probe("main", &client, "NotUsed", &connection::all_rights()).await.expect("the operator login has the rights");
     assert!(!probe.version.is_empty());
     if let Some(double) = &env.double {
         assert_eq!(probe.version, "8.0.4");
         let viewer = connect(&double.uri_with_credentials("viewer", "viewer-pw")).await;
-        let err = connection::probe("main", &viewer, "NotUsed").await.expect_err("a read-only login");
+        let err = connection::probe("main", &viewer, "NotUsed", &connection::all_rights()).await.expect_err("a read-only login");
         assert!(err.to_string().contains("lacks") && err.to_string().contains("createRole"), "{err}");
     }
 
     // Wrong password, and nobody listening: fixed messages, no secrets.
     if let Some(double) = &env.double {
         let wrong = connect(&double.uri_with_credentials(LOGIN, "not-the-password")).await;
-        let err = connection::probe("main", &wrong, "NotUsed").await.expect_err("bad password");
+        let err = connection::probe("main", &wrong, "NotUsed", &connection::all_rights()).await.expect_err("bad password");
         let text = format!("{err} {err:?}");
         assert!(text.contains("authentication failed"), "{text}");
         assert!(!text.contains("not-the-password") && !text.contains(PASSWORD), "{text}");
@@ -1293,7 +1293,7 @@ async fn probe_checks_rights_and_errors_never_quote_credentials() {
     let mut options =
         ClientOptions::parse(format!("mongodb://u:{PASSWORD}@{closed}/?directConnection=true")).await.unwrap();
     options.server_selection_timeout = Some(Duration::from_millis(300));
-    let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed").await.unwrap_err();
+    let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed", &connection::all_rights()).await.unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(text.contains("server unreachable") && !text.contains(PASSWORD), "{text}");
 }
@@ -1396,7 +1396,7 @@ impl Drop for Identity<'_> {
 /// `identity`: a group's role created, its union grown and shrunk, dropped;
 /// a principal's `$external` user created, its drift restored, dropped.
 async fn manages_roles_and_users_end_to_end(env: &Env, identity: &Identity<'_>) {
-    connection::probe("main", &identity.client().await, "NotUsed").await.expect("the identity has every right needed");
+    connection::probe("main", &identity.client().await, "NotUsed", &connection::all_rights()).await.expect("the identity has every right needed");
 
     let t = env.target(&format!("{}-groups", identity.user), true);
     let mut op = identity.operator(&t).await;
@@ -1438,7 +1438,7 @@ async fn manages_roles_and_users_end_to_end(env: &Env, identity: &Identity<'_>) 
 async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missing() {
     let env = Env::start().await;
     let alone = Identity::with_roles(&env, "useradmin", &[("userAdmin", "admin")]).await;
-    let err = connection::probe("main", &alone.client().await, "NotUsed").await.expect_err("userAdmin@admin alone");
+    let err = connection::probe("main", &alone.client().await, "NotUsed", &connection::all_rights()).await.expect_err("userAdmin@admin alone");
     let text = err.to_string();
     for missing in [
         "lacks grantRole and revokeRole on every database",
@@ -1460,7 +1460,7 @@ async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missi
     // ledger) fails the probe too, and for good reason: the server refuses
     // the first createRole that names another database (code 13).
     let old = Identity::with_roles(&env, "olddocs", &[("userAdmin", "admin"), ("readWrite", "dbgrant")]).await;
-    let err = connection::probe("main", &old.client().await, "NotUsed").await.expect_err("the old documented rights");
+    let err = connection::probe("main", &old.client().await, "NotUsed", &connection::all_rights()).await.expect_err("the old documented rights");
     assert!(!err.to_string().split("; grant it").next().unwrap_or_default().contains("dbgrant.ownership"), "{err}");
     let t = env.target("olddocs", true);
     let mut op = old.operator(&t).await;

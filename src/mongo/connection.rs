@@ -3,6 +3,7 @@
 //! the operator namespace.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -16,7 +17,7 @@ use mongodb::{
 use super::BACKEND;
 use crate::{
     Error, Result,
-    api::MongoTarget,
+    api::{MongoTarget, MongoTargetSpec},
     runtime::{
         context::Context,
         secrets::{self, ExposeSecret},
@@ -24,7 +25,7 @@ use crate::{
 };
 
 /// Where dbgrant needs rights, in MongoDB's resource terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// The `admin` database, where dbgrant's roles live:
     /// `{db: "admin", collection: ""}`.
@@ -32,6 +33,9 @@ pub enum Scope {
     /// Every database: `{db: "", collection: ""}` (only that resource, or
     /// `anyResource`, meets a check on all databases).
     EveryDatabase,
+    /// One database a target's policy names literally:
+    /// `{db: <name>, collection: ""}`.
+    Database(String),
     /// `$external`, where MONGODB-OIDC users live:
     /// `{db: "$external", collection: ""}`.
     External,
@@ -41,10 +45,11 @@ pub enum Scope {
 
 impl Scope {
     /// How the probe's message names it.
-    fn describe(self) -> String {
+    fn describe(&self) -> String {
         match self {
             Self::Admin => "the admin database".into(),
             Self::EveryDatabase => "every database".into(),
+            Self::Database(db) => format!("the {db} database"),
             Self::External => "the $external database".into(),
             Self::Ledger => {
                 format!("{}.{} (the ownership ledger)", super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION)
@@ -53,10 +58,11 @@ impl Scope {
     }
 
     /// The privilege resource to grant, as a document.
-    fn resource(self) -> String {
+    fn resource(&self) -> String {
         let (db, collection) = match self {
             Self::Admin => ("admin", ""),
             Self::EveryDatabase => ("", ""),
+            Self::Database(db) => (db.as_str(), ""),
             Self::External => ("$external", ""),
             Self::Ledger => (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION),
         };
@@ -68,11 +74,15 @@ impl Scope {
     /// collection: ""}` every database but `local` and `config` and their
     /// non-system collections; `{db, collection: ""}` that database and
     /// its collections; `{db: "", collection}` that collection everywhere).
-    fn reached_by(self, resource: &Pattern) -> bool {
+    fn reached_by(&self, resource: &Pattern) -> bool {
         let ledger = (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION);
         match (self, resource) {
-            (_, Pattern::Any) | (_, Pattern::Namespace("", "")) => true,
+            (_, Pattern::Any) => true,
+            // `{db: "", collection: ""}` does not reach local and config.
+            (Self::Database(db), Pattern::Namespace("", "")) => !matches!(db.as_str(), "local" | "config"),
+            (_, Pattern::Namespace("", "")) => true,
             (Self::EveryDatabase, _) => false,
+            (Self::Database(want), Pattern::Namespace(db, "")) => db == want,
             (Self::Admin, Pattern::Namespace(db, "")) => *db == "admin",
             (Self::External, Pattern::Namespace(db, "")) => *db == "$external",
             (Self::Ledger, Pattern::Namespace(db, "")) => *db == ledger.0,
@@ -98,6 +108,39 @@ pub const REQUIRED_ACTIONS: &[(Scope, &[&str])] = &[
 /// Actions dbgrant needs on its ownership ledger (`find`, and an upsert
 /// needs `insert` as well as `update`).
 pub const LEDGER_ACTIONS: &[&str] = &["find", "insert", "update", "remove"];
+
+/// Where `target`'s bindings make dbgrant need rights, and which: what
+/// [`REQUIRED_ACTIONS`] and [`LEDGER_ACTIONS`] say, narrowed by the
+/// target's spec. `revokeRole` is always needed on every database
+/// (`updateRole` and `updateUser` check it there), but `grantRole` only on
+/// the databases bindings may name when the policy lists them by literal
+/// name (plus `admin` when privileges on the cluster resource are allowed:
+/// `createRole` checks those against `admin`); and `$external` only when
+/// the target creates users (`useAuthorizationClaim: false`). Pure.
+pub fn required_rights(spec: &MongoTargetSpec) -> Vec<(Scope, Vec<&'static str>)> {
+    let mut out = vec![(Scope::Admin, vec!["createRole", "dropRole", "viewRole"])];
+    let literal: Option<BTreeSet<String>> = spec.policy.allowed_databases.as_ref().and_then(|dbs| {
+        dbs.iter().all(|d| !d.contains('*')).then(|| dbs.iter().cloned().collect())
+    });
+    match literal {
+        Some(mut dbs) => {
+            out.push((Scope::EveryDatabase, vec!["revokeRole"]));
+            if spec.policy.allow_cluster_resource {
+                dbs.insert("admin".into());
+            }
+            for db in dbs {
+                let scope = if db == "admin" { Scope::Admin } else { Scope::Database(db) };
+                out.push((scope, vec!["grantRole"]));
+            }
+        }
+        None => out.push((Scope::EveryDatabase, vec!["grantRole", "revokeRole"])),
+    }
+    if !spec.oidc.use_authorization_claim {
+        out.push((Scope::External, vec!["createUser", "dropUser", "viewUser"]));
+    }
+    out.push((Scope::Ledger, LEDGER_ACTIONS.to_vec()));
+    out
+}
 
 /// A privilege's resource in a `connectionStatus` reply.
 enum Pattern<'a> {
@@ -406,9 +449,15 @@ fn remove_private_files_in(root: &Path, target: &str) -> std::io::Result<()> {
     }
 }
 
-/// Connect and check that dbgrant is authenticated with the rights it
-/// needs. Returns the server version.
-pub async fn probe(target: &str, client: &Client, tls_verification: &'static str) -> Result<Probe> {
+/// Connect and check that dbgrant is authenticated with `rights`: a
+/// target's [`required_rights`], or [`all_rights`]. Returns the server
+/// version.
+pub async fn probe(
+    target: &str,
+    client: &Client,
+    tls_verification: &'static str,
+    rights: &[(Scope, Vec<&'static str>)],
+) -> Result<Probe> {
     let admin = client.database("admin");
     let info = admin.run_command(doc! { "buildInfo": 1 }).await.map_err(|e| classify(target, "buildInfo", &e))?;
     let version = info.get_str("version").unwrap_or("unknown").to_string();
@@ -416,9 +465,9 @@ pub async fn probe(target: &str, client: &Client, tls_verification: &'static str
         .run_command(doc! { "connectionStatus": 1, "showPrivileges": true })
         .await
         .map_err(|e| classify(target, "connectionStatus", &e))?;
-    let missing = missing_actions(&status);
+    let missing = missing_rights(&status, rights);
     if !missing.is_empty() {
-        return Err(backend_error(target, lacks_message(&status, &missing), false));
+        return Err(backend_error(target, lacks_message(&status, &missing, rights), false));
     }
     Ok(Probe { version, tls_verification })
 }
@@ -435,14 +484,10 @@ fn and_list<S: AsRef<str>>(items: &[S]) -> String {
 }
 
 /// What the probe says: what is missing, and what to grant.
-fn lacks_message(status: &Document, missing: &[String]) -> String {
+fn lacks_message(status: &Document, missing: &[String], rights: &[(Scope, Vec<&'static str>)]) -> String {
     let ledger = super::sync::LEDGER_DB;
-    let custom: Vec<String> = REQUIRED_ACTIONS
-        .iter()
-        .copied()
-        .chain([(Scope::Ledger, LEDGER_ACTIONS)])
-        .map(|(scope, actions)| format!("{} on {}", and_list(actions), scope.resource()))
-        .collect();
+    let custom: Vec<String> =
+        rights.iter().map(|(scope, actions)| format!("{} on {}", and_list(actions), scope.resource())).collect();
     let roles = status.get_document("authInfo").and_then(|a| a.get_array("authenticatedUserRoles")).ok();
     // The usual mistake, named: user administration on admin only.
     let on_admin_only = roles.and_then(|roles| {
@@ -471,6 +516,23 @@ fn lacks_message(status: &Document, missing: &[String]) -> String {
 /// revokeRole on every database". Role names are not trusted: only the
 /// privileges say what the server will allow.
 pub fn missing_actions(status: &Document) -> Vec<String> {
+    missing_rights(status, &all_rights())
+}
+
+/// Every right any target may need ([`REQUIRED_ACTIONS`] and
+/// [`LEDGER_ACTIONS`]): what [`required_rights`] asks of a target whose
+/// bindings may name any database and that creates `$external` users.
+pub fn all_rights() -> Vec<(Scope, Vec<&'static str>)> {
+    REQUIRED_ACTIONS
+        .iter()
+        .map(|(scope, actions)| (scope.clone(), actions.to_vec()))
+        .chain([(Scope::Ledger, LEDGER_ACTIONS.to_vec())])
+        .collect()
+}
+
+/// What the authenticated user lacks of `rights` (see
+/// [`missing_actions`]), one entry per scope.
+pub fn missing_rights(status: &Document, rights: &[(Scope, Vec<&'static str>)]) -> Vec<String> {
     let mut privileges: Vec<(Pattern<'_>, Vec<&str>)> = Vec::new();
     let listed = status.get_document("authInfo").and_then(|a| a.get_array("authenticatedUserPrivileges"));
     for p in listed.map(|l| l.as_slice()).unwrap_or_default().iter().filter_map(|p| p.as_document()) {
@@ -488,15 +550,13 @@ pub fn missing_actions(status: &Document) -> Vec<String> {
         let actions = p.get_array("actions").map(|a| a.iter().filter_map(|a| a.as_str()).collect()).unwrap_or_default();
         privileges.push((pattern, actions));
     }
-    let allowed = |scope: Scope, action: &str| {
+    let allowed = |scope: &Scope, action: &str| {
         privileges
             .iter()
             .any(|(r, actions)| scope.reached_by(r) && actions.iter().any(|a| *a == action || *a == "anyAction"))
     };
-    REQUIRED_ACTIONS
+    rights
         .iter()
-        .copied()
-        .chain([(Scope::Ledger, LEDGER_ACTIONS)])
         .filter_map(|(scope, actions)| {
             let lacking: Vec<&str> = actions.iter().copied().filter(|a| !allowed(scope, a)).collect();
             (!lacking.is_empty()).then(|| format!("{} on {}", and_list(&lacking), scope.describe()))
@@ -681,6 +741,71 @@ mod tests {
     }
 
     /// The least-privilege custom role from the README.
+    fn spec(policy: serde_json::Value, claims: bool) -> MongoTargetSpec {
+        serde_json::from_value(serde_json::json!({
+            "connection": {"uriSecretRef": {"name": "s", "key": "uri"}},
+            "auth": {"x509": {}},
+            "oidc": {"authNamePrefix": "entra", "useAuthorizationClaim": claims},
+            "policy": policy,
+        }))
+        .expect("a valid MongoTargetSpec")
+    }
+
+    /// A custom role scoped to what one target's policy lets bindings
+    /// name: grantRole on `orders` only, no `$external`.
+    fn scoped_to_orders() -> Vec<Document> {
+        vec![
+            privilege(db("admin", ""), &["createRole", "dropRole", "viewRole"]),
+            privilege(db("", ""), &["revokeRole"]),
+            privilege(db("orders", ""), &["grantRole"]),
+            privilege(db("dbgrant", "ownership"), &["find", "insert", "remove", "update"]),
+        ]
+    }
+
+    #[test]
+    fn the_rights_asked_for_follow_the_targets_policy() {
+        let narrow = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders"]}), true);
+        assert!(missing_rights(&status(&[], scoped_to_orders()), &required_rights(&narrow)).is_empty());
+        // The same identity is not enough where bindings may name any
+        // database, or create $external users.
+        let open = spec(serde_json::json!({"allowedNamespaces": ["*"]}), true);
+        assert_eq!(missing_rights(&status(&[], scoped_to_orders()), &required_rights(&open)), ["grantRole on every database"]);
+        let patterns = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders-*"]}), true);
+        assert_eq!(missing_rights(&status(&[], scoped_to_orders()), &required_rights(&patterns)), ["grantRole on every database"]);
+        let users = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders"]}), false);
+        assert_eq!(
+            missing_rights(&status(&[], scoped_to_orders()), &required_rights(&users)),
+            ["createUser, dropUser and viewUser on the $external database"]
+        );
+        // Cluster privileges are granted against admin; a second database
+        // needs its own grantRole.
+        let cluster = spec(
+            serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders", "billing"], "allowClusterResource": true}),
+            true,
+        );
+        assert_eq!(
+            missing_rights(&status(&[], scoped_to_orders()), &required_rights(&cluster)),
+            ["grantRole on the admin database", "grantRole on the billing database"]
+        );
+        // revokeRole on all databases is always needed (updateRole).
+        let mut no_revoke = scoped_to_orders();
+        no_revoke[1] = privilege(db("orders", ""), &["revokeRole"]);
+        assert_eq!(missing_rights(&status(&[], no_revoke), &required_rights(&narrow)), ["revokeRole on every database"]);
+        // The documented minimum satisfies every policy.
+        for s in [&narrow, &open, &patterns, &users, &cluster] {
+            assert!(missing_rights(&status(&[], least_privilege()), &required_rights(s)).is_empty());
+        }
+    }
+
+    #[test]
+    fn the_any_database_resource_does_not_reach_local_and_config() {
+        let local = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["local"]}), true);
+        assert_eq!(
+            missing_rights(&status(&[], least_privilege()), &required_rights(&local)),
+            ["grantRole on the local database"]
+        );
+    }
+
     fn least_privilege() -> Vec<Document> {
         vec![
             privilege(db("admin", ""), &["createRole", "dropRole", "viewRole"]),

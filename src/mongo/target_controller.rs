@@ -174,7 +174,8 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     let conn = connect(ctx, target).await?;
     // Known before the probe, so a target that fails it still shows it.
     st.tls_verification = Some(conn.tls_verification.to_string());
-    let probe = connection::probe(&name, &conn.client, conn.tls_verification).await;
+    let rights = connection::required_rights(&target.spec);
+    let probe = connection::probe(&name, &conn.client, conn.tls_verification, &rights).await;
     conn.record(&probe);
     let probe = probe?;
     st.server_version = Some(probe.version);
