@@ -1486,6 +1486,59 @@ async fn identity_a_least_privilege_custom_role_is_enough_end_to_end() {
     assert!(err.to_string().contains("not authorized"), "{err}");
 }
 
+/// A target whose policy names its databases needs `grantRole` only on
+/// them: an identity scoped so passes that target's probe (and not a
+/// target open to every database) and does its work end to end.
+#[tokio::test]
+async fn identity_scoped_to_a_targets_databases_is_enough_for_that_target() {
+    let env = Env::start().await;
+    let role = format!("{}-scoped", env.prefix);
+    env.run(
+        "admin",
+        doc! {
+            "createRole": &role,
+            "privileges": [
+                { "resource": { "db": "admin", "collection": "" }, "actions": ["createRole", "dropRole", "viewRole"] },
+                { "resource": { "db": "", "collection": "" }, "actions": ["revokeRole"] },
+                { "resource": { "db": "orders", "collection": "" }, "actions": ["grantRole"] },
+                { "resource": { "db": sync::LEDGER_DB, "collection": sync::LEDGER_COLLECTION },
+                  "actions": ["find", "insert", "update", "remove"] },
+            ],
+            "roles": [],
+        },
+    )
+    .await
+    .expect("the environment's login creates the custom role");
+    let mut scoped = Identity::with_roles(&env, "scoped", &[(role.as_str(), "admin")]).await;
+    scoped.role = Some(role);
+    let client = scoped.client().await;
+
+    let open = env.target("open", true);
+    let err = connection::probe("main", &client, "NotUsed", &connection::required_rights(&open.spec))
+        .await
+        .expect_err("bindings on an open target may name any database");
+    assert!(err.to_string().contains("grantRole on every database"), "{err}");
+
+    let mut t = env.target("scoped", true);
+    t.spec.policy.allowed_databases = Some(vec!["orders".into()]);
+    connection::probe("main", &client, "NotUsed", &connection::required_rights(&t.spec))
+        .await
+        .expect("grantRole on orders is all this target needs");
+    let mut op = scoped.operator(&t).await;
+    let g = group(15);
+    let readers = binding("readers", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    let writers = binding("writers", &[&g]).privileges(&[privilege("orders", "audit", &["insert"])]).on(&t);
+    op.apply_all(&[&readers, &writers]).await;
+    let union = grant(&[role("read", "orders")], &[privilege("orders", "audit", &["insert"])]);
+    assert_eq!(env.state().await, env.roles(&[(&g, union)]));
+    let report = op.delete(&readers).await;
+    assert_eq!(result(&report, &g), Some(&SubjectResult::Applied), "updateRole with revokeRole on all databases");
+    assert!(report.unconfirmed.is_empty());
+    op.delete(&writers).await;
+    assert_eq!(env.state().await, State::default());
+    assert!(env.ledger(&t).await.is_empty());
+}
+
 #[tokio::test]
 async fn identity_user_admin_any_database_with_the_ledger_is_enough_end_to_end() {
     let env = Env::start().await;
