@@ -42,7 +42,7 @@ use dbgrant::{
     plan::{
         expiry,
         index::{BindingIndex, Rejection},
-        mongo::MongoGrant,
+        mongo::{MongoGrant, canonical},
         policy,
     },
     runtime::metrics::{BackendLabels, Metrics},
@@ -493,7 +493,7 @@ impl<'e> Operator<'e> {
     async fn delete(&mut self, b: &MongoRoleBinding) -> SyncReport {
         let affected = self.index.remove(&binding_controller::key(b));
         let mut subjects: BTreeSet<SubjectKey> = affected.into_iter().map(|(_, s)| s).collect();
-        subjects.extend(b.spec.subjects.iter().map(Subject::key));
+        subjects.extend(b.spec.subjects.iter().map(|s| canonical(&self.target.spec.oidc, s.key())));
         // Retain only where the target allows it, and never once expired.
         let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
@@ -952,13 +952,41 @@ async fn a_refused_binding_is_isolated_and_the_others_on_its_group_are_applied()
     let want = grant(&[role("read", "orders")], &[privilege("orders", "audit", &["insert"])]);
     assert_eq!(env.state().await, env.roles(&[(&g, want)]));
     assert!(
-        !env.state().await.roles.contains_key(sync::SCRATCH_ROLE),
+        !env.state().await.roles.contains_key(&sync::scratch_role(&env.name(&g))),
         "the scratch role used to try contributions is gone"
     );
     if let Some(log) = env.log() {
-        let scratch = log.iter().filter(|r| r.body.get_str("createRole") == Ok(sync::SCRATCH_ROLE)).count();
+        let name = sync::scratch_role(&env.name(&g));
+        let scratch = log.iter().filter(|r| r.body.get_str("createRole") == Ok(name.as_str())).count();
         assert_eq!(scratch, 3, "each contribution tried once on the scratch role");
     }
+
+    // Twenty more good bindings, then a second bad one: what the role
+    // already holds needs no try, so isolating costs a scratch write for
+    // each refused contribution (the new one, and the ghost, retried since
+    // the group changed), not one per binding.
+    let more: Vec<MongoRoleBinding> = (0..20)
+        .map(|i| {
+            binding(&format!("more-{i:02}"), &[&g])
+                .privileges(&[privilege("orders", &format!("c{i}"), &["find"])])
+                .on(&t)
+        })
+        .collect();
+    for b in &more {
+        op.apply_all(&[b]).await;
+    }
+    env.clear_log();
+    let worse = binding("d-teleport", &[&g]).privileges(&[privilege("orders", "x", &["teleport"])]).on(&t);
+    let report = op.apply(&worse).await.report.unwrap();
+    let refused: Vec<&String> = report.rejected[&g.key()].keys().collect();
+    assert_eq!(refused, [&binding_controller::key(&bad), &binding_controller::key(&worse)], "{report:?}");
+    if let Some(log) = env.log() {
+        let name = sync::scratch_role(&env.name(&g));
+        let scratch = log.iter().filter(|r| r.body.get_str("createRole") == Ok(name.as_str())).count();
+        assert_eq!(scratch, 2, "only the contributions the role does not already hold are tried");
+    }
+    let role = &env.state().await.roles[&env.name(&g)];
+    assert_eq!((role.roles.len(), role.privileges.len()), (1, 21), "a, c and the twenty are applied");
 }
 
 #[tokio::test]
@@ -1028,6 +1056,31 @@ async fn a_revocation_is_not_confirmed_while_the_server_still_carries_it() {
     assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
     let want = grant(&[role("read", "orders"), role("read", "billing")], &[]);
     assert_eq!(env.state().await, env.roles(&[(&g, want)]));
+}
+
+/// A User and a ServicePrincipal with the same object id are one
+/// `$external` user: one tenant naming the other's principal under the
+/// other kind joins its union, never replaces it.
+#[tokio::test]
+async fn a_principal_named_as_user_and_as_service_principal_is_one_subject() {
+    let env = Env::start().await;
+    let t = env.target("principals", false);
+    let mut op = Operator::new(&env, &t).await;
+    let id = "3e3e3e3e-0000-4000-8000-000000000001";
+    let as_user = subject(SubjectKind::User, id);
+    let as_sp = subject(SubjectKind::ServicePrincipal, id);
+    let mine = binding("mine", &[&as_user]).roles(&[role("read", "orders")]).on(&t);
+    let theirs = binding("theirs", &[&as_sp]).namespace("team-b").roles(&[role("read", "billing")]).on(&t);
+    op.apply_all(&[&mine, &theirs]).await;
+    let both = grant(&[role("read", "orders"), role("read", "billing")], &[]);
+    assert_eq!(env.state().await, env.roles(&[(&as_user, both)]).with_user(&env, &as_user));
+    let report = op.delete(&theirs).await;
+    assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
+    let mine_only = grant(&[role("read", "orders")], &[]);
+    assert_eq!(env.state().await, env.roles(&[(&as_user, mine_only)]).with_user(&env, &as_user), "not dropped");
+    assert!(op.resync().await.writes == 0, "one union, so a resync has nothing to fight over");
+    op.delete(&mine).await;
+    assert_eq!(env.state().await, State::default());
 }
 
 #[tokio::test]
@@ -1272,19 +1325,24 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
 async fn probe_checks_rights_and_errors_never_quote_credentials() {
     let env = Env::start().await;
     let client = connect(&env.uri).await;
-    let probe = connection::probe("main", &client, "NotUsed", &connection::all_rights()).await.expect("the operator login has the rights");
+    let probe = connection::probe("main", &client, "NotUsed", &connection::all_rights())
+        .await
+        .expect("the operator login has the rights");
     assert!(!probe.version.is_empty());
     if let Some(double) = &env.double {
         assert_eq!(probe.version, "8.0.4");
         let viewer = connect(&double.uri_with_credentials("viewer", "viewer-pw")).await;
-        let err = connection::probe("main", &viewer, "NotUsed", &connection::all_rights()).await.expect_err("a read-only login");
+        let err = connection::probe("main", &viewer, "NotUsed", &connection::all_rights())
+            .await
+            .expect_err("a read-only login");
         assert!(err.to_string().contains("lacks") && err.to_string().contains("createRole"), "{err}");
     }
 
     // Wrong password, and nobody listening: fixed messages, no secrets.
     if let Some(double) = &env.double {
         let wrong = connect(&double.uri_with_credentials(LOGIN, "not-the-password")).await;
-        let err = connection::probe("main", &wrong, "NotUsed", &connection::all_rights()).await.expect_err("bad password");
+        let err =
+            connection::probe("main", &wrong, "NotUsed", &connection::all_rights()).await.expect_err("bad password");
         let text = format!("{err} {err:?}");
         assert!(text.contains("authentication failed"), "{text}");
         assert!(!text.contains("not-the-password") && !text.contains(PASSWORD), "{text}");
@@ -1293,7 +1351,9 @@ async fn probe_checks_rights_and_errors_never_quote_credentials() {
     let mut options =
         ClientOptions::parse(format!("mongodb://u:{PASSWORD}@{closed}/?directConnection=true")).await.unwrap();
     options.server_selection_timeout = Some(Duration::from_millis(300));
-    let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed", &connection::all_rights()).await.unwrap_err();
+    let err = connection::probe("main", &Client::with_options(options).unwrap(), "NotUsed", &connection::all_rights())
+        .await
+        .unwrap_err();
     let text = format!("{err} {err:?}");
     assert!(text.contains("server unreachable") && !text.contains(PASSWORD), "{text}");
 }
@@ -1396,7 +1456,9 @@ impl Drop for Identity<'_> {
 /// `identity`: a group's role created, its union grown and shrunk, dropped;
 /// a principal's `$external` user created, its drift restored, dropped.
 async fn manages_roles_and_users_end_to_end(env: &Env, identity: &Identity<'_>) {
-    connection::probe("main", &identity.client().await, "NotUsed", &connection::all_rights()).await.expect("the identity has every right needed");
+    connection::probe("main", &identity.client().await, "NotUsed", &connection::all_rights())
+        .await
+        .expect("the identity has every right needed");
 
     let t = env.target(&format!("{}-groups", identity.user), true);
     let mut op = identity.operator(&t).await;
@@ -1438,7 +1500,9 @@ async fn manages_roles_and_users_end_to_end(env: &Env, identity: &Identity<'_>) 
 async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missing() {
     let env = Env::start().await;
     let alone = Identity::with_roles(&env, "useradmin", &[("userAdmin", "admin")]).await;
-    let err = connection::probe("main", &alone.client().await, "NotUsed", &connection::all_rights()).await.expect_err("userAdmin@admin alone");
+    let err = connection::probe("main", &alone.client().await, "NotUsed", &connection::all_rights())
+        .await
+        .expect_err("userAdmin@admin alone");
     let text = err.to_string();
     for missing in [
         "lacks grantRole and revokeRole on every database",
@@ -1460,18 +1524,21 @@ async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missi
     // ledger) fails the probe too, and for good reason: the server refuses
     // the first createRole that names another database (code 13).
     let old = Identity::with_roles(&env, "olddocs", &[("userAdmin", "admin"), ("readWrite", "dbgrant")]).await;
-    let err = connection::probe("main", &old.client().await, "NotUsed", &connection::all_rights()).await.expect_err("the old documented rights");
+    let err = connection::probe("main", &old.client().await, "NotUsed", &connection::all_rights())
+        .await
+        .expect_err("the old documented rights");
     assert!(!err.to_string().split("; grant it").next().unwrap_or_default().contains("dbgrant.ownership"), "{err}");
     let t = env.target("olddocs", true);
     let mut op = old.operator(&t).await;
     let g = group(15);
     op.index(&binding("readers", &[&g]).roles(&[role("read", "orders")]).on(&t));
     let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
-    let refused = match sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await {
-        Err(e) => e.to_string(),
-        Ok(report) => format!("{:?}", report.results),
-    };
+    // A refusal on one database is that grant's, not the target's: the
+    // binding is rejected naming the database, other subjects go on.
+    let report = sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.expect("the sync goes on");
+    let refused = report.rejected[&g.key()].values().next().cloned().unwrap_or_default();
     assert!(refused.contains("createRole") && refused.contains("code 13"), "{refused}");
+    assert!(refused.contains("\"orders\"") || refused.contains("\"admin\""), "names the database: {refused}");
     assert_eq!(env.state().await, State::default());
 }
 
@@ -1492,11 +1559,11 @@ async fn identity_a_least_privilege_custom_role_is_enough_end_to_end() {
 #[tokio::test]
 async fn identity_scoped_to_a_targets_databases_is_enough_for_that_target() {
     let env = Env::start().await;
-    let role = format!("{}-scoped", env.prefix);
+    let custom = format!("{}-scoped", env.prefix);
     env.run(
         "admin",
         doc! {
-            "createRole": &role,
+            "createRole": &custom,
             "privileges": [
                 { "resource": { "db": "admin", "collection": "" }, "actions": ["createRole", "dropRole", "viewRole"] },
                 { "resource": { "db": "", "collection": "" }, "actions": ["revokeRole"] },
@@ -1509,8 +1576,8 @@ async fn identity_scoped_to_a_targets_databases_is_enough_for_that_target() {
     )
     .await
     .expect("the environment's login creates the custom role");
-    let mut scoped = Identity::with_roles(&env, "scoped", &[(role.as_str(), "admin")]).await;
-    scoped.role = Some(role);
+    let mut scoped = Identity::with_roles(&env, "scoped", &[(custom.as_str(), "admin")]).await;
+    scoped.role = Some(custom);
     let client = scoped.client().await;
 
     let open = env.target("open", true);

@@ -149,7 +149,9 @@ impl Env {
 async fn workload_identity_token_logs_in_and_manages_roles() {
     let env = env("ok").await;
     let client = env.client(&env.auth(), OPERATOR.0).await;
-    let probe = connection::probe("orders", &client, "NotUsed", &connection::all_rights()).await.expect("probe as the OIDC identity");
+    let probe = connection::probe("orders", &client, "NotUsed", &connection::all_rights())
+        .await
+        .expect("probe as the OIDC identity");
     assert_eq!(probe.version, "8.0.4");
 
     // The token came from Entra through workload identity, for MongoDB's
@@ -191,7 +193,9 @@ async fn entra_refusing_the_identity_is_unauthorized_without_tokens_in_the_messa
     let env = env("refused").await;
     // STRANGER has no federated credential for dbgrant's ServiceAccount.
     let client = env.client(&env.auth(), STRANGER.0).await;
-    let err = connection::probe("orders", &client, "NotUsed", &connection::all_rights()).await.expect_err("Entra refuses the exchange");
+    let err = connection::probe("orders", &client, "NotUsed", &connection::all_rights())
+        .await
+        .expect_err("Entra refuses the exchange");
     let text = err.to_string();
     assert!(text.contains("target orders") && text.contains("no Entra token"), "{text}");
     assert!(!text.contains('\n'), "one line: {text}");
@@ -210,7 +214,9 @@ async fn a_token_for_another_audience_is_refused_by_the_server() {
     // A token Entra happily issues, but for ARM, not for MongoDB.
     auth.scope = "https://management.azure.com/.default".into();
     let client = env.client(&auth, OPERATOR.0).await;
-    let err = connection::probe("orders", &client, "NotUsed", &connection::all_rights()).await.expect_err("the server refuses the token");
+    let err = connection::probe("orders", &client, "NotUsed", &connection::all_rights())
+        .await
+        .expect_err("the server refuses the token");
     let text = err.to_string();
     assert!(text.contains("server refused dbgrant's Entra token") && text.contains("audience"), "{text}");
     env.assert_no_tokens(&text);
@@ -227,7 +233,8 @@ async fn an_unreachable_authority_is_transient() {
     let mut auth = env.auth();
     auth.authority_host = Some(format!("https://{closed}"));
     let client = env.client(&auth, OPERATOR.0).await;
-    let err = connection::probe("orders", &client, "NotUsed", &connection::all_rights()).await.expect_err("no authority");
+    let err =
+        connection::probe("orders", &client, "NotUsed", &connection::all_rights()).await.expect_err("no authority");
     let text = err.to_string();
     assert!(text.contains("could not reach the Entra authority"), "{text}");
     assert_eq!(target_controller::target_outcome(&err).reason, reason::UNREACHABLE, "{text}");

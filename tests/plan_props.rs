@@ -454,6 +454,8 @@ proptest! {
                 prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("every database")), "{:?}", denied);
             } else if r.role.starts_with(&format!("{PREFIX}/")) {
                 prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("dbgrant manages")), "{:?}", denied);
+            } else if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && r.db == "admin" {
+                prop_assert!(denied.iter().any(|d| d.contains(&named) && d.contains("never grantable")), "{:?}", denied);
             } else if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && !policy.allow_escalation.contains(&r.role) {
                 prop_assert!(denied.iter().any(|d| d.contains(&format!("role {named} can escalate"))), "{:?}", denied);
             }
@@ -472,8 +474,11 @@ proptest! {
                     prop_assert!(denied.iter().any(|d| d.contains("ledger")), "{:?}", denied);
                 }
             }
+            let on_admin = p.resource.db.as_deref() == Some("admin");
             for a in &p.actions {
-                if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && !policy.allow_escalation.contains(a) {
+                if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && on_admin {
+                    prop_assert!(denied.iter().any(|d| d.contains(&format!("action {a} on the admin database"))), "{:?}", denied);
+                } else if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && !policy.allow_escalation.contains(a) {
                     prop_assert!(denied.iter().any(|d| d.contains(&format!("action {a} can escalate"))), "{:?}", denied);
                 }
             }

@@ -39,7 +39,7 @@ use crate::{
     plan::{
         expiry::{self, ExpiryState},
         index::{Affected, BindingIndex, Contribution, Rejection},
-        mongo::{MongoGrant, ROLE_DB, USER_DB, objects_for},
+        mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for},
         policy,
     },
     runtime::status,
@@ -111,7 +111,7 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
     let mut subjects = BTreeSet::new();
     let mut invalid = Vec::new();
     for s in &b.spec.subjects {
-        let key = s.key();
+        let key = canonical(&target.spec.oidc, s.key());
         match objects_for(&target.spec.oidc, &key) {
             Ok(_) => {
                 subjects.insert(key);
@@ -207,6 +207,9 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
             Some(c) => idx.upsert(&key, c),
             None => idx.remove(&key),
         };
+        // Subjects an earlier pass of this binding changed but could not
+        // finish (or confirm): synced again until they are done.
+        affected.extend(ctx.take_pending(&key));
         // A refused contribution is tried again once it has sat out long
         // enough; until then, the binding reports the refusal it has.
         let retry_before = now - jiff::SignedDuration::try_from(REJECTED_RETRY).unwrap_or_default();
@@ -230,8 +233,9 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
             // checked even if the index no longer had them (a retry after
             // an unconfirmed revocation).
             let mut all = affected;
-            all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), s.key())));
-            if let Err(e) = revoke(ctx, &key, t, all, false).await {
+            all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), canonical(&t.spec.oidc, s.key()))));
+            if let Err(e) = revoke(ctx, &key, t, all.clone(), false).await {
+                ctx.add_pending(&key, all);
                 report_revocation_failure(ctx, &b, &current, &e).await;
                 return Err(e);
             }
@@ -276,9 +280,16 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (None, Some(t)) => {
             let subjects: BTreeSet<SubjectKey> =
                 affected.iter().map(|(_, s)| s.clone()).chain(own_subjects.iter().cloned()).collect();
-            let report = match sync_subjects(ctx, t, &subjects, false, false).await {
+            // Subjects this binding no longer names lose its grant: that is
+            // a revocation, so it is confirmed like one.
+            let dropped: BTreeSet<SubjectKey> = subjects.difference(&own_subjects).cloned().collect();
+            let synced = sync_subjects(ctx, t, &subjects, false, &dropped)
+                .await
+                .and_then(|report| unconfirmed_error(t, &report, &dropped).map_or(Ok(report), Err));
+            let report = match synced {
                 Ok(report) => report,
                 Err(e) => {
+                    ctx.add_pending(&key, affected.clone());
                     // Say on the binding why it is not applied (yet); the
                     // error policy retries with backoff.
                     if let Some(outcome) = sync_failure(&e) {
@@ -342,6 +353,7 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     if waiting_for_target {
         requeue = requeue.min(TARGET_WAIT);
     }
+    ctx.note_rejected(&key, outcome.reason == reason::REJECTED);
     if outcome.reason == reason::REJECTED {
         requeue = requeue.min(REJECTED_RETRY);
     }
@@ -419,8 +431,9 @@ async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action>
     // Subjects this binding named that the index no longer had (e.g. it
     // was denied) are still checked, so nothing it once created lingers.
     let mut all = affected;
+    all.extend(ctx.take_pending(&key(&b)));
     for s in &b.spec.subjects {
-        all.insert((target.name_any(), s.key()));
+        all.insert((target.name_any(), canonical(&target.spec.oidc, s.key())));
     }
     let current = b.status.clone().unwrap_or_default();
     // Retain only where the target allows it now, and never once expired.
@@ -431,12 +444,30 @@ async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action>
         Err(_) => true,
     };
     let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
-    if let Err(e) = revoke(ctx, &key(&b), &target, all, retain).await {
+    if let Err(e) = revoke(ctx, &key(&b), &target, all.clone(), retain).await {
+        ctx.add_pending(&key(&b), all);
         report_revocation_failure(ctx, &b, &current, &e).await;
         return Err(e);
     }
+    ctx.note_rejected(&key(&b), false);
     tracing::info!(binding = %key(&b), target = %target.name_any(), "access revoked");
     Ok(Action::await_change())
+}
+
+/// The error for a sync whose revocation of `subjects` is not confirmed.
+fn unconfirmed_error(
+    target: &MongoTarget,
+    report: &sync::SyncReport,
+    subjects: &BTreeSet<SubjectKey>,
+) -> Option<Error> {
+    let pending: Vec<String> =
+        report.unconfirmed.iter().filter(|(s, _)| subjects.contains(s)).map(|(_, m)| m.clone()).collect();
+    (!pending.is_empty()).then(|| Error::Backend {
+        backend: super::BACKEND,
+        target: target.name_any(),
+        message: format!("revocation not confirmed: {}", pending.join("; ")),
+        transient: true,
+    })
 }
 
 /// Revoke `key`'s contribution to `affected` subjects (the index no longer
@@ -455,18 +486,9 @@ async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: A
         });
     }
     let subjects = affected.into_iter().map(|(_, s)| s).collect();
-    let report = sync_subjects(ctx, target, &subjects, retain, true).await?;
+    let report = sync_subjects(ctx, target, &subjects, retain, &subjects).await?;
     ctx.after_sync(&target.name_any(), &report, key);
-    if report.unconfirmed.is_empty() {
-        return Ok(());
-    }
-    let pending: Vec<String> = report.unconfirmed.values().cloned().collect();
-    Err(Error::Backend {
-        backend: super::BACKEND,
-        target: target.name_any(),
-        message: format!("revocation not confirmed: {}", pending.join("; ")),
-        transient: true,
-    })
+    unconfirmed_error(target, &report, &subjects).map_or(Ok(()), Err)
 }
 
 async fn sync_subjects(
@@ -474,7 +496,7 @@ async fn sync_subjects(
     target: &MongoTarget,
     subjects: &BTreeSet<SubjectKey>,
     retain: bool,
-    confirm: bool,
+    confirm: &BTreeSet<SubjectKey>,
 ) -> Result<sync::SyncReport> {
     let name = target.name_any();
     let conn = target_controller::connect(ctx, target).await?;
@@ -488,7 +510,11 @@ async fn sync_subjects(
     // older union after a newer one.
     let work = {
         let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        subject_work(target, &idx, subjects, retain, confirm)
+        let mut work = subject_work(target, &idx, subjects, retain, false);
+        for w in &mut work {
+            w.confirm = confirm.contains(&w.subject);
+        }
+        work
     };
     let result = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await;
     conn.record(&result);

@@ -119,9 +119,11 @@ pub const LEDGER_ACTIONS: &[&str] = &["find", "insert", "update", "remove"];
 /// the target creates users (`useAuthorizationClaim: false`). Pure.
 pub fn required_rights(spec: &MongoTargetSpec) -> Vec<(Scope, Vec<&'static str>)> {
     let mut out = vec![(Scope::Admin, vec!["createRole", "dropRole", "viewRole"])];
-    let literal: Option<BTreeSet<String>> = spec.policy.allowed_databases.as_ref().and_then(|dbs| {
-        dbs.iter().all(|d| !d.contains('*')).then(|| dbs.iter().cloned().collect())
-    });
+    let literal: Option<BTreeSet<String>> = spec
+        .policy
+        .allowed_databases
+        .as_ref()
+        .and_then(|dbs| dbs.iter().all(|d| !d.contains('*')).then(|| dbs.iter().cloned().collect()));
     match literal {
         Some(mut dbs) => {
             out.push((Scope::EveryDatabase, vec!["revokeRole"]));
@@ -137,6 +139,10 @@ pub fn required_rights(spec: &MongoTargetSpec) -> Vec<(Scope, Vec<&'static str>)
     }
     if !spec.oidc.use_authorization_claim {
         out.push((Scope::External, vec!["createUser", "dropUser", "viewUser"]));
+        // createUser and updateUser grant each user its role in admin.
+        if !out.iter().any(|(scope, actions)| *scope == Scope::Admin && actions.contains(&"grantRole")) {
+            out.push((Scope::Admin, vec!["grantRole"]));
+        }
     }
     out.push((Scope::Ledger, LEDGER_ACTIONS.to_vec()));
     out
@@ -266,6 +272,25 @@ pub fn oidc_transport_problem(tls_verification: &str, allow_insecure_transport: 
     ))
 }
 
+/// Why credentials taken from the connection string itself may not be sent
+/// over this connection, if they may not: MONGODB-OIDC sends a bearer token
+/// and PLAIN a password as they are, so both need TLS with verification.
+pub fn uri_credential_problem(credential: Option<&Credential>, tls_verification: &str) -> Option<String> {
+    let mechanism = credential?.mechanism.as_ref()?;
+    if !matches!(mechanism, AuthMechanism::MongoDbOidc | AuthMechanism::Plain) || tls_verification == "Enabled" {
+        return None;
+    }
+    let how = if tls_verification == "Disabled" {
+        "over TLS without certificate verification"
+    } else {
+        "over a connection without TLS"
+    };
+    Some(format!(
+        "the connection string's authMechanism {} would send dbgrant's credentials {how}: use TLS with verification (tls=true in the connection string, or spec.connection.tls)",
+        mechanism.as_str()
+    ))
+}
+
 /// Build driver options for `target`. Secrets are read from the operator
 /// namespace; their values never appear in errors. CA and client-key files
 /// written here for the driver are removed by the caller once the client is
@@ -322,6 +347,11 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
     let verification = tls_verification(opts.tls.as_ref());
     if let Some(oidc) = &spec.auth.oidc
         && let Some(problem) = oidc_transport_problem(verification, oidc.allow_insecure_transport)
+    {
+        return Err(backend_error(&name, problem, false));
+    }
+    if spec.auth.oidc.is_none()
+        && let Some(problem) = uri_credential_problem(opts.credential.as_ref(), verification)
     {
         return Err(backend_error(&name, problem, false));
     }
@@ -607,10 +637,24 @@ pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Err
         {
             (format!("{operation} failed: {} (code {}); will retry", c.message, c.code), true)
         }
-        ErrorKind::Command(c) if c.code == 13 => (
-            format!("{operation} unauthorized (code 13): dbgrant's MongoDB identity lacks user administration rights"),
-            false,
-        ),
+        ErrorKind::Command(c) if c.code == 13 => {
+            // "not authorized on <db> to execute command { … }": name the
+            // database, never the command (it can be very long).
+            let db = c
+                .message
+                .strip_prefix("not authorized on ")
+                .and_then(|rest| rest.split_once(' '))
+                .map(|(db, _)| db.chars().take(64).collect::<String>());
+            let message = match db {
+                Some(db) => format!(
+                    "{operation} unauthorized (code 13): dbgrant's MongoDB identity is not authorized on database {db:?}; it lacks user administration rights there"
+                ),
+                None => format!(
+                    "{operation} unauthorized (code 13): dbgrant's MongoDB identity lacks user administration rights"
+                ),
+            };
+            (message, false)
+        }
         ErrorKind::Command(c) => (format!("{operation} failed: {} (code {})", c.message, c.code), false),
         _ => (format!("{operation} failed: {e}"), true),
     };
@@ -769,13 +813,19 @@ mod tests {
         // The same identity is not enough where bindings may name any
         // database, or create $external users.
         let open = spec(serde_json::json!({"allowedNamespaces": ["*"]}), true);
-        assert_eq!(missing_rights(&status(&[], scoped_to_orders()), &required_rights(&open)), ["grantRole on every database"]);
+        assert_eq!(
+            missing_rights(&status(&[], scoped_to_orders()), &required_rights(&open)),
+            ["grantRole on every database"]
+        );
         let patterns = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders-*"]}), true);
-        assert_eq!(missing_rights(&status(&[], scoped_to_orders()), &required_rights(&patterns)), ["grantRole on every database"]);
+        assert_eq!(
+            missing_rights(&status(&[], scoped_to_orders()), &required_rights(&patterns)),
+            ["grantRole on every database"]
+        );
         let users = spec(serde_json::json!({"allowedNamespaces": ["*"], "allowedDatabases": ["orders"]}), false);
         assert_eq!(
             missing_rights(&status(&[], scoped_to_orders()), &required_rights(&users)),
-            ["createUser, dropUser and viewUser on the $external database"]
+            ["createUser, dropUser and viewUser on the $external database", "grantRole on the admin database"]
         );
         // Cluster privileges are granted against admin; a second database
         // needs its own grantRole.
@@ -790,7 +840,10 @@ mod tests {
         // revokeRole on all databases is always needed (updateRole).
         let mut no_revoke = scoped_to_orders();
         no_revoke[1] = privilege(db("orders", ""), &["revokeRole"]);
-        assert_eq!(missing_rights(&status(&[], no_revoke), &required_rights(&narrow)), ["revokeRole on every database"]);
+        assert_eq!(
+            missing_rights(&status(&[], no_revoke), &required_rights(&narrow)),
+            ["revokeRole on every database"]
+        );
         // The documented minimum satisfies every policy.
         for s in [&narrow, &open, &patterns, &users, &cluster] {
             assert!(missing_rights(&status(&[], least_privilege()), &required_rights(s)).is_empty());
@@ -829,7 +882,7 @@ mod tests {
                 "createUser, dropUser and viewUser on the $external database"
             ]
         );
-        let message = lacks_message(&reply, &missing);
+        let message = lacks_message(&reply, &missing, &all_rights());
         assert!(message.starts_with("dbgrant's MongoDB identity lacks grantRole and revokeRole on every database; createUser, dropUser and viewUser on the $external database (userAdmin@admin is not enough: it grants these actions on the admin database only); grant it userAdminAnyDatabase@admin and readWrite@dbgrant, or a custom role with createRole, dropRole and viewRole on {db: \"admin\", collection: \"\"}, grantRole and revokeRole on {db: \"\", collection: \"\"}, createUser, dropUser and viewUser on {db: \"$external\", collection: \"\"} and find, insert, update and remove on {db: \"dbgrant\", collection: \"ownership\"}"), "{message}");
         // userAdmin@admin alone lacks the ledger too.
         let alone = missing_actions(&status(&[("userAdmin", "admin")], vec![privilege(db("admin", ""), USER_ADMIN)]));
@@ -967,6 +1020,19 @@ mod tls_tests {
         assert!(!uri_sets("mongodb://h/?tls=true", key));
         assert!(!uri_sets("mongodb://h/?appName=tlsAllowInvalidHostnames", key));
         assert!(!uri_sets("mongodb://h/", key));
+    }
+
+    #[test]
+    fn credentials_from_the_connection_string_need_verified_tls_for_oidc_and_plain() {
+        let with = |m: AuthMechanism| Credential::builder().mechanism(m).build();
+        for m in [AuthMechanism::MongoDbOidc, AuthMechanism::Plain] {
+            let c = with(m.clone());
+            assert!(uri_credential_problem(Some(&c), "NotUsed").is_some_and(|p| p.contains("without TLS")), "{m:?}");
+            assert!(uri_credential_problem(Some(&c), "Disabled").is_some_and(|p| p.contains("verification")), "{m:?}");
+            assert_eq!(uri_credential_problem(Some(&c), "Enabled"), None);
+        }
+        assert_eq!(uri_credential_problem(Some(&with(AuthMechanism::ScramSha256)), "NotUsed"), None);
+        assert_eq!(uri_credential_problem(None, "NotUsed"), None);
     }
 
     #[test]

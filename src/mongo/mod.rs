@@ -17,9 +17,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::OnceCell;
 
 use crate::{
-    api::{MongoRoleBinding, MongoTarget},
+    api::{MongoRoleBinding, MongoTarget, SubjectKey},
     plan::{
-        index::{BindingIndex, Rejection},
+        index::{Affected, BindingIndex, Rejection},
         mongo::MongoGrant,
     },
     runtime::context::Context,
@@ -47,19 +47,37 @@ pub struct MongoContext {
     /// sync of another binding (or of the target) changed: a subject's
     /// union changed, or the server refused one of its contributions.
     pub refresh: futures::channel::mpsc::UnboundedSender<ObjectRef<MongoRoleBinding>>,
+    /// Subjects each binding's last pass changed but did not finish.
+    pub pending: Mutex<HashMap<String, Affected>>,
+    /// Bindings whose status says `Rejected`.
+    pub showing_rejected: Mutex<BTreeSet<String>>,
 }
 
 impl MongoContext {
-    /// Whether the cached binding `namespace/name` is Ready at its
-    /// generation.
-    fn is_ready(&self, key: &str) -> bool {
-        let Some((ns, name)) = key.split_once('/') else { return false };
-        self.bindings.get(&ObjectRef::new(name).within(ns)).is_some_and(|b| {
-            b.status.as_ref().is_some_and(|s| {
-                s.observed_generation == b.metadata.generation
-                    && crate::api::conditions::ready(&s.conditions).is_some_and(|c| c.status == "True")
-            })
-        })
+    /// Subjects `key`'s last pass changed but did not finish, taken for
+    /// this pass.
+    pub fn take_pending(&self, key: &str) -> Affected {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(key).unwrap_or_default()
+    }
+
+    /// Remember subjects `key`'s pass changed but did not finish (a failed
+    /// or unconfirmed sync): its next pass syncs them again even though
+    /// the index no longer shows them as affected.
+    pub fn add_pending(&self, key: &str, subjects: Affected) {
+        if !subjects.is_empty() {
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_string()).or_default().extend(subjects);
+        }
+    }
+
+    /// Note whether `key`'s status now says `Rejected`, so a sibling's sync
+    /// that changes the subject can wake it.
+    pub fn note_rejected(&self, key: &str, rejected: bool) {
+        let mut set = self.showing_rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if rejected {
+            set.insert(key.to_string());
+        } else {
+            set.remove(key);
+        }
     }
 
     /// Record the contributions a sync of `target` found refused, and ask
@@ -77,14 +95,18 @@ impl MongoContext {
                     idx.reject(target, subject, key, Rejection { message: message.clone(), since: now });
                 }
             }
-            // Siblings whose contribution was just refused, and siblings
-            // not Ready (a stale `Rejected` may have been accepted now).
-            for (subject, refused) in &report.rejected {
+            // Bindings just refused, and bindings whose status says
+            // `Rejected` on a subject this sync changed or refused (their
+            // grant may be accepted now): a few, never every sibling.
+            let changed: BTreeSet<&SubjectKey> = report.written.iter().chain(report.rejected.keys()).collect();
+            for refused in report.rejected.values() {
                 wake.extend(refused.keys().cloned());
-                wake.extend(idx.bindings_for(target, subject).filter(|k| !self.is_ready(k)).cloned());
             }
-            for subject in &report.written {
-                wake.extend(idx.bindings_for(target, subject).filter(|k| !self.is_ready(k)).cloned());
+            let showing = self.showing_rejected.lock().unwrap_or_else(|p| p.into_inner());
+            for key in showing.iter() {
+                if idx.get(key).is_some_and(|c| c.target == target && c.subjects.iter().any(|s| changed.contains(s))) {
+                    wake.insert(key.clone());
+                }
             }
         }
         wake.remove(except);

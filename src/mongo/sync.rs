@@ -86,10 +86,16 @@ pub struct SubjectWork {
 }
 
 /// The scratch role a refused union's contributions are tried on, one at a
-/// time: created with a candidate grant and dropped at once. It is granted
-/// to nobody; if dbgrant dies between the two commands, the next isolation
-/// drops it before reusing the name.
-pub const SCRATCH_ROLE: &str = "dbgrant.validate";
+/// time, for a subject whose role is `role` (`<authNamePrefix>/<id>`):
+/// `<authNamePrefix>/.dbgrant-validate`, created with a candidate grant and
+/// dropped at once. It is granted to nobody, and no binding can name it
+/// (roles under the prefix are never grantable; no group object id or app
+/// role value starts with a dot). If dbgrant dies between the two
+/// commands, the next isolation drops it before reusing the name.
+pub fn scratch_role(role: &str) -> String {
+    let prefix = role.rsplit_once('/').map_or("dbgrant", |(p, _)| p);
+    format!("{prefix}/.dbgrant-validate")
+}
 
 /// Read, plan and write for `work` on one target. The caller holds the
 /// target's write lock.
@@ -125,12 +131,17 @@ pub async fn sync(
             }
             Err(Failed(e)) => return Err(e),
             Err(Rejected(msg)) => {
-                let refused = isolate(target, client, metrics, &w.contributions, &msg, &mut report.writes)
-                    .await
-                    .map_err(|e| match e {
-                        Failed(e) => e,
-                        Rejected(m) => backend_error(target, m),
-                    })?;
+                // What the server holds now (when dbgrant owns it) was
+                // accepted as a whole: contributions it covers need no try.
+                let base = actual.role.as_ref().filter(|_| actual.role_owned || adopt).map(|r| &r.grant);
+                let scratch = scratch_role(&w.objects.role);
+                let refused =
+                    isolate(target, client, metrics, &scratch, &w.contributions, base, &msg, &mut report.writes)
+                        .await
+                        .map_err(|e| match e {
+                            Failed(e) => e,
+                            Rejected(m) => backend_error(target, m),
+                        })?;
                 if refused.is_empty() {
                     // Every contribution passes on its own and together:
                     // the refusal is not any binding's (a race, a lock).
@@ -271,16 +282,23 @@ async fn run(
     Ok(())
 }
 
-/// Find which contributions the server refuses: each is added in turn (by
-/// binding key) to the union of those accepted so far and tried on
-/// [`SCRATCH_ROLE`]; the ones refused are returned with the server's
-/// reason. A lone contribution is the refusal's cause by itself (`refusal`
-/// is its reason) and costs no scratch writes.
+/// Find which contributions the server refuses. Contributions that `base`
+/// (the subject's role as the server holds it, so accepted as a whole)
+/// covers are accepted without a try; each other one is added in turn (by
+/// binding key) to the union of those accepted so far and tried on the
+/// `scratch` role, unless that union already covers it. The ones refused
+/// are returned with the server's reason. A lone contribution is the
+/// refusal's cause by itself (`refusal` is its reason) and costs no
+/// scratch writes. So a subject with thousands of bindings and one bad one
+/// costs a few writes, not thousands.
+#[allow(clippy::too_many_arguments)]
 async fn isolate(
     target: &str,
     client: &Client,
     metrics: &Metrics,
+    scratch: &str,
     contributions: &[(String, MongoGrant)],
+    base: Option<&MongoGrant>,
     refusal: &str,
     writes: &mut usize,
 ) -> Result<BTreeMap<String, String>, ApplyError> {
@@ -291,10 +309,17 @@ async fn isolate(
         return Ok(refused);
     }
     let mut accepted = MongoGrant::default();
-    for (key, grant) in contributions {
+    let (known, unknown): (Vec<_>, Vec<_>) = contributions.iter().partition(|(_, g)| base.is_some_and(|b| b.covers(g)));
+    for (_, grant) in known {
+        accepted.merge(grant);
+    }
+    for (key, grant) in unknown {
+        if accepted.covers(grant) {
+            continue;
+        }
         let mut candidate = accepted.clone();
         candidate.merge(grant);
-        match try_on_scratch(target, client, metrics, &candidate, writes).await {
+        match try_on_scratch(target, client, metrics, scratch, &candidate, writes).await {
             Ok(()) => accepted = candidate,
             Err(Rejected(reason)) => {
                 refused.insert(key.clone(), reason);
@@ -305,19 +330,20 @@ async fn isolate(
     Ok(refused)
 }
 
-/// Create [`SCRATCH_ROLE`] with `grant` and drop it again. `Rejected` when
-/// the server refuses the grant.
+/// Create the `scratch` role with `grant` and drop it again. `Rejected`
+/// when the server refuses the grant.
 async fn try_on_scratch(
     target: &str,
     client: &Client,
     metrics: &Metrics,
+    scratch: &str,
     grant: &MongoGrant,
     writes: &mut usize,
 ) -> Result<(), ApplyError> {
     let (roles, privileges) = grant_bson(grant);
-    let create = doc! { "createRole": SCRATCH_ROLE, "roles": roles, "privileges": privileges };
+    let create = doc! { "createRole": scratch, "roles": roles, "privileges": privileges };
     let drop = || async {
-        let r = ignore_code(client.database(ROLE_DB).run_command(doc! { "dropRole": SCRATCH_ROLE }).await, 31);
+        let r = ignore_code(client.database(ROLE_DB).run_command(doc! { "dropRole": scratch }).await, 31);
         metrics.backend_op(BACKEND, "dropRole", r.is_ok());
         r.map(|_| ()).map_err(|e| Failed(connection::classify(target, "dropRole", &e)))
     };
@@ -338,7 +364,7 @@ async fn try_on_scratch(
             Err(e) => return Err(refusal(target, "createRole", &e)),
         }
     }
-    Err(Failed(backend_error(target, format!("{SCRATCH_ROLE} keeps reappearing; is another dbgrant writing?"))))
+    Err(Failed(backend_error(target, format!("{scratch} keeps reappearing; is another dbgrant writing?"))))
 }
 
 fn backend_error(target: &str, message: impl Into<String>) -> Error {
@@ -355,16 +381,18 @@ enum ApplyError {
 }
 use ApplyError::{Failed, Rejected};
 
-/// Server error codes that mean "this grant is bad", not "this target is
-/// unusable": BadValue, FailedToParse (an unknown privilege action),
-/// RoleNotFound, InvalidRoleModification (cycles, cross-database), role or
-/// user exists, unknown field.
-const REFUSAL_CODES: &[i32] = &[2, 9, 31, 49, 51002, 51003, 40415];
-
+/// How a failed write counts. Only what makes the whole target unusable
+/// for now stops the sync: no server, a dropped connection, a failover
+/// (transient), or a failed login. Any other command error — BadValue,
+/// FailedToParse (an unknown action), RoleNotFound, a cycle, a role that
+/// exists, a document over the size limit, Unauthorized on one database
+/// the identity cannot grant — is this subject's refusal: its bindings are
+/// isolated and every other subject (and revocation) goes on.
 fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
     let err = connection::classify(target, op, e);
-    match connection::error_code(e) {
-        Some(code) if REFUSAL_CODES.contains(&code) => {
+    let login = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Authentication { .. });
+    match (&err, connection::error_code(e)) {
+        (Error::Backend { transient: false, .. }, Some(code)) if !login => {
             tracing::warn!(%target, operation = op, code, error = %err, "server refused grant");
             Rejected(err.to_string())
         }
@@ -428,7 +456,19 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
     metrics.backend_op(BACKEND, op, result.is_ok());
     match result {
         Ok(_) => Ok(()),
-        Err(e) => Err(refusal(target, op, &e)),
+        Err(e) => {
+            let refused = refusal(target, op, &e);
+            // A refused create made nothing: its ledger entry (written
+            // first) must not claim the name, or an object someone creates
+            // under it later would count as dbgrant's.
+            if let (Rejected(_), Action::CreateRole { name, .. }) = (&refused, action) {
+                unledger(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
+            }
+            if let (Rejected(_), Action::CreateUser { name, .. }) = (&refused, action) {
+                unledger(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
+            }
+            Err(refused)
+        }
     }
 }
 

@@ -57,6 +57,12 @@ impl Grant for MongoGrant {
 }
 
 impl MongoGrant {
+    /// Whether `self` grants everything `other` does.
+    pub fn covers(&self, other: &Self) -> bool {
+        other.roles.is_subset(&self.roles)
+            && other.privileges.iter().all(|(r, a)| self.privileges.get(r).is_some_and(|mine| a.is_subset(mine)))
+    }
+
     /// Normalise a binding's roles and privileges.
     pub fn from_spec(roles: &[MongoRoleRef], privileges: &[MongoPrivilege]) -> Self {
         let mut g = MongoGrant::default();
@@ -88,6 +94,21 @@ pub struct SubjectObjects {
     /// `$external` user `<prefix>/<object id>` that is granted the role,
     /// for principals on targets that do not authorise by claim.
     pub user: Option<String>,
+}
+
+/// The index key of `subject` on a target with these OIDC settings: two
+/// subjects that name the same backend objects are one key. Users and
+/// service principals are both `$external` users named by their object
+/// id, so a ServicePrincipal is keyed as the User with that id — otherwise
+/// two bindings could each write "their" union to one role, and deleting
+/// one would drop the other's access.
+pub fn canonical(oidc: &MongoOidc, subject: SubjectKey) -> SubjectKey {
+    match subject.kind {
+        SubjectKind::ServicePrincipal if !oidc.use_authorization_claim => {
+            SubjectKey { kind: SubjectKind::User, ..subject }
+        }
+        _ => subject,
+    }
 }
 
 /// Decide the role (and user) names for `subject` on a target with these
@@ -350,6 +371,21 @@ mod tests {
             })
             .collect();
         MongoGrant::from_spec(&roles, &privs)
+    }
+
+    #[test]
+    fn covers_is_set_inclusion_of_roles_and_actions_per_resource() {
+        let ns = |c: &str| Resource::Namespace { db: "orders".into(), collection: c.into() };
+        let g = |roles: &[&str], privs: &[(&str, &[&str])]| MongoGrant {
+            roles: roles.iter().map(|r| (r.to_string(), "orders".to_string())).collect(),
+            privileges: privs.iter().map(|(c, a)| (ns(c), a.iter().map(|s| s.to_string()).collect())).collect(),
+        };
+        let big = g(&["read"], &[("a", &["find", "insert"]), ("b", &["find"])]);
+        assert!(big.covers(&g(&[], &[])));
+        assert!(big.covers(&g(&["read"], &[("a", &["insert"])])));
+        assert!(!big.covers(&g(&["readWrite"], &[])), "another role");
+        assert!(!big.covers(&g(&[], &[("a", &["remove"])])), "another action");
+        assert!(!big.covers(&g(&[], &[("c", &["find"])])), "another resource");
     }
 
     #[test]

@@ -40,7 +40,6 @@ pub const MONGO_EVERY_DATABASE_ROLES: &[&str] = &[
     "userAdminAnyDatabase",
     "clusterAdmin",
     "clusterManager",
-    "clusterMonitor",
     "hostManager",
     "enableSharding",
 ];
@@ -50,6 +49,11 @@ pub const MONGO_EVERY_DATABASE_ROLES: &[&str] = &[
 /// target lists the name in `policy.allowEscalation`. Roles that span every
 /// database are in [`MONGO_EVERY_DATABASE_ROLES`] instead, with no opt-out.
 pub const MONGO_ESCALATION_ROLES: &[&str] = &["userAdmin", "dbOwner"];
+
+/// Roles that read every database's statistics (not its data) and the
+/// server's state: `clusterMonitor`, which monitoring agents need. Denied
+/// unless a target lists the name in `policy.allowEscalation`.
+pub const MONGO_MONITORING_ROLES: &[&str] = &["clusterMonitor"];
 
 /// MongoDB privilege actions that manage users, roles or server
 /// authentication. Denied unless a target lists the name in
@@ -188,6 +192,23 @@ pub fn evaluate_mongo(
             ));
             continue;
         }
+        if MONGO_MONITORING_ROLES.contains(&r.role.as_str()) && !escalation_allowed(&policy.allow_escalation, &r.role) {
+            denied.push(format!(
+                "role {}@{} reads every database's statistics and the server's state; denied unless the target lists {:?} in policy.allowEscalation",
+                r.role, r.db, r.role
+            ));
+            continue;
+        }
+        // In admin, a role that administers the database can grant itself
+        // root (which spans every database, the ledger included): no
+        // opt-out there.
+        if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && r.db == "admin" {
+            denied.push(format!(
+                "role {}@admin administers the admin database, where its holder could grant itself root and so reach dbgrant's ownership ledger {LEDGER_DB:?}; never grantable (policy.allowEscalation cannot allow it)",
+                r.role
+            ));
+            continue;
+        }
         if MONGO_ESCALATION_ROLES.contains(&r.role.as_str()) && !escalation_allowed(&policy.allow_escalation, &r.role) {
             denied.push(format!(
                 "role {}@{} can escalate privileges and is denied unless the target lists {:?} in policy.allowEscalation",
@@ -230,8 +251,14 @@ pub fn evaluate_mongo(
                 ));
             }
         }
+        let on_admin = p.resource.db.as_deref() == Some("admin");
         for a in &p.actions {
-            if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && !escalation_allowed(&policy.allow_escalation, a) {
+            if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && on_admin {
+                denied.push(format!(
+                    "action {a} on the admin database lets its holder grant itself root and so reach dbgrant's ownership ledger {LEDGER_DB:?}; never grantable (policy.allowEscalation cannot allow it)"
+                ));
+            } else if MONGO_ESCALATION_ACTIONS.contains(&a.as_str()) && !escalation_allowed(&policy.allow_escalation, a)
+            {
                 denied.push(format!(
                     "action {a} can escalate privileges and is denied unless the target lists {a:?} in policy.allowEscalation"
                 ));
@@ -410,6 +437,37 @@ mod tests {
     }
 
     #[test]
+    fn administering_admin_is_never_grantable_even_with_an_opt_out() {
+        let p = MongoPolicy {
+            allowed_databases: Some(vec!["admin".into(), "orders".into()]),
+            allow_escalation: vec!["userAdmin".into(), "dbOwner".into(), "grantRole".into(), "createUser".into()],
+            ..mongo_policy(&["*"])
+        };
+        let eval = |roles: &[MongoRoleRef], privileges: &[MongoPrivilege]| {
+            evaluate_mongo(&p, "entra", "a", "t", roles, privileges, DeletionPolicy::Delete)
+        };
+        for r in ["userAdmin", "dbOwner"] {
+            assert!(eval(&[role(r, "admin")], &[])[0].contains("never grantable"), "{r}@admin");
+            assert!(eval(&[role(r, "orders")], &[]).is_empty(), "{r}@orders is opted out");
+        }
+        for a in ["grantRole", "createUser"] {
+            assert!(eval(&[], &[privilege("admin", "", &[a])])[0].contains("never grantable"), "{a} on admin");
+            assert!(eval(&[], &[privilege("orders", "", &[a])]).is_empty(), "{a} on orders is opted out");
+        }
+    }
+
+    #[test]
+    fn cluster_monitor_needs_an_opt_in() {
+        let p = MongoPolicy { allowed_databases: Some(vec!["admin".into()]), ..mongo_policy(&["*"]) };
+        let eval = |p: &MongoPolicy| {
+            evaluate_mongo(p, "entra", "a", "t", &[role("clusterMonitor", "admin")], &[], DeletionPolicy::Delete)
+        };
+        assert!(eval(&p)[0].contains("allowEscalation"));
+        let p = MongoPolicy { allow_escalation: vec!["clusterMonitor".into()], ..p };
+        assert!(eval(&p).is_empty());
+    }
+
+    #[test]
     fn namespace_patterns() {
         assert!(namespace_allowed(&["*".into()], "anything"));
         assert!(namespace_allowed(&["team-*".into()], "team-payments"));
@@ -438,7 +496,7 @@ mod tests {
     fn every_escalation_role_and_action_is_denied_by_default() {
         let p = MongoPolicy { allowed_databases: Some(vec!["*".into()]), ..mongo_policy(&["*"]) };
         for r in MONGO_ESCALATION_ROLES {
-            let d = mongo(&p, "a", "t", &[role(r, "admin")], &[]);
+            let d = mongo(&p, "a", "t", &[role(r, "app")], &[]);
             assert!(d.iter().any(|m| m.contains("escalate")), "{r}: {d:?}");
         }
         for a in MONGO_ESCALATION_ACTIONS {

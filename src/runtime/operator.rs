@@ -204,6 +204,8 @@ async fn mongo_controllers(
         primed: Default::default(),
         connections: Default::default(),
         refresh,
+        pending: Default::default(),
+        showing_rejected: Default::default(),
     });
     let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
     let store = binding_store.clone();
