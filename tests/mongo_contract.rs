@@ -1083,6 +1083,26 @@ async fn a_principal_named_as_user_and_as_service_principal_is_one_subject() {
     assert_eq!(env.state().await, State::default());
 }
 
+/// Retain holds when what remains on the group is refused: the role is
+/// released (left in place, unmanaged), not dropped.
+#[tokio::test]
+async fn retain_holds_when_the_rest_of_the_union_is_refused() {
+    let env = Env::start().await;
+    let mut t = env.target("main", true);
+    t.spec.policy.allow_retain = true;
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    let mut keep = binding("keep", &[&g]).roles(&[role("read", "orders")]).on(&t);
+    keep.spec.deletion_policy = DeletionPolicy::Retain;
+    let bad = binding("ghost", &[&g]).roles(&[role("ghost", "orders")]).on(&t);
+    op.apply_all(&[&keep]).await;
+    op.apply(&bad).await;
+    let report = op.delete(&keep).await;
+    assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
+    assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]), "released, not dropped");
+    assert!(env.ledger(&t).await.is_empty(), "and no longer dbgrant's");
+}
+
 #[tokio::test]
 async fn role_reads_are_batched_by_500_not_per_binding() {
     let env = Env::start().await;

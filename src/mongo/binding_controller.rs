@@ -540,7 +540,9 @@ pub fn subject_work(
             let desired = idx.desired(&name, s);
             Some(SubjectWork {
                 subject: s.clone(),
-                retain: retain && desired.is_none(),
+                // Only used when nothing remains to grant (also after the
+                // server refuses what remains).
+                retain,
                 contributions: target_controller::contributions(idx, &name, s),
                 desired,
                 objects,
