@@ -854,7 +854,6 @@ async fn a_forbidden_binding_applies_nothing_and_says_why() {
 async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
     let env = Env::start().await;
     let mut t = env.target("main", true);
-    // Roles in admin (dbgrant's own) may be granted here, to build a cycle.
     t.spec.policy.allowed_databases = Some(vec!["*".into()]);
     let mut op = Operator::new(&env, &t).await;
     let (good, ghost, teleport, g4, g5) = (group(1), group(2), group(3), group(4), group(5));
