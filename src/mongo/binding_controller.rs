@@ -136,42 +136,8 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
     }
 }
 
-/// The index key of a binding.
-pub fn key(b: &MongoRoleBinding) -> String {
-    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
-}
-
-impl MongoContext {
-    /// Put every binding that exists at start-up into the index before any
-    /// reconcile writes, so a role is never shrunk to a partial union.
-    pub async fn prime(&self) {
-        self.primed
-            .get_or_init(|| async {
-                tracing::debug!("waiting for the target and binding caches");
-                crate::runtime::cache::wait_ready(&self.targets).await;
-                crate::runtime::cache::wait_ready(&self.bindings).await;
-                tracing::debug!("caches ready; priming the binding index");
-                let now = jiff::Timestamp::now();
-                let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                for b in self.bindings.state() {
-                    // A binding without dbgrant's finalizer was never applied
-                    // (the finalizer comes first); it joins the index at its
-                    // first reconcile. Priming it anyway would keep its grant
-                    // in the index for good if it is deleted before then: a
-                    // deletion without the finalizer never reaches cleanup.
-                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
-                        continue;
-                    }
-                    let target = self.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name));
-                    if let Some(c) = evaluate(&b, target.as_deref(), now).contribution {
-                        idx.upsert(&key(&b), c);
-                    }
-                }
-                tracing::info!(bindings = idx.len(), "binding index primed");
-            })
-            .await;
-    }
-}
+/// The index key of a binding (`namespace/name`).
+pub use super::binding_key as key;
 
 /// Reconcile one MongoRoleBinding.
 pub async fn reconcile(b: Arc<MongoRoleBinding>, ctx: Arc<MongoContext>) -> Result<Action> {

@@ -18,6 +18,7 @@ use super::BACKEND;
 use crate::{
     Error, Result,
     api::{MongoTarget, MongoTargetSpec},
+    plan::mongo::{LEDGER_COLLECTION, LEDGER_DB},
     runtime::{
         context::Context,
         secrets::{self, ExposeSecret},
@@ -52,7 +53,7 @@ impl Scope {
             Self::Database(db) => format!("the {db} database"),
             Self::External => "the $external database".into(),
             Self::Ledger => {
-                format!("{}.{} (the ownership ledger)", super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION)
+                format!("{}.{} (the ownership ledger)", LEDGER_DB, LEDGER_COLLECTION)
             }
         }
     }
@@ -64,7 +65,7 @@ impl Scope {
             Self::EveryDatabase => ("", ""),
             Self::Database(db) => (db.as_str(), ""),
             Self::External => ("$external", ""),
-            Self::Ledger => (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION),
+            Self::Ledger => (LEDGER_DB, LEDGER_COLLECTION),
         };
         format!("{{db: \"{db}\", collection: \"{collection}\"}}")
     }
@@ -75,7 +76,7 @@ impl Scope {
     /// non-system collections; `{db, collection: ""}` that database and
     /// its collections; `{db: "", collection}` that collection everywhere).
     fn reached_by(&self, resource: &Pattern) -> bool {
-        let ledger = (super::sync::LEDGER_DB, super::sync::LEDGER_COLLECTION);
+        let ledger = (LEDGER_DB, LEDGER_COLLECTION);
         match (self, resource) {
             (_, Pattern::Any) => true,
             // `{db: "", collection: ""}` does not reach local and config.
@@ -515,7 +516,7 @@ fn and_list<S: AsRef<str>>(items: &[S]) -> String {
 
 /// What the probe says: what is missing, and what to grant.
 fn lacks_message(status: &Document, missing: &[String], rights: &[(Scope, Vec<&'static str>)]) -> String {
-    let ledger = super::sync::LEDGER_DB;
+    let ledger = LEDGER_DB;
     let custom: Vec<String> =
         rights.iter().map(|(scope, actions)| format!("{} on {}", and_list(actions), scope.resource())).collect();
     let roles = status.get_document("authInfo").and_then(|a| a.get_array("authenticatedUserRoles")).ok();

@@ -13,10 +13,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
 use tokio::sync::OnceCell;
 
 use crate::{
+    FINALIZER,
     api::{MongoRoleBinding, MongoTarget, SubjectKey},
     plan::{
         index::{Affected, BindingIndex, Rejection},
@@ -53,7 +57,42 @@ pub struct MongoContext {
     pub showing_rejected: Mutex<BTreeSet<String>>,
 }
 
+/// The index key of a binding: `namespace/name`.
+pub fn binding_key(b: &MongoRoleBinding) -> String {
+    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+}
+
 impl MongoContext {
+    /// Put every binding that exists at start-up into the index before any
+    /// reconcile writes, so a role is never shrunk to a partial union.
+    pub async fn prime(&self) {
+        self.primed
+            .get_or_init(|| async {
+                tracing::debug!("waiting for the target and binding caches");
+                crate::runtime::cache::wait_ready(&self.targets).await;
+                crate::runtime::cache::wait_ready(&self.bindings).await;
+                tracing::debug!("caches ready; priming the binding index");
+                let now = jiff::Timestamp::now();
+                let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+                for b in self.bindings.state() {
+                    // A binding without dbgrant's finalizer was never applied
+                    // (the finalizer comes first); it joins the index at its
+                    // first reconcile. Priming it anyway would keep its grant
+                    // in the index for good if it is deleted before then: a
+                    // deletion without the finalizer never reaches cleanup.
+                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
+                        continue;
+                    }
+                    let target = self.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name));
+                    if let Some(c) = binding_controller::evaluate(&b, target.as_deref(), now).contribution {
+                        idx.upsert(&binding_key(&b), c);
+                    }
+                }
+                tracing::info!(bindings = idx.len(), "binding index primed");
+            })
+            .await;
+    }
+
     /// Subjects `key`'s last pass changed but did not finish, taken for
     /// this pass.
     pub fn take_pending(&self, key: &str) -> Affected {

@@ -25,9 +25,7 @@ use crate::{
 
 /// Database of the ownership ledger; defined with the pure code, whose
 /// policy keeps it out of every tenant's reach.
-pub use crate::plan::mongo::LEDGER_DB;
-/// Collection of the ownership ledger.
-pub const LEDGER_COLLECTION: &str = "ownership";
+pub use crate::plan::mongo::{LEDGER_COLLECTION, LEDGER_DB};
 /// Names per `rolesInfo`/`usersInfo` call: far below the 16 MiB message
 /// limit even with long names and many privileges.
 pub const BATCH: usize = 500;

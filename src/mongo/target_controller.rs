@@ -97,7 +97,7 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
         tracing::info!(target = %name, "no bindings use the target any more; released");
         return Ok(Action::await_change());
     }
-    let mut names: Vec<String> = users.iter().map(|b| super::binding_controller::key(b)).collect();
+    let mut names: Vec<String> = users.iter().map(|b| super::binding_key(b)).collect();
     names.sort();
     let deleting = users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count();
     let waiting = waiting_message(&names);

@@ -19,6 +19,8 @@ pub const USER_DB: &str = "$external";
 /// The database of dbgrant's ownership ledger (`dbgrant.ownership`). No
 /// binding can ever reach it: see [`crate::plan::policy::evaluate_mongo`].
 pub const LEDGER_DB: &str = "dbgrant";
+/// The collection of the ownership ledger in [`LEDGER_DB`].
+pub const LEDGER_COLLECTION: &str = "ownership";
 
 /// A privilege resource, normalised.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
