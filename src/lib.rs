@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod azure;
 pub mod cli;
 pub mod cosmos;
 pub mod error;

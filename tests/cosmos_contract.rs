@@ -23,10 +23,14 @@ use dbgrant::{
         AzureCredential, BuiltInCosmosRole, ClientCertificateCredential, ClientSecretCredential, SecretKeyRef,
         WorkloadIdentityCredential,
     },
+    azure::{
+        credential::{self, Material},
+        transport,
+    },
     cosmos::{
         arm::{ArmApi, ArmClient, ArmError, ArmSettings},
         binding_controller::{confirm, to_revoke},
-        credential::{self, Cloud, Material},
+        cloud::{self, Cloud},
         sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport, WriteResult},
     },
     plan::cosmos::{AccountRef, AssignmentKey, DefinitionSpec, Desired, Limits, RoleKey},
@@ -121,8 +125,8 @@ fn build_client(
     settings: &ArmSettings,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<ArmClient, String> {
-    let transport = credential::transport(ca)?;
-    let cred = credential::build(credential, material, cloud, transport.clone(), env)?;
+    let transport = transport::transport(ca)?;
+    let cred = credential::build(credential, material, &cloud.authority_host, transport.clone(), env)?;
     ArmClient::new(cred, transport, &cloud.arm_endpoint, &cloud.audience, account.clone(), settings.clone())
         .map_err(|e| e.to_string())
 }
@@ -185,7 +189,7 @@ impl Harness {
             credential: secret_spec(&tenant, &client_id),
             policy: Default::default(),
         };
-        let cloud = credential::cloud(&spec, var("AZURE_AUTHORITY_HOST"));
+        let cloud = cloud::cloud(&spec, var("AZURE_AUTHORITY_HOST"));
         let account = AccountRef::new(&subscription, &group, &name);
         let settings = ArmSettings { lro_budget: Duration::from_secs(180), ..ArmSettings::default() };
         let client = build_client(&cloud, &spec.credential, real_material(), None, &account, &settings, |_| None)
@@ -889,7 +893,7 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
 #[tokio::test]
 async fn client_certificate_credential_signs_assertions_entra_accepts() {
     let h = Harness::start().await;
-    let pem = include_str!("../src/cosmos/testdata/client-cert.pem");
+    let pem = include_str!("../src/azure/testdata/client-cert.pem");
     let cert_only: String = pem.split("-----BEGIN PRIVATE KEY-----").next().unwrap().to_string();
     let cert_only = cert_only.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
     h.double().add_client_certificate(DEFAULT_CLIENT_ID, &cert_only).unwrap();
@@ -986,8 +990,8 @@ async fn real_azure_account_contract() {
 async fn own_object_id(h: &Harness) -> String {
     use base64::Engine as _;
     let spec_secret = real_material();
-    let transport = credential::transport(None).unwrap();
-    let cred = credential::build(&h.credential, spec_secret, &h.cloud, transport, |_| None).unwrap();
+    let transport = transport::transport(None).unwrap();
+    let cred = credential::build(&h.credential, spec_secret, &h.cloud.authority_host, transport, |_| None).unwrap();
     let token = cred.get_token(&[&dbgrant::cosmos::arm::token_scope(&h.cloud.audience)], None).await.expect("token");
     let payload = azure_core::credentials::Secret::secret(&token.token).split('.').nth(1).unwrap().to_string();
     let claims: serde_json::Value =

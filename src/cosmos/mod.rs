@@ -1,5 +1,5 @@
-//! The Azure Cosmos DB backend: a typed ARM client, Entra ID credentials,
-//! the account sync, and the controllers for `CosmosTarget`,
+//! The Azure Cosmos DB backend: a typed ARM client (on the shared Azure
+//! transport and Entra credentials of [`crate::azure`]), the account sync, and the controllers for `CosmosTarget`,
 //! `CosmosRoleDefinition` and `CosmosRoleBinding`.
 //!
 //! ```text
@@ -18,7 +18,7 @@
 
 pub mod arm;
 pub mod binding_controller;
-pub mod credential;
+pub mod cloud;
 pub mod definition_controller;
 pub mod sync;
 pub mod target_controller;
@@ -42,6 +42,7 @@ use self::{
 use crate::{
     Error, Result,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget},
+    azure::{self, credential as azure_credential},
     plan::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
         index::BindingIndex,
@@ -241,27 +242,28 @@ impl CosmosContext {
             (Some(c), _) => {
                 let s = secrets::read(client_ref, ns, &c.secret_ref.name).await?;
                 fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
-                credential::Material::ClientSecret(secrets::key(&s, ns, &c.secret_ref.name, &c.secret_ref.key)?)
+                azure_credential::Material::ClientSecret(secrets::key(&s, ns, &c.secret_ref.name, &c.secret_ref.key)?)
             }
             (None, Some(c)) => {
                 let r = &c.certificate_secret_ref;
                 let s = secrets::read(client_ref, ns, &r.name).await?;
                 fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
-                credential::Material::Certificate(secrets::key(&s, ns, &r.name, &r.key)?)
+                azure_credential::Material::Certificate(secrets::key(&s, ns, &r.name, &r.key)?)
             }
-            (None, None) if spec.credential.managed_identity.is_some() => credential::Material::Managed,
-            (None, None) => credential::Material::Workload,
+            (None, None) if spec.credential.managed_identity.is_some() => azure_credential::Material::Managed,
+            (None, None) => azure_credential::Material::Workload,
         };
         if let Some((fp, c)) = handle.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
             && *fp == fingerprint
         {
             return Ok(c.clone());
         }
-        let cloud = credential::cloud(spec, std::env::var("AZURE_AUTHORITY_HOST").ok());
+        let cloud = cloud::cloud(spec, std::env::var("AZURE_AUTHORITY_HOST").ok());
         let config_error = |m: String| Error::Azure { target: name.clone(), source: arm::ArmError::Credential(m) };
-        let transport = credential::transport(ca.as_ref().map(secrecy::ExposeSecret::expose_secret))
+        let transport = azure::transport::transport(ca.as_ref().map(secrecy::ExposeSecret::expose_secret))
             .map_err(|m| config_error(format!("cloud.caSecretRef: {m}")))?;
-        let cred = credential::build(&spec.credential, material, &cloud, transport.clone(), |k| std::env::var(k).ok())
+        let env = |k: &str| std::env::var(k).ok();
+        let cred = azure_credential::build(&spec.credential, material, &cloud.authority_host, transport.clone(), env)
             .map_err(config_error)?;
         let settings = ArmSettings { api_version: cloud.api_version.clone(), ..self.settings.arm.clone() };
         let client =

@@ -10,12 +10,13 @@
 //!   user-assigned by client id).
 //!
 //! Both talk to the authority host (spec, else `AZURE_AUTHORITY_HOST`,
-//! else the public cloud; https only) over the Cosmos backend's transport
-//! ([`crate::cosmos::credential::transport`]: rustls + ring with the
-//! target's extra CA roots). The credential itself is built here rather
-//! than with `cosmos::credential::build`, whose messages name CosmosTarget
-//! fields and whose redaction wrapper drops the error kind this module
-//! needs to tell an unreachable authority (transient) from a refusal.
+//! else the public cloud; https only) over dbgrant's shared Azure
+//! transport and client options ([`crate::azure::transport`]: rustls +
+//! ring with the target's extra CA roots), and are built by the shared
+//! constructors of [`crate::azure::credential`]. The messages are this
+//! module's (they name MongoTarget fields), and so is the error mapping:
+//! it keeps the error kind needed to tell an unreachable authority
+//! (transient) from a refusal.
 //!
 //! Tokens never leave this module except to the driver: errors are
 //! re-worded, and anything token-shaped (a JWT, the federated token's
@@ -27,14 +28,9 @@ use std::{
 };
 
 use azure_core::{
-    cloud::{CloudConfiguration, CustomConfiguration},
     credentials::TokenCredential,
     error::ErrorKind as AzureErrorKind,
-    http::{ClientOptions as AzureClientOptions, ExponentialRetryOptions, RetryOptions},
-};
-use azure_identity::{
-    ClientAssertionCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    http::{ExponentialRetryOptions, RetryOptions},
 };
 use futures::FutureExt;
 use mongodb::options::{
@@ -172,41 +168,25 @@ pub fn token_credential(
     identity: &Identity,
     extra_ca_pem: Option<&str>,
 ) -> Result<Arc<dyn TokenCredential>> {
-    let transport = crate::cosmos::credential::transport(extra_ca_pem)
+    let transport = crate::azure::transport::transport(extra_ca_pem)
         .map_err(|m| config_error(target, format!("spec.auth.oidc.caSecretRef: {m}")))?;
-    let mut custom = CustomConfiguration::default();
-    custom.authority_host = identity.authority_host.clone();
-    let client_options = AzureClientOptions {
-        transport: Some(transport),
-        cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
-        retry: retry(),
-        ..Default::default()
-    };
+    let mut client_options = crate::azure::transport::client_options(&identity.authority_host, transport)
+        .map_err(|m| config_error(target, m))?;
+    client_options.retry = retry();
     let scrub = |e: azure_core::Error| scrub(&describe(&e), identity.token_file.as_deref());
     match identity.credential {
-        MongoOidcCredential::WorkloadIdentity => {
-            let options = WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions { client_options },
-                client_id: identity.client_id.clone(),
-                tenant_id: identity.tenant_id.clone(),
-                token_file_path: identity.token_file.clone().map(Into::into),
-            };
-            let credential = WorkloadIdentityCredential::new(Some(options)).map_err(|e| {
-                config_error(
-                    target,
-                    format!("workloadIdentity: {}; check the operator pod's federated token", scrub(e)),
-                )
-            })?;
-            Ok(credential)
-        }
+        MongoOidcCredential::WorkloadIdentity => crate::azure::credential::workload_identity(
+            client_options,
+            identity.tenant_id.clone(),
+            identity.client_id.clone(),
+            identity.token_file.clone(),
+        )
+        .map_err(|e| {
+            config_error(target, format!("workloadIdentity: {}; check the operator pod's federated token", scrub(e)))
+        }),
         MongoOidcCredential::ManagedIdentity => {
-            let options = ManagedIdentityCredentialOptions {
-                user_assigned_id: identity.client_id.clone().map(UserAssignedId::ClientId),
-                client_options,
-            };
-            let credential = ManagedIdentityCredential::new(Some(options))
-                .map_err(|e| config_error(target, format!("managedIdentity: {}", scrub(e))))?;
-            Ok(credential)
+            crate::azure::credential::managed_identity(client_options, identity.client_id.clone())
+                .map_err(|e| config_error(target, format!("managedIdentity: {}", scrub(e))))
         }
     }
 }

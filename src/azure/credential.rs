@@ -1,28 +1,25 @@
-//! Azure credentials and transport for a CosmosTarget.
+//! Entra ID credentials, built with `azure_identity` 1.x for any of
+//! dbgrant's Azure callers (the Cosmos DB backend's ARM client, MongoDB
+//! OIDC), with every secret value removed from their errors.
 //!
-//! - `workloadIdentity`: `azure_identity::WorkloadIdentityCredential` (the
-//!   federated token file from `AZURE_FEDERATED_TOKEN_FILE`; tenant and
-//!   client id from the spec, else the pod's `AZURE_TENANT_ID` /
-//!   `AZURE_CLIENT_ID`).
-//! - `managedIdentity`: `ManagedIdentityCredential` (system-assigned, or
-//!   user-assigned by client id).
-//! - `clientSecret`: `ClientSecretCredential`, secret from a Secret.
-//! - `clientCertificate`: `ClientAssertionCredential` with an RS256 JWT
+//! - workload identity: `WorkloadIdentityCredential` (the federated token
+//!   file from `AZURE_FEDERATED_TOKEN_FILE`; tenant and client id from the
+//!   spec, else the pod's `AZURE_TENANT_ID` / `AZURE_CLIENT_ID`);
+//! - managed identity: `ManagedIdentityCredential` (system-assigned, or
+//!   user-assigned by client id);
+//! - client secret: `ClientSecretCredential`, secret from a Secret;
+//! - client certificate: `ClientAssertionCredential` with an RS256 JWT
 //!   signed here with `ring` from a PEM certificate and key in a Secret
 //!   (azure_identity's own certificate credential needs OpenSSL).
 //!
-//! Every credential talks to the target's authority host
-//! (`CloudConfiguration::Custom`; https only) over the same transport as
-//! ARM: reqwest on rustls with the target's extra CA roots.
-//!
-//! Credential errors are re-raised with every secret value the target
-//! uses removed from their text, whatever the identity library put there.
+//! Every credential talks to its authority host over the transport of
+//! [`super::transport`]. Errors are re-raised with every secret value the
+//! credential uses removed, whatever the identity library put there.
 
 use std::{fmt, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 use azure_core::{
-    cloud::{CloudConfiguration, CustomConfiguration},
     credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions},
     error::ErrorKind,
     http::{ClientMethodOptions, ClientOptions, Transport},
@@ -41,58 +38,7 @@ use ring::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::api::{
-    AzureCredential, CosmosTargetSpec, DEFAULT_API_VERSION, DEFAULT_ARM_ENDPOINT, DEFAULT_AUTHORITY_HOST,
-};
-
-/// Endpoints and pinning for one target, defaults resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cloud {
-    /// ARM endpoint (https, no trailing slash).
-    pub arm_endpoint: String,
-    /// Entra authority host (https, no trailing slash).
-    pub authority_host: String,
-    /// Token audience for ARM.
-    pub audience: String,
-    /// `Microsoft.DocumentDB` api-version.
-    pub api_version: String,
-}
-
-/// Resolve a target's cloud settings. The authority host comes from the
-/// spec, else `AZURE_AUTHORITY_HOST` (set by the workload identity
-/// webhook), else the public cloud.
-pub fn cloud(spec: &CosmosTargetSpec, env_authority_host: Option<String>) -> Cloud {
-    let c = spec.cloud.clone().unwrap_or_default();
-    let arm_endpoint = c.arm_endpoint.unwrap_or_else(|| DEFAULT_ARM_ENDPOINT.into()).trim_end_matches('/').to_string();
-    let authority_host = c
-        .authority_host
-        .or(env_authority_host.filter(|h| !h.is_empty()))
-        .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.into())
-        .trim_end_matches('/')
-        .to_string();
-    let audience = c.arm_audience.unwrap_or_else(|| arm_endpoint.clone());
-    let api_version = c.api_version.unwrap_or_else(|| DEFAULT_API_VERSION.into());
-    Cloud { arm_endpoint, authority_host, audience, api_version }
-}
-
-/// An HTTP transport trusting the system roots plus `extra_ca_pem`.
-pub fn transport(extra_ca_pem: Option<&str>) -> Result<Transport, String> {
-    crate::install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(pem) = extra_ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|_| "the CA bundle is not PEM certificates".to_string())?;
-        if certs.is_empty() {
-            return Err("the CA bundle holds no PEM certificate".into());
-        }
-        builder = builder.tls_certs_merge(certs);
-    }
-    let client = builder.build().map_err(|e| format!("cannot build the HTTPS client: {e}"))?;
-    Ok(Transport::new(Arc::new(client)))
-}
+use crate::api::AzureCredential;
 
 /// The secret material a credential needs, read from Secrets.
 pub enum Material {
@@ -118,24 +64,45 @@ impl fmt::Debug for Material {
     }
 }
 
-/// Build the credential for `spec` with the material read for it.
-/// `env` reads the process environment (a parameter so tests need not
-/// touch it).
+/// A workload identity credential: the pod's federated token file
+/// exchanged for an Entra token.
+pub fn workload_identity(
+    client_options: ClientOptions,
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    token_file: Option<String>,
+) -> azure_core::Result<Arc<dyn TokenCredential>> {
+    let options = WorkloadIdentityCredentialOptions {
+        credential_options: ClientAssertionCredentialOptions { client_options },
+        client_id,
+        tenant_id,
+        token_file_path: token_file.map(Into::into),
+    };
+    Ok(WorkloadIdentityCredential::new(Some(options))?)
+}
+
+/// A managed identity credential: system-assigned, or user-assigned by
+/// client id.
+pub fn managed_identity(
+    client_options: ClientOptions,
+    client_id: Option<String>,
+) -> azure_core::Result<Arc<dyn TokenCredential>> {
+    let options =
+        ManagedIdentityCredentialOptions { user_assigned_id: client_id.map(UserAssignedId::ClientId), client_options };
+    Ok(ManagedIdentityCredential::new(Some(options))?)
+}
+
+/// Build the credential for `spec` with the material read for it, talking
+/// to `authority_host` (https only) over `transport`. `env` reads the
+/// process environment (a parameter so tests need not touch it).
 pub fn build(
     spec: &AzureCredential,
     material: Material,
-    cloud: &Cloud,
+    authority_host: &str,
     transport: Transport,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Arc<dyn TokenCredential>, String> {
-    let url = url_check(&cloud.authority_host)?;
-    let mut custom = CustomConfiguration::default();
-    custom.authority_host = url;
-    let client_options = ClientOptions {
-        transport: Some(transport),
-        cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
-        ..Default::default()
-    };
+    let client_options = super::transport::client_options(authority_host, transport)?;
     let describe = |e: azure_core::Error| e.to_string();
     let (inner, secrets): (Arc<dyn TokenCredential>, Vec<SecretString>) = match (spec, material) {
         (AzureCredential { workload_identity: Some(w), .. }, Material::Workload) => {
@@ -148,20 +115,11 @@ pub fn build(
             let token_file = env("AZURE_FEDERATED_TOKEN_FILE").ok_or(
                 "workloadIdentity needs AZURE_FEDERATED_TOKEN_FILE in the operator pod (install the chart with workload identity enabled)",
             )?;
-            let options = WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions { client_options },
-                client_id: Some(client_id),
-                tenant_id: Some(tenant_id),
-                token_file_path: Some(token_file.into()),
-            };
-            (WorkloadIdentityCredential::new(Some(options)).map_err(describe)?, Vec::new())
+            let credential = workload_identity(client_options, Some(tenant_id), Some(client_id), Some(token_file));
+            (credential.map_err(describe)?, Vec::new())
         }
         (AzureCredential { managed_identity: Some(m), .. }, Material::Managed) => {
-            let options = ManagedIdentityCredentialOptions {
-                user_assigned_id: m.client_id.clone().map(UserAssignedId::ClientId),
-                client_options,
-            };
-            (ManagedIdentityCredential::new(Some(options)).map_err(describe)?, Vec::new())
+            (managed_identity(client_options, m.client_id.clone()).map_err(describe)?, Vec::new())
         }
         (AzureCredential { client_secret: Some(c), .. }, Material::ClientSecret(secret)) => {
             let options = ClientSecretCredentialOptions { client_options };
@@ -175,7 +133,7 @@ pub fn build(
             (credential, vec![secret])
         }
         (AzureCredential { client_certificate: Some(c), .. }, Material::Certificate(pem)) => {
-            let audience = format!("{}/{}/oauth2/v2.0/token", cloud.authority_host, c.tenant_id);
+            let audience = format!("{}/{}/oauth2/v2.0/token", authority_host.trim_end_matches('/'), c.tenant_id);
             let assertion = CertificateAssertion::from_pem(&c.client_id, &audience, pem.expose_secret())?;
             let options = ClientAssertionCredentialOptions { client_options };
             let credential =
@@ -190,14 +148,6 @@ pub fn build(
         }
     };
     Ok(Arc::new(Redacting { inner, secrets }))
-}
-
-fn url_check(host: &str) -> Result<String, String> {
-    match azure_core::http::Url::parse(host) {
-        Ok(u) if u.scheme() == "https" => Ok(host.trim_end_matches('/').to_string()),
-        Ok(_) => Err(format!("the authority host {host} must use https")),
-        Err(_) => Err(format!("the authority host {host:?} is not a URL")),
-    }
 }
 
 // === Redaction ===
@@ -332,79 +282,45 @@ impl ClientAssertion for CertificateAssertion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AzureCloud, ClientSecretCredential as SecretSpec, CosmosPolicy, SecretKeyRef};
+    use crate::{
+        api::{ClientSecretCredential as SecretSpec, SecretKeyRef},
+        azure::transport::transport,
+    };
 
-    fn spec(cloud: Option<AzureCloud>) -> CosmosTargetSpec {
-        CosmosTargetSpec {
-            subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
-            resource_group: "rg".into(),
-            account_name: "acct".into(),
-            cloud,
-            credential: AzureCredential {
-                workload_identity: None,
-                managed_identity: None,
-                client_secret: Some(SecretSpec {
-                    tenant_id: "aa798838-6d8b-4587-bf07-595d548762c8".into(),
-                    client_id: "5f796ca5-e63f-42b0-9fef-be1cbe27d1ed".into(),
-                    secret_ref: SecretKeyRef { name: "s".into(), key: "k".into() },
-                }),
-                client_certificate: None,
-            },
-            policy: CosmosPolicy::default(),
+    const AUTHORITY: &str = "https://login.microsoftonline.com";
+
+    fn client_secret() -> AzureCredential {
+        AzureCredential {
+            workload_identity: None,
+            managed_identity: None,
+            client_secret: Some(SecretSpec {
+                tenant_id: "aa798838-6d8b-4587-bf07-595d548762c8".into(),
+                client_id: "5f796ca5-e63f-42b0-9fef-be1cbe27d1ed".into(),
+                secret_ref: SecretKeyRef { name: "s".into(), key: "k".into() },
+            }),
+            client_certificate: None,
         }
     }
 
     #[test]
-    fn cloud_defaults_and_overrides() {
-        let c = cloud(&spec(None), None);
-        assert_eq!(c.arm_endpoint, "https://management.azure.com");
-        assert_eq!(c.authority_host, "https://login.microsoftonline.com");
-        assert_eq!(c.audience, "https://management.azure.com");
-        assert_eq!(c.api_version, "2024-11-15");
-        let env = cloud(&spec(None), Some("https://login.microsoftonline.us/".into()));
-        assert_eq!(env.authority_host, "https://login.microsoftonline.us");
-        let custom = cloud(
-            &spec(Some(AzureCloud {
-                arm_endpoint: Some("https://arm.local:8443/".into()),
-                authority_host: Some("https://login.local".into()),
-                arm_audience: Some("https://management.core.local/".into()),
-                api_version: Some("2025-04-15".into()),
-                ca_secret_ref: None,
-            })),
-            Some("https://ignored".into()),
-        );
-        assert_eq!(custom.arm_endpoint, "https://arm.local:8443");
-        assert_eq!(custom.authority_host, "https://login.local");
-        assert_eq!(custom.audience, "https://management.core.local/");
-        assert_eq!(custom.api_version, "2025-04-15");
-    }
-
-    #[test]
     fn http_authority_is_refused() {
-        let c = Cloud { authority_host: "http://login.local".into(), ..cloud(&spec(None), None) };
         let t = transport(None).unwrap();
-        let s = spec(None);
-        let err = build(&s.credential, Material::ClientSecret("x".to_string().into()), &c, t, |_| None).unwrap_err();
+        let secret = Material::ClientSecret("x".to_string().into());
+        let err = build(&client_secret(), secret, "http://login.local", t, |_| None).unwrap_err();
         assert!(err.contains("https"), "{err}");
     }
 
     #[test]
     fn workload_identity_without_token_file_says_what_is_missing() {
-        let mut s = spec(None);
-        s.credential.client_secret = None;
-        s.credential.workload_identity = Some(Default::default());
-        let c = cloud(&s, None);
-        let err = build(&s.credential, Material::Workload, &c, transport(None).unwrap(), |_| None).unwrap_err();
+        let mut c = client_secret();
+        c.client_secret = None;
+        c.workload_identity = Some(Default::default());
+        let err = build(&c, Material::Workload, AUTHORITY, transport(None).unwrap(), |_| None).unwrap_err();
         assert!(err.contains("tenant id"), "{err}");
         let env =
             |k: &str| (k != "AZURE_FEDERATED_TOKEN_FILE").then(|| "aa798838-6d8b-4587-bf07-595d548762c8".to_string());
-        let err = build(&s.credential, Material::Workload, &c, transport(None).unwrap(), env).unwrap_err();
+        let err = build(&c, Material::Workload, AUTHORITY, transport(None).unwrap(), env).unwrap_err();
         assert!(err.contains("AZURE_FEDERATED_TOKEN_FILE"), "{err}");
-    }
-
-    #[test]
-    fn bad_ca_bundle_is_reported_not_panicked() {
-        assert!(transport(Some("not pem")).is_err());
     }
 
     #[test]
