@@ -9,10 +9,14 @@
 
 mod common;
 mod cosmos;
-mod faults;
-mod hostile;
+mod faults_apiserver;
+mod faults_common;
+mod faults_cosmos;
+mod faults_mongo;
+mod faults_mongo_model;
 mod mongo;
-mod mongo_oidc;
+mod mongo_hostile;
+mod mongo_operator_oidc;
 mod rbac;
 mod revocation;
 mod security;

@@ -1,14 +1,15 @@
-//! dbgrant's own MONGODB-OIDC login, end to end below Kubernetes: the real
-//! `azure_identity` `WorkloadIdentityCredential` (built by
-//! `dbgrant::mongo::oidc`, the code `connection::client_options` runs)
-//! exchanges a federated token file with the ARM/Entra double over HTTPS
-//! (trusting the double's CA as `caSecretRef` would), the driver's machine
-//! callback hands the Entra token to the MongoDB double, and the double
-//! validates it against the tokens Entra issued (audience = MongoDB's
-//! application) and grants the roles of the identity's groups.
+//! Contract test of dbgrant's own MONGODB-OIDC login, end to end below
+//! Kubernetes: the real `azure_identity` `WorkloadIdentityCredential`
+//! (built by `dbgrant::mongo::oidc`, the code `connection::client_options`
+//! runs) exchanges a federated token file with the ARM/Entra double over
+//! HTTPS (trusting the double's CA as `caSecretRef` would), the driver's
+//! machine callback hands the Entra token to the MongoDB double, and the
+//! double validates it against the tokens Entra issued (audience =
+//! MongoDB's application) and grants the roles of the identity's groups.
 //!
 //! The Secret reads of `client_options` need a live apiserver and are
-//! covered by `tests/e2e/mongo_oidc.rs`.
+//! covered by `tests/e2e/mongo_operator_oidc.rs`; the double's own
+//! MONGODB-OIDC by `tests/doubles/tests/mongo_double_oidc.rs`.
 
 use std::{
     path::PathBuf,
