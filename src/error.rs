@@ -93,6 +93,16 @@ impl Error {
         }
     }
 
+    /// Whether trying again soon may succeed without any change: the
+    /// backend was unreachable, failing over or throttling.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Backend { transient, .. } => *transient,
+            Error::Azure { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+
     /// How long the backend asked dbgrant to wait, if it did.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

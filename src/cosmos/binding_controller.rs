@@ -26,11 +26,7 @@ use std::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-        reflector::ObjectRef,
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 
 use super::{
@@ -52,6 +48,8 @@ use crate::{
     },
     runtime::status,
 };
+
+use crate::runtime::lifecycle;
 
 /// Kind label.
 pub const KIND: &str = "CosmosRoleBinding";
@@ -244,15 +242,7 @@ pub async fn reconcile(b: Arc<CosmosRoleBinding>, ctx: Arc<CosmosContext>) -> Re
     let ns = b.namespace().unwrap_or_default();
     let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
     // The finalizer goes on before anything is granted, in this same pass.
-    let b = crate::runtime::finalize::ensure(&api, FINALIZER, b).await?;
-    finalizer(&api, FINALIZER, b, |event| async {
-        match event {
-            Finalizer::Apply(b) => apply(b, &ctx).await,
-            Finalizer::Cleanup(b) => cleanup(b, &ctx).await,
-        }
-    })
-    .await
-    .map_err(Error::from)
+    lifecycle::reconcile(api, FINALIZER, true, b, |b| apply(b, &ctx), |b| cleanup(b, &ctx)).await
 }
 
 async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
@@ -741,17 +731,7 @@ async fn revoke(
 
 /// Error policy: log, count, back off (as long as the backend asked).
 pub fn error_policy(b: Arc<CosmosRoleBinding>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    tracing::warn!(binding = %binding_key(&b), target = %b.spec.target_ref.name, error = %error, "reconcile failed");
-    ctx.shared.metrics.reconcile_failed(KIND, error);
-    if let Some(wait) = error.retry_after() {
-        return Action::requeue(wait.max(Duration::from_secs(1)));
-    }
-    let transient = match error {
-        Error::Backend { transient, .. } => *transient,
-        Error::Azure { source, .. } => source.is_transient(),
-        _ => false,
-    };
-    Action::requeue(Duration::from_secs(if transient { 15 } else { 60 }))
+    lifecycle::error_policy(KIND, &binding_key(&b), &ctx.shared.metrics, error, lifecycle::Retry::BINDING)
 }
 
 #[cfg(test)]

@@ -17,13 +17,7 @@ use std::{
     time::Duration,
 };
 
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     BACKEND, CosmosContext, Freshness, account_of, reason as cosmos_reason,
@@ -40,6 +34,8 @@ use crate::{
     runtime::status,
 };
 
+use crate::runtime::lifecycle;
+
 /// Kind label.
 pub const KIND: &str = "CosmosRoleDefinition";
 
@@ -48,14 +44,7 @@ pub async fn reconcile(d: Arc<CosmosRoleDefinition>, ctx: Arc<CosmosContext>) ->
     let _timer = ctx.shared.metrics.reconcile(KIND);
     ctx.prime().await;
     let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    finalizer(&api, FINALIZER, d, |event| async {
-        match event {
-            Finalizer::Apply(d) => apply(d, &ctx).await,
-            Finalizer::Cleanup(d) => cleanup(d, &ctx).await,
-        }
-    })
-    .await
-    .map_err(Error::from)
+    lifecycle::reconcile(api, FINALIZER, false, d, |d| apply(d, &ctx), |d| cleanup(d, &ctx)).await
 }
 
 /// The definition's Ready outcome from an account report, and whether it
@@ -244,9 +233,7 @@ async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Ac
 
 /// Error policy: log, count, back off.
 pub fn error_policy(d: Arc<CosmosRoleDefinition>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    tracing::warn!(definition = %d.name_any(), error = %error, "reconcile failed");
-    ctx.shared.metrics.reconcile_failed(KIND, error);
-    Action::requeue(error.retry_after().unwrap_or(Duration::from_secs(30)).max(Duration::from_secs(1)))
+    lifecycle::error_policy(KIND, &d.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
 }
 
 #[cfg(test)]

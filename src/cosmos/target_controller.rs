@@ -18,13 +18,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError, reason as cosmos_reason};
 use crate::{
@@ -36,6 +30,8 @@ use crate::{
     plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT},
     runtime::{metrics::DriftLabels, status},
 };
+
+use crate::runtime::lifecycle;
 
 /// Kind label.
 pub const KIND: &str = "CosmosTarget";
@@ -51,14 +47,7 @@ pub async fn reconcile(target: Arc<CosmosTarget>, ctx: Arc<CosmosContext>) -> Re
     let _timer = ctx.shared.metrics.reconcile(KIND);
     ctx.prime().await;
     let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    finalizer(&api, TARGET_FINALIZER, target, |event| async {
-        match event {
-            Finalizer::Apply(t) => apply(t, &ctx).await,
-            Finalizer::Cleanup(t) => cleanup(t, &ctx).await,
-        }
-    })
-    .await
-    .map_err(Error::from)
+    lifecycle::reconcile(api, TARGET_FINALIZER, false, target, |t| apply(t, &ctx), |t| cleanup(t, &ctx)).await
 }
 
 async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
@@ -338,14 +327,7 @@ pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connect
 
 /// Error policy: log, count, back off.
 pub fn error_policy(target: Arc<CosmosTarget>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    match error {
-        Error::Wait { .. } => tracing::info!(target = %target.name_any(), reason = %error, "waiting"),
-        _ => {
-            tracing::warn!(target = %target.name_any(), error = %error, "reconcile failed");
-            ctx.shared.metrics.reconcile_failed(KIND, error);
-        }
-    }
-    Action::requeue(error.retry_after().unwrap_or(NOT_READY_RETRY).max(Duration::from_secs(1)))
+    lifecycle::error_policy(KIND, &target.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
 }
 
 #[cfg(test)]

@@ -17,13 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     MongoContext,
@@ -45,11 +39,10 @@ use crate::{
     runtime::status,
 };
 
+use crate::runtime::lifecycle;
+
 /// Kind label.
 pub const KIND: &str = "MongoRoleBinding";
-
-/// How often a binding whose target is not Ready looks again by itself.
-pub const TARGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a contribution the server refused stays out of its subjects'
 /// unions before its binding tries it again by itself (a spec change, or a
@@ -146,15 +139,7 @@ pub async fn reconcile(b: Arc<MongoRoleBinding>, ctx: Arc<MongoContext>) -> Resu
     let ns = b.namespace().unwrap_or_default();
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
     // The finalizer goes on before anything is granted, in this same pass.
-    let b = crate::runtime::finalize::ensure(&api, FINALIZER, b).await?;
-    finalizer(&api, FINALIZER, b, |event| async {
-        match event {
-            Finalizer::Apply(b) => apply(b, &ctx).await,
-            Finalizer::Cleanup(b) => cleanup(b, &ctx).await,
-        }
-    })
-    .await
-    .map_err(Error::from)
+    lifecycle::reconcile(api, FINALIZER, true, b, |b| apply(b, &ctx), |b| cleanup(b, &ctx)).await
 }
 
 fn target_of(ctx: &MongoContext, b: &MongoRoleBinding) -> Option<Arc<MongoTarget>> {
@@ -317,7 +302,7 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
     status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
     let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
     if waiting_for_target {
-        requeue = requeue.min(TARGET_WAIT);
+        requeue = requeue.min(lifecycle::TARGET_WAIT);
     }
     ctx.note_rejected(&key, outcome.reason == reason::REJECTED);
     if outcome.reason == reason::REJECTED {
@@ -520,13 +505,7 @@ pub fn subject_work(
 
 /// Error policy: log, count, back off.
 pub fn error_policy(b: Arc<MongoRoleBinding>, error: &Error, ctx: Arc<MongoContext>) -> Action {
-    tracing::warn!(binding = %key(&b), target = %b.spec.target_ref.name, error = %error, "reconcile failed");
-    ctx.shared.metrics.reconcile_failed(KIND, error);
-    Action::requeue(std::time::Duration::from_secs(if matches!(error, Error::Backend { transient: true, .. }) {
-        15
-    } else {
-        60
-    }))
+    lifecycle::error_policy(KIND, &key(&b), &ctx.shared.metrics, error, lifecycle::Retry::BINDING)
 }
 
 #[cfg(test)]

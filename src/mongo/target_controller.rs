@@ -9,13 +9,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use kube::{
-    Api, ResourceExt,
-    runtime::{
-        controller::Action,
-        finalizer::{Event as Finalizer, finalizer},
-    },
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     BACKEND, MongoContext,
@@ -35,6 +29,8 @@ use crate::{
     runtime::status,
 };
 
+use crate::runtime::lifecycle;
+
 /// Kind label.
 pub const KIND: &str = "MongoTarget";
 
@@ -48,14 +44,7 @@ pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
 pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Result<Action> {
     let _timer = ctx.shared.metrics.reconcile(KIND);
     let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    finalizer(&api, TARGET_FINALIZER, target, |event| async {
-        match event {
-            Finalizer::Apply(t) => apply(t, &ctx).await,
-            Finalizer::Cleanup(t) => cleanup(t, &ctx).await,
-        }
-    })
-    .await
-    .map_err(Error::from)
+    lifecycle::reconcile(api, TARGET_FINALIZER, false, target, |t| apply(t, &ctx), |t| cleanup(t, &ctx)).await
 }
 
 async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
@@ -326,13 +315,7 @@ pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connect
 
 /// Error policy: log, count, back off.
 pub fn error_policy(target: Arc<MongoTarget>, error: &Error, ctx: Arc<MongoContext>) -> Action {
-    if let Error::Wait { retry_after, .. } = error {
-        tracing::info!(target = %target.name_any(), reason = %error, "waiting");
-        return Action::requeue(*retry_after);
-    }
-    tracing::warn!(target = %target.name_any(), error = %error, "reconcile failed");
-    ctx.shared.metrics.reconcile_failed(KIND, error);
-    Action::requeue(NOT_READY_RETRY)
+    lifecycle::error_policy(KIND, &target.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
 }
 
 #[cfg(test)]

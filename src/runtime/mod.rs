@@ -7,6 +7,7 @@ pub mod crdgen;
 pub mod finalize;
 pub mod http;
 pub mod leader;
+pub mod lifecycle;
 pub mod metrics;
 pub mod operator;
 pub mod rbac;

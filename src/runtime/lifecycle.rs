@@ -1,0 +1,136 @@
+//! What every controller does the same way around its own apply and
+//! cleanup, written once: the finalizer-wrapped reconcile and the error
+//! policy. A backend's controller supplies only how it applies and how it
+//! revokes.
+//!
+//! ```text
+//!   reconcile(obj) ─▶ [add finalizer first] ─▶ kube finalizer ─┬─ Apply   ─▶ apply(obj)
+//!                                                              └─ Cleanup ─▶ cleanup(obj)
+//!   error ─▶ error_policy: Wait → log, requeue when asked (not a failure)
+//!                          other → warn, count, requeue (Retry-After, else transient/permanent backoff)
+//! ```
+
+use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
+
+use kube::{
+    Api, Resource,
+    runtime::{
+        controller::Action,
+        finalizer::{Event, finalizer},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::metrics::Metrics;
+use crate::{Error, Result};
+
+/// When a failed reconcile looks again, unless the error says when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// After a transient failure (the backend unreachable, failing over).
+    pub transient: Duration,
+    /// After any other failure (it needs a change somewhere).
+    pub permanent: Duration,
+}
+
+impl Retry {
+    /// Bindings: soon after a transient failure, a minute otherwise.
+    pub const BINDING: Retry = Retry { transient: Duration::from_secs(15), permanent: Duration::from_secs(60) };
+    /// Targets and role definitions: every 30 seconds.
+    pub const TARGET: Retry = Retry { transient: Duration::from_secs(30), permanent: Duration::from_secs(30) };
+}
+
+/// How long a binding whose target is not Ready (or is being deleted)
+/// waits before it looks again by itself, on both backends: it is also
+/// woken when the target changes, but that watch and the target cache it
+/// reads are separate streams.
+pub const TARGET_WAIT: Duration = Duration::from_secs(10);
+
+/// Reconcile `obj` under `finalizer`: `apply` while it lives, `cleanup`
+/// once it is deleted (the finalizer goes when `cleanup` succeeds). With
+/// `add_first`, the finalizer is added in this same pass before `apply`
+/// runs (bindings: nothing is granted before the finalizer is in place,
+/// and a new object costs one reconcile, not two).
+pub async fn reconcile<K, A, C, FutA, FutC>(
+    api: Api<K>,
+    finalizer_name: &str,
+    add_first: bool,
+    obj: Arc<K>,
+    apply: A,
+    cleanup: C,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    A: FnOnce(Arc<K>) -> FutA,
+    C: FnOnce(Arc<K>) -> FutC,
+    FutA: Future<Output = Result<Action>>,
+    FutC: Future<Output = Result<Action>>,
+{
+    let obj = if add_first { super::finalize::ensure(&api, finalizer_name, obj).await? } else { obj };
+    finalizer(&api, finalizer_name, obj, |event| async move {
+        match event {
+            Event::Apply(obj) => apply(obj).await,
+            Event::Cleanup(obj) => cleanup(obj).await,
+        }
+    })
+    .await
+    .map_err(Error::from)
+}
+
+/// The error policy of every controller. Waiting (a deleted target for
+/// its bindings, a revocation for the backend) is logged and requeued when
+/// it asked, and is not counted as a failure; any other error is logged as
+/// a warning, counted under `kind`, and requeued after the backend's
+/// Retry-After, else `retry` by whether the error is transient.
+pub fn error_policy(kind: &'static str, object: &str, metrics: &Metrics, error: &Error, retry: Retry) -> Action {
+    if matches!(error, Error::Wait { .. }) {
+        tracing::info!(kind, object, reason = %error, "waiting");
+    } else {
+        tracing::warn!(kind, object, error = %error, "reconcile failed");
+        metrics.reconcile_failed(kind, error);
+    }
+    let fallback = if error.is_transient() { retry.transient } else { retry.permanent };
+    Action::requeue(error.retry_after().unwrap_or(fallback).max(Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::metrics::ErrorLabels;
+
+    fn failures(metrics: &Metrics, kind: &str, category: &str) -> u64 {
+        metrics.reconcile_errors.get_or_create(&ErrorLabels { kind: kind.into(), category: category.into() }).get()
+    }
+
+    fn backend(transient: bool) -> Error {
+        Error::Backend { backend: "mongodb", target: "t".into(), message: "m".into(), transient }
+    }
+
+    #[test]
+    fn waiting_follows_its_own_retry_and_is_not_a_failure() {
+        let metrics = Metrics::default();
+        let wait = Error::Wait {
+            backend: "mongodb",
+            target: "t".into(),
+            message: "for 2 bindings".into(),
+            retry_after: Duration::from_secs(3),
+        };
+        assert_eq!(
+            error_policy("MongoTarget", "t", &metrics, &wait, Retry::TARGET),
+            Action::requeue(Duration::from_secs(3))
+        );
+        assert_eq!(failures(&metrics, "MongoTarget", "waiting"), 0);
+    }
+
+    #[test]
+    fn failures_back_off_by_kind_and_are_counted() {
+        let metrics = Metrics::default();
+        let b = |e: &Error| error_policy("MongoRoleBinding", "ns/b", &metrics, e, Retry::BINDING);
+        assert_eq!(b(&backend(true)), Action::requeue(Duration::from_secs(15)));
+        assert_eq!(b(&backend(false)), Action::requeue(Duration::from_secs(60)));
+        assert_eq!(failures(&metrics, "MongoRoleBinding", "backend-transient"), 1);
+        assert_eq!(failures(&metrics, "MongoRoleBinding", "backend"), 1);
+        let t = error_policy("MongoTarget", "t", &metrics, &backend(false), Retry::TARGET);
+        assert_eq!(t, Action::requeue(Duration::from_secs(30)));
+    }
+}
