@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cosmos;
 pub mod error;
 pub mod mongo;
+pub mod operator;
 pub mod plan;
 pub mod runtime;
 

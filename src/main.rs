@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(dbgrant::runtime::operator::run(args)) {
+            match rt.block_on(dbgrant::operator::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("dbgrant: {e:#}");

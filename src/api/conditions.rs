@@ -56,6 +56,19 @@ pub mod reason {
     /// The finalizer stays and dbgrant retries with backoff; the message
     /// names what is stuck and why.
     pub const REVOCATION_PENDING: &str = "RevocationPending";
+    /// Out-of-band changes were restored (Warning Event, both backends).
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    /// No token (Cosmos DB): the credential is misconfigured or Entra refused it.
+    pub const CREDENTIAL_UNAVAILABLE: &str = "CredentialUnavailable";
+    /// The Cosmos DB account does not exist (or is not visible).
+    pub const ACCOUNT_NOT_FOUND: &str = "AccountNotFound";
+    /// The binding's CosmosRoleDefinition does not exist on its target.
+    pub const ROLE_DEFINITION_NOT_FOUND: &str = "RoleDefinitionNotFound";
+    /// The binding's CosmosRoleDefinition is not applied in Azure yet.
+    pub const ROLE_DEFINITION_NOT_READY: &str = "RoleDefinitionNotReady";
+    /// The role definition is still used by assignments dbgrant does not
+    /// manage, so it is not deleted.
+    pub const IN_USE: &str = "InUse";
     /// A Cosmos DB account limit would be exceeded.
     pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
     /// The target is being deleted and waits for the bindings (and role

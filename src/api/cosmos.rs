@@ -19,6 +19,13 @@ pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
 /// Public-cloud Microsoft Entra authority host.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 
+/// Annotation on a CosmosTarget listing (comma-separated) the names of
+/// role assignments dbgrant released under `deletionPolicy: Retain`: they
+/// stay in Azure and dbgrant never changes or deletes them again. Removing
+/// a name hands the assignment back to dbgrant (it is collected if no
+/// binding wants it).
+pub const RELEASED_ANNOTATION: &str = "dbgrant.io/released-assignments";
+
 // === CosmosTarget ===
 
 /// An Azure Cosmos DB account whose SQL role assignments dbgrant manages.

@@ -30,7 +30,7 @@ use kube::{
 };
 
 use super::{
-    CosmosContext, Freshness, account_of, binding_key, reason as cosmos_reason,
+    CosmosContext, Freshness, account_of, binding_key,
     sync::{AssignmentOutcome, PENDING_RETRY, SyncReport, principal_backoff},
     target_controller,
 };
@@ -42,7 +42,7 @@ use crate::{
     },
     plan::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, RoleKey},
-        expiry::{self, ExpiryState},
+        expiry, gate,
         index::Contribution,
         policy,
     },
@@ -55,15 +55,7 @@ use crate::runtime::lifecycle;
 pub const KIND: &str = "CosmosRoleBinding";
 
 /// What evaluating a binding decided.
-#[derive(Debug)]
-pub struct Evaluation {
-    /// The contribution to put in the index, or None to revoke.
-    pub contribution: Option<Contribution<CosmosGrant>>,
-    /// Why there is no contribution.
-    pub blocked: Option<Outcome>,
-    /// Expiry.
-    pub expiry: ExpiryState,
-}
+pub type Evaluation = gate::Evaluation<CosmosGrant>;
 
 /// Evaluate a binding against its target and role definition at `now`.
 /// Pure. `ignore_deletion` evaluates a deleting binding as if it were live
@@ -77,27 +69,17 @@ pub fn evaluate(
 ) -> Evaluation {
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
-    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let blocked = |o: Outcome, expiry| Evaluation { contribution: None, blocked: Some(o), expiry };
-    let at = match expiry::expiry_instant(created, &b.spec.expiry) {
-        Ok(at) => at,
-        Err(e) => return blocked(Outcome::stalled(reason::INVALID_SPEC, e), ExpiryState::Never),
+    let blocked = Evaluation::blocked;
+    let gated = gate::Binding {
+        created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        expiry: &b.spec.expiry,
+        deleting: b.metadata.deletion_timestamp.is_some() && !ignore_deletion,
+        target_kind: "CosmosTarget",
+        target_name,
     };
-    let exp = expiry::state(now, at);
-    if b.metadata.deletion_timestamp.is_some() && !ignore_deletion {
-        return blocked(Outcome::progressing(reason::REVOKING, "revoking access before deletion"), exp);
-    }
-    if let ExpiryState::Expired(t) = exp {
-        return blocked(Outcome::not_ready(reason::EXPIRED, format!("access expired at {t} and was revoked")), exp);
-    }
-    let Some(target) = target else {
-        return blocked(
-            Outcome::stalled(
-                reason::TARGET_NOT_FOUND,
-                format!("CosmosTarget {target_name} does not exist; create it or fix spec.targetRef"),
-            ),
-            exp,
-        );
+    let (target, exp) = match gate::check(&gated, target, now) {
+        Ok(passed) => passed,
+        Err((why, exp)) => return blocked(why, exp),
     };
     let rd = &b.spec.role_definition;
     let (role, data_actions, assignable): (RoleKey, Vec<String>, Vec<String>) = match (&rd.built_in, &rd.name) {
@@ -110,7 +92,7 @@ pub fn evaluate(
             let Some(def) = definition.filter(|d| &d.spec.target_ref.name == target_name) else {
                 return blocked(
                     Outcome::stalled(
-                        cosmos_reason::ROLE_DEFINITION_NOT_FOUND,
+                        reason::ROLE_DEFINITION_NOT_FOUND,
                         format!(
                             "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
                         ),
@@ -121,7 +103,7 @@ pub fn evaluate(
             if def.metadata.deletion_timestamp.is_some() {
                 return blocked(
                     Outcome::stalled(
-                        cosmos_reason::ROLE_DEFINITION_NOT_FOUND,
+                        reason::ROLE_DEFINITION_NOT_FOUND,
                         format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
                     ),
                     exp,
@@ -483,7 +465,7 @@ pub fn outcome_from(
     } else if !unavailable.is_empty() {
         (
             Outcome::progressing(
-                cosmos_reason::ROLE_DEFINITION_NOT_READY,
+                reason::ROLE_DEFINITION_NOT_READY,
                 format!(
                     "{} is not applied on the account yet; see its status",
                     unavailable.into_iter().collect::<Vec<_>>().join(", ")
@@ -719,12 +701,7 @@ async fn revoke(
     freshness: Freshness,
 ) -> Result<Arc<SyncReport>> {
     if !target_controller::can_revoke(target) {
-        return Err(Error::Backend {
-            backend: super::BACKEND,
-            target: target.name_any(),
-            message: "target is not Ready; revocation waits for it (the finalizer keeps the binding until then)".into(),
-            transient: true,
-        });
+        return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     ctx.sync(target, release, freshness).await
 }
@@ -830,7 +807,7 @@ mod tests {
         let b = binding(role, vec![db("billing")]);
         let t = target(allow_all());
         let e = evaluate(&b, Some(&t), None, jiff::Timestamp::now(), false);
-        assert_eq!(e.blocked.unwrap().reason, cosmos_reason::ROLE_DEFINITION_NOT_FOUND);
+        assert_eq!(e.blocked.unwrap().reason, reason::ROLE_DEFINITION_NOT_FOUND);
 
         let def = CosmosRoleDefinition::new(
             "items",

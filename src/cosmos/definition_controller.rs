@@ -20,7 +20,7 @@ use std::{
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
-    BACKEND, CosmosContext, Freshness, account_of, reason as cosmos_reason,
+    BACKEND, CosmosContext, Freshness, account_of,
     sync::{PENDING_RETRY, SyncReport, WriteResult},
     target_controller,
 };
@@ -99,7 +99,7 @@ pub fn outcome_from(report: &SyncReport, source: &str, target: &CosmosTarget) ->
         ),
         (DefinitionState::InUse { by, .. }, _) => (
             Outcome::stalled(
-                cosmos_reason::IN_USE,
+                reason::IN_USE,
                 format!(
                     "{by} role assignment(s) dbgrant does not manage still use this definition; it is deleted once they are gone"
                 ),
@@ -286,7 +286,7 @@ mod tests {
         let (o, _) = outcome_from(&report(DefinitionState::LimitExceeded, None), "items", &t);
         assert_eq!(o.reason, reason::LIMIT_EXCEEDED);
         let (o, _) = outcome_from(&report(DefinitionState::InUse { name: "g".into(), by: 2 }, None), "items", &t);
-        assert_eq!(o.reason, cosmos_reason::IN_USE);
+        assert_eq!(o.reason, reason::IN_USE);
         assert!(o.message.contains('2'));
     }
 }

@@ -53,29 +53,7 @@ use crate::{
 /// Backend label for metrics and errors.
 pub const BACKEND: &str = "cosmosdb";
 
-/// Annotation on a CosmosTarget listing (comma-separated) the names of
-/// role assignments dbgrant released under `deletionPolicy: Retain`: they
-/// stay in Azure and dbgrant never changes or deletes them again. Removing
-/// a name hands the assignment back to dbgrant (it is collected if no
-/// binding wants it).
-pub const RELEASED_ANNOTATION: &str = "dbgrant.io/released-assignments";
-
-/// Cosmos-specific condition reasons (PascalCase, shared with Events).
-pub mod reason {
-    /// No token: the credential is misconfigured or Entra refused it.
-    pub const CREDENTIAL_UNAVAILABLE: &str = "CredentialUnavailable";
-    /// The Cosmos DB account does not exist (or is not visible).
-    pub const ACCOUNT_NOT_FOUND: &str = "AccountNotFound";
-    /// The binding's CosmosRoleDefinition does not exist on its target.
-    pub const ROLE_DEFINITION_NOT_FOUND: &str = "RoleDefinitionNotFound";
-    /// The binding's CosmosRoleDefinition is not applied in Azure yet.
-    pub const ROLE_DEFINITION_NOT_READY: &str = "RoleDefinitionNotReady";
-    /// The role definition is still used by assignments dbgrant does not
-    /// manage, so it is not deleted.
-    pub const IN_USE: &str = "InUse";
-    /// Out-of-band changes were restored (Warning event).
-    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
-}
+pub use crate::api::RELEASED_ANNOTATION;
 
 /// Tunables of the Cosmos backend.
 #[derive(Clone, Debug, Default)]

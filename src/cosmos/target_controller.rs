@@ -20,7 +20,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
-use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError, reason as cosmos_reason};
+use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError};
 use crate::{
     Error, Result, TARGET_FINALIZER,
     api::{
@@ -28,10 +28,10 @@ use crate::{
         conditions::{Outcome, reason},
     },
     plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT},
-    runtime::{metrics::DriftLabels, status},
+    runtime::status,
 };
 
-use crate::runtime::lifecycle;
+use crate::runtime::lifecycle::{self, Dependants};
 
 /// Kind label.
 pub const KIND: &str = "CosmosTarget";
@@ -121,7 +121,7 @@ async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Actio
     }
     let mut st = target.status.clone().unwrap_or_default();
     let before = st.conditions.clone();
-    let waiting = users.waiting_message();
+    let waiting = users.waiting_message(WAITING_FOR);
     // A target that was Ready when it was deleted (deletion bumps the
     // generation), or has since shown it works, only refreshes the count —
     // without reading its Secrets again, which a prune may have deleted
@@ -147,55 +147,11 @@ async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Actio
     Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
 }
 
-/// What still uses a target: bindings and role definitions, by name, and
-/// how many of them are being deleted.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Users {
-    /// `CosmosRoleBinding ns/name` or `CosmosRoleDefinition name`.
-    pub names: Vec<String>,
-    /// How many of them are being deleted already.
-    pub deleting: usize,
-}
+/// What a deleted CosmosTarget waits for, in its Terminating message.
+const WAITING_FOR: &str = "binding(s) and role definition(s)";
 
-impl Users {
-    /// Whether nothing uses the target.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// "Terminating: waiting for …" naming at most five of them.
-    pub fn waiting_message(&self) -> String {
-        waiting_message(&self.names)
-    }
-
-    /// Ready=False `Terminating`: in progress while they are all being
-    /// deleted, stalled while some are not (someone has to delete them).
-    pub fn outcome(&self, message: String) -> Outcome {
-        if self.deleting == self.names.len() {
-            Outcome::progressing(reason::TERMINATING, message)
-        } else {
-            Outcome::stalled(
-                reason::TERMINATING,
-                format!("{message}; delete them (or point them elsewhere) to let the target go"),
-            )
-        }
-    }
-}
-
-/// "Terminating: waiting for N object(s) to be deleted: a, b, … ".
-pub fn waiting_message(names: &[String]) -> String {
-    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
-    let more =
-        if names.len() > shown.len() { format!(" and {} more", names.len() - shown.len()) } else { String::new() };
-    format!(
-        "Terminating: waiting for {} binding(s) and role definition(s) to be deleted ({}{more}); each revokes its access first",
-        names.len(),
-        shown.join(", ")
-    )
-}
-
-fn users_of(ctx: &CosmosContext, target: &str) -> Users {
-    let mut u = Users::default();
+fn users_of(ctx: &CosmosContext, target: &str) -> Dependants {
+    let mut u = Dependants::default();
     for b in ctx.bindings.state().iter().filter(|b| b.spec.target_ref.name == target) {
         u.names.push(format!("CosmosRoleBinding {}", super::binding_key(b)));
         u.deleting += usize::from(b.metadata.deletion_timestamp.is_some());
@@ -214,14 +170,14 @@ pub fn target_outcome(e: &Error) -> Outcome {
     match e {
         Error::Secret { .. } => Outcome::stalled(reason::SECRET_NOT_FOUND, msg),
         Error::Azure { source, .. } => match source {
-            ArmError::Credential(_) => Outcome::stalled(cosmos_reason::CREDENTIAL_UNAVAILABLE, msg),
+            ArmError::Credential(_) => Outcome::stalled(reason::CREDENTIAL_UNAVAILABLE, msg),
             ArmError::Unauthorized { .. } => Outcome::stalled(
                 reason::UNAUTHORIZED,
                 format!(
                     "{msg}; dbgrant's identity needs Microsoft.DocumentDB/databaseAccounts/read, sqlRoleDefinitions/* and sqlRoleAssignments/* on the account"
                 ),
             ),
-            ArmError::NotFound { .. } => Outcome::stalled(cosmos_reason::ACCOUNT_NOT_FOUND, msg),
+            ArmError::NotFound { .. } => Outcome::stalled(reason::ACCOUNT_NOT_FOUND, msg),
             ArmError::Throttled { .. } | ArmError::Locked { .. } => Outcome::progressing(reason::THROTTLED, msg),
             ArmError::Transport(_) | ArmError::Server { .. } => Outcome::progressing(reason::UNREACHABLE, msg),
             _ => Outcome::progressing(reason::BACKEND_ERROR, msg),
@@ -258,16 +214,7 @@ async fn probe_and_resync(
     // definition's first writes (the target just turned Ready) or
     // collects what no binding wants is not drift.
     let done = report.drift_corrected();
-    if !done.is_empty() {
-        ctx.shared
-            .metrics
-            .drift_corrections
-            .get_or_create(&DriftLabels { backend: BACKEND.into(), target: name.clone() })
-            .inc_by(done.len() as u64);
-        tracing::warn!(target = %name, corrected = ?done, "drift corrected");
-        let note = format!("restored: {}", done.join("; "));
-        status::publish_warning(&ctx.shared, target, cosmos_reason::DRIFT_CORRECTED, &note).await;
-    }
+    lifecycle::report_drift(&ctx.shared, BACKEND, target, &name, &done).await;
     st.role_assignments = Some(report.assignments as u32);
     st.role_definitions = Some(report.definitions as u32);
     st.managed_role_assignments = Some(report.plan.counts.managed_assignments as u32);
@@ -407,18 +354,16 @@ mod tests {
         t.metadata.generation = Some(3);
         assert!(!can_revoke(&t));
         let users =
-            Users { names: vec!["CosmosRoleBinding ns/a".into(), "CosmosRoleDefinition d".into()], deleting: 2 };
-        let o = users.outcome(users.waiting_message());
+            Dependants { names: vec!["CosmosRoleBinding ns/a".into(), "CosmosRoleDefinition d".into()], deleting: 2 };
+        let o = users.outcome(users.waiting_message(WAITING_FOR));
         assert_eq!((o.ready, o.reason, o.progress), (false, reason::TERMINATING, conditions::Progress::InProgress));
         assert!(o.message.starts_with("Terminating: waiting for 2 "), "{}", o.message);
         assert!(o.message.contains("ns/a") && o.message.contains("CosmosRoleDefinition d"), "{}", o.message);
         t.status = Some(status(&o, 3));
         assert!(is_terminating(&t) && can_revoke(&t));
         // Some are not being deleted: someone has to act.
-        let stuck = Users { deleting: 1, ..users };
-        assert_eq!(stuck.outcome(stuck.waiting_message()).progress, conditions::Progress::Stalled);
-        let many: Vec<String> = (0..8).map(|i| format!("CosmosRoleBinding ns/b{i}")).collect();
-        assert!(waiting_message(&many).contains("and 3 more"), "{}", waiting_message(&many));
+        let stuck = Dependants { deleting: 1, ..users };
+        assert_eq!(stuck.outcome(stuck.waiting_message(WAITING_FOR)).progress, conditions::Progress::Stalled);
     }
 
     #[test]
@@ -426,7 +371,7 @@ mod tests {
         let az = |source| Error::Azure { target: "t".into(), source };
         assert_eq!(
             target_outcome(&az(ArmError::Credential("AADSTS7000215: Invalid client secret".into()))).reason,
-            cosmos_reason::CREDENTIAL_UNAVAILABLE
+            reason::CREDENTIAL_UNAVAILABLE
         );
         let o = target_outcome(&az(ArmError::Unauthorized {
             status: 403,
@@ -437,7 +382,7 @@ mod tests {
         assert!(o.message.contains("sqlRoleAssignments"));
         assert_eq!(
             target_outcome(&az(ArmError::NotFound { code: "ResourceNotFound".into(), message: "x".into() })).reason,
-            cosmos_reason::ACCOUNT_NOT_FOUND
+            reason::ACCOUNT_NOT_FOUND
         );
         assert_eq!(target_outcome(&az(ArmError::Transport("reset".into()))).reason, reason::UNREACHABLE);
         let secret = Error::Secret { namespace: "ns".into(), name: "s".into(), problem: "not found".into() };

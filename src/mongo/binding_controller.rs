@@ -31,7 +31,7 @@ use crate::{
         conditions::{Outcome, reason},
     },
     plan::{
-        expiry::{self, ExpiryState},
+        expiry, gate,
         index::{Affected, BindingIndex, Contribution, Rejection},
         mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for},
         policy,
@@ -50,41 +50,23 @@ pub const KIND: &str = "MongoRoleBinding";
 pub const REJECTED_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What evaluating a binding against its target decided.
-#[derive(Debug)]
-pub struct Evaluation {
-    /// The contribution to put in the index, or None to revoke.
-    pub contribution: Option<Contribution<MongoGrant>>,
-    /// Why there is no contribution.
-    pub blocked: Option<Outcome>,
-    /// Expiry.
-    pub expiry: ExpiryState,
-}
+pub type Evaluation = gate::Evaluation<MongoGrant>;
 
 /// Evaluate a binding against its target at `now`. Pure.
 pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::Timestamp) -> Evaluation {
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
-    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let blocked = |o: Outcome, expiry| Evaluation { contribution: None, blocked: Some(o), expiry };
-    let at = match expiry::expiry_instant(created, &b.spec.expiry) {
-        Ok(at) => at,
-        Err(e) => return blocked(Outcome::stalled(reason::INVALID_SPEC, e), ExpiryState::Never),
+    let blocked = Evaluation::blocked;
+    let gated = gate::Binding {
+        created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        expiry: &b.spec.expiry,
+        deleting: b.metadata.deletion_timestamp.is_some(),
+        target_kind: "MongoTarget",
+        target_name,
     };
-    let exp = expiry::state(now, at);
-    if b.metadata.deletion_timestamp.is_some() {
-        return blocked(Outcome::progressing(reason::REVOKING, "revoking access before deletion"), exp);
-    }
-    if let ExpiryState::Expired(t) = exp {
-        return blocked(Outcome::not_ready(reason::EXPIRED, format!("access expired at {t} and was revoked")), exp);
-    }
-    let Some(target) = target else {
-        return blocked(
-            Outcome::stalled(
-                reason::TARGET_NOT_FOUND,
-                format!("MongoTarget {target_name} does not exist; create it or fix spec.targetRef"),
-            ),
-            exp,
-        );
+    let (target, exp) = match gate::check(&gated, target, now) {
+        Ok(passed) => passed,
+        Err((why, exp)) => return blocked(why, exp),
     };
     let denials = policy::evaluate_mongo(
         &target.spec.policy,
@@ -429,12 +411,7 @@ async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: A
         return Ok(());
     }
     if !target_controller::can_revoke(target) {
-        return Err(Error::Backend {
-            backend: super::BACKEND,
-            target: target.name_any(),
-            message: "target is not Ready; revocation waits for it (the finalizer keeps the binding until then)".into(),
-            transient: true,
-        });
+        return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     let subjects = affected.into_iter().map(|(_, s)| s).collect();
     let report = sync_subjects(ctx, target, &subjects, retain, &subjects).await?;

@@ -29,7 +29,7 @@ use crate::{
     runtime::status,
 };
 
-use crate::runtime::lifecycle;
+use crate::runtime::lifecycle::{self, Dependants};
 
 /// Kind label.
 pub const KIND: &str = "MongoTarget";
@@ -88,20 +88,12 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
     }
     let mut names: Vec<String> = users.iter().map(|b| super::binding_key(b)).collect();
     names.sort();
-    let deleting = users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count();
-    let waiting = waiting_message(&names);
+    let dependants =
+        Dependants { names, deleting: users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count() };
+    let waiting = dependants.waiting_message(WAITING_FOR);
     let mut st = target.status.clone().unwrap_or_default();
     let before = st.conditions.clone();
-    let terminating = |message: String| {
-        if deleting == names.len() {
-            Outcome::progressing(reason::TERMINATING, message)
-        } else {
-            Outcome::stalled(
-                reason::TERMINATING,
-                format!("{message}; delete them (or point them elsewhere) to let the target go"),
-            )
-        }
-    };
+    let terminating = |message: String| dependants.outcome(message);
     // A target that was Ready when it was deleted (deletion bumps the
     // generation), or has since shown it works, only refreshes the count —
     // without reading its Secrets again, which a prune may have deleted
@@ -128,20 +120,8 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
     Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
 }
 
-/// "Terminating: waiting for N binding(s) to be deleted (a, b, …)".
-pub fn waiting_message(bindings: &[String]) -> String {
-    let shown: Vec<&str> = bindings.iter().take(5).map(String::as_str).collect();
-    let more = if bindings.len() > shown.len() {
-        format!(" and {} more", bindings.len() - shown.len())
-    } else {
-        String::new()
-    };
-    format!(
-        "Terminating: waiting for {} MongoRoleBinding(s) to be deleted ({}{more}); each revokes its access first",
-        bindings.len(),
-        shown.join(", ")
-    )
-}
+/// What a deleted MongoTarget waits for, in its Terminating message.
+const WAITING_FOR: &str = "MongoRoleBinding(s)";
 
 /// Map an error to the target's Ready condition.
 pub fn target_outcome(e: &Error) -> Outcome {
@@ -180,7 +160,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     let ledger = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
     let work = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        let gone = forget_vanished(&mut idx, &name, |ns, binding| {
+        let gone = idx.forget_vanished(&name, |ns, binding| {
             ctx.bindings.get(&kube::runtime::reflector::ObjectRef::new(binding).within(ns)).is_some()
         });
         if gone > 0 {
@@ -192,16 +172,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     // Refusals found here (a custom role dropped out of band) are recorded
     // and their bindings told; drift corrections change no binding's status.
     ctx.after_sync(&name, &report, "");
-    if !report.drifted.is_empty() {
-        ctx.shared
-            .metrics
-            .drift_corrections
-            .get_or_create(&crate::runtime::metrics::DriftLabels { backend: BACKEND.into(), target: name.clone() })
-            .inc_by(report.drifted.len() as u64);
-        let note = format!("restored out-of-band changes to {}", report.drifted.join(", "));
-        tracing::warn!(target = %name, drifted = ?report.drifted, "drift corrected");
-        status::publish_warning(&ctx.shared, target, "DriftCorrected", &note).await;
-    }
+    lifecycle::report_drift(&ctx.shared, BACKEND, target, &name, &report.drifted).await;
     // What dbgrant manages after this pass: every wanted subject whose
     // objects now match (orphans were just dropped, conflicts are not ours).
     let managed: Vec<&SubjectWork> = work
@@ -275,15 +246,6 @@ pub fn contributions(idx: &BindingIndex<MongoGrant>, target: &str, subject: &Sub
     idx.contributions(target, subject).into_iter().map(|(k, g)| (k.clone(), g.clone())).collect()
 }
 
-/// Remove from the index the bindings on `target` that no longer exist
-/// (`exists(namespace, name)` is false): a binding deleted without passing
-/// through its finalizer's cleanup must not keep granting through the
-/// index. Returns how many were removed; their subjects are in the resync
-/// work anyway. Pure.
-pub fn forget_vanished(idx: &mut BindingIndex<MongoGrant>, target: &str, exists: impl Fn(&str, &str) -> bool) -> usize {
-    idx.forget_vanished(target, exists)
-}
-
 /// The cached connection for `target`, built anew when its spec changed.
 pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<TargetConnection>> {
     let name = target.name_any();
@@ -339,9 +301,9 @@ mod tests {
             "ns/other",
             Contribution { target: "u".into(), subjects: [subject.clone()].into(), grant: grant("dbOwner") },
         );
-        assert_eq!(forget_vanished(&mut idx, "t", |ns, name| ns == "ns" && name == "live"), 1);
+        assert_eq!(idx.forget_vanished("t", |ns, name| ns == "ns" && name == "live"), 1);
         assert_eq!(idx.desired("t", &subject), Some(grant("read")));
         assert!(idx.get("ns/other").is_some(), "other targets' bindings are not touched");
-        assert_eq!(forget_vanished(&mut idx, "t", |_, _| true), 0);
+        assert_eq!(idx.forget_vanished("t", |_, _| true), 0);
     }
 }

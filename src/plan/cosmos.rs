@@ -51,7 +51,7 @@
 //!
 //! `deletionPolicy: Retain` releases an assignment instead of deleting it:
 //! its name goes on the account's *released* list (persisted by the caller,
-//! see `cosmos::RELEASED_ANNOTATION`) and from then on it is treated as
+//! see `api::RELEASED_ANNOTATION`) and from then on it is treated as
 //! foreign — left in place, never changed or collected. ARM refuses two
 //! identical assignments, so handing it over to a copy is not an option,
 //! and deleting then re-creating would interrupt access. A released name

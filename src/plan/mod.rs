@@ -4,6 +4,7 @@
 
 pub mod cosmos;
 pub mod expiry;
+pub mod gate;
 pub mod index;
 pub mod mongo;
 pub mod policy;

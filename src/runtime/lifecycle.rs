@@ -21,8 +21,15 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::metrics::Metrics;
-use crate::{Error, Result};
+use super::{
+    context::Context,
+    metrics::{DriftLabels, Metrics},
+    status,
+};
+use crate::{
+    Error, Result,
+    api::conditions::{Outcome, reason},
+};
 
 /// When a failed reconcile looks again, unless the error says when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +100,82 @@ pub fn error_policy(kind: &'static str, object: &str, metrics: &Metrics, error: 
     Action::requeue(error.retry_after().unwrap_or(fallback).max(Duration::from_secs(1)))
 }
 
+/// The error a binding's revocation returns while its target is not
+/// usable: it waits (the finalizer keeps the binding) and retries.
+pub fn revocation_waits(backend: &'static str, target: &str) -> Error {
+    Error::Backend {
+        backend,
+        target: target.into(),
+        message: "target is not Ready; revocation waits for it (the finalizer keeps the binding until then)".into(),
+        transient: true,
+    }
+}
+
+/// What still uses a deleted target (its bindings, and on Cosmos DB its
+/// role definitions), by name, and how many of them are being deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dependants {
+    /// Names as the message shows them, sorted.
+    pub names: Vec<String>,
+    /// How many of them are being deleted already.
+    pub deleting: usize,
+}
+
+impl Dependants {
+    /// Whether nothing uses the target.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// "Terminating: waiting for N `what` to be deleted (a, b, … and M
+    /// more); each revokes its access first", naming at most five.
+    pub fn waiting_message(&self, what: &str) -> String {
+        let shown: Vec<&str> = self.names.iter().take(5).map(String::as_str).collect();
+        let more = if self.names.len() > shown.len() {
+            format!(" and {} more", self.names.len() - shown.len())
+        } else {
+            String::new()
+        };
+        format!(
+            "Terminating: waiting for {} {what} to be deleted ({}{more}); each revokes its access first",
+            self.names.len(),
+            shown.join(", ")
+        )
+    }
+
+    /// Ready=False `Terminating`: in progress while they are all being
+    /// deleted, stalled while some are not (someone has to delete them).
+    pub fn outcome(&self, message: String) -> Outcome {
+        if self.deleting == self.names.len() {
+            Outcome::progressing(reason::TERMINATING, message)
+        } else {
+            Outcome::stalled(
+                reason::TERMINATING,
+                format!("{message}; delete them (or point them elsewhere) to let the target go"),
+            )
+        }
+    }
+}
+
+/// A resync restored what was changed out of band on `target`: count it
+/// (`dbgrant_drift_corrections_total`), log it, and publish a Warning
+/// Event `DriftCorrected` naming what was restored.
+pub async fn report_drift<K>(ctx: &Context, backend: &'static str, target: &K, name: &str, restored: &[String])
+where
+    K: Resource<DynamicType = ()>,
+{
+    if restored.is_empty() {
+        return;
+    }
+    ctx.metrics
+        .drift_corrections
+        .get_or_create(&DriftLabels { backend: backend.into(), target: name.to_string() })
+        .inc_by(restored.len() as u64);
+    tracing::warn!(target = %name, restored = ?restored, "drift corrected");
+    let note = format!("restored out-of-band changes to {}", restored.join("; "));
+    status::publish_warning(ctx, target, reason::DRIFT_CORRECTED, &note).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +187,22 @@ mod tests {
 
     fn backend(transient: bool) -> Error {
         Error::Backend { backend: "mongodb", target: "t".into(), message: "m".into(), transient }
+    }
+
+    #[test]
+    fn a_deleted_target_says_what_it_waits_for() {
+        let names: Vec<String> = (1..=7).map(|i| format!("ns/b{i}")).collect();
+        let all = Dependants { names: names.clone(), deleting: 7 };
+        let msg = all.waiting_message("MongoRoleBinding(s)");
+        assert_eq!(
+            msg,
+            "Terminating: waiting for 7 MongoRoleBinding(s) to be deleted (ns/b1, ns/b2, ns/b3, ns/b4, ns/b5 and 2 more); each revokes its access first"
+        );
+        assert_eq!(all.outcome(msg.clone()).progress, crate::api::conditions::Progress::InProgress);
+        let some = Dependants { names, deleting: 3 };
+        let o = some.outcome(msg);
+        assert_eq!((o.reason, o.progress), (reason::TERMINATING, crate::api::conditions::Progress::Stalled));
+        assert!(o.message.ends_with("to let the target go"));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The runtime shared by both backends: operator wiring, context, metrics,
-//! telemetry, leader election, status writing and the HTTP endpoints.
+//! The runtime shared by both backends: the controller lifecycle kit
+//! (finalizer-wrapped reconcile, error policy, a deleted target's wait),
+//! context, metrics, telemetry, leader election, watches, status writing
+//! and the HTTP endpoints. Startup wiring is in [`crate::operator`].
 
 pub mod cache;
 pub mod context;
@@ -9,7 +11,6 @@ pub mod http;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
-pub mod operator;
 pub mod rbac;
 pub mod secrets;
 pub mod status;

@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 
 use crate::{
+    api::RELEASED_ANNOTATION,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget, conditions},
-    cosmos::RELEASED_ANNOTATION,
 };
 
 /// The `kubectl apply` annotation: a full copy of the last applied

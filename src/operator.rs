@@ -1,5 +1,6 @@
 //! `dbgrant run`: wire the client, caches, controllers, HTTP endpoints,
-//! leader election and graceful shutdown together.
+//! leader election and graceful shutdown together. The top of the
+//! dependency graph: it uses every layer and nothing uses it but `main`.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,19 +16,19 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    context::Context,
-    http, leader,
-    metrics::Metrics,
-    telemetry,
-    watch::{self, Relevance},
-};
 use crate::{
     MANAGER,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget},
     cli::RunArgs,
     cosmos::{self, CosmosContext},
     mongo::{self, MongoContext},
+    runtime::{
+        context::Context,
+        http, leader,
+        metrics::Metrics,
+        telemetry,
+        watch::{self, Relevance},
+    },
 };
 
 /// Run the operator until SIGTERM/SIGINT or loss of leadership.
