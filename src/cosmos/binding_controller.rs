@@ -194,20 +194,11 @@ impl CosmosContext {
                 crate::runtime::cache::wait_ready(&self.bindings).await;
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                for b in self.bindings.state() {
-                    // Never reconciled by dbgrant (no finalizer yet): its
-                    // first reconcile indexes it; indexing it here could
-                    // grant for a binding whose deletion dbgrant never sees.
-                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
-                        continue;
-                    }
+                let primed = lifecycle::prime(&mut idx, self.bindings.state(), FINALIZER, binding_key, |b| {
                     let target = self.target(&b.spec.target_ref.name);
-                    let def = definition_of(self, &b);
-                    if let Some(c) = evaluate(&b, target.as_deref(), def.as_deref(), now, false).contribution {
-                        idx.upsert(&binding_key(&b), c);
-                    }
-                }
-                tracing::info!(bindings = idx.len(), "cosmos binding index primed");
+                    evaluate(b, target.as_deref(), definition_of(self, b).as_deref(), now, false).contribution
+                });
+                tracing::info!(bindings = primed, "cosmos binding index primed");
             })
             .await;
     }

@@ -26,7 +26,7 @@ use crate::{
         index::{Affected, BindingIndex, Rejection},
         mongo::MongoGrant,
     },
-    runtime::context::Context,
+    runtime::{context::Context, lifecycle},
 };
 
 /// Backend label for metrics and errors.
@@ -74,21 +74,11 @@ impl MongoContext {
                 tracing::debug!("caches ready; priming the binding index");
                 let now = jiff::Timestamp::now();
                 let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                for b in self.bindings.state() {
-                    // A binding without dbgrant's finalizer was never applied
-                    // (the finalizer comes first); it joins the index at its
-                    // first reconcile. Priming it anyway would keep its grant
-                    // in the index for good if it is deleted before then: a
-                    // deletion without the finalizer never reaches cleanup.
-                    if !b.finalizers().iter().any(|f| f == FINALIZER) {
-                        continue;
-                    }
-                    let target = self.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name));
-                    if let Some(c) = binding_controller::evaluate(&b, target.as_deref(), now).contribution {
-                        idx.upsert(&binding_key(&b), c);
-                    }
-                }
-                tracing::info!(bindings = idx.len(), "binding index primed");
+                let primed = lifecycle::prime(&mut idx, self.bindings.state(), FINALIZER, binding_key, |b| {
+                    let target = self.targets.get(&ObjectRef::new(&b.spec.target_ref.name));
+                    binding_controller::evaluate(b, target.as_deref(), now).contribution
+                });
+                tracing::info!(bindings = primed, "binding index primed");
             })
             .await;
     }

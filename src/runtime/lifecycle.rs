@@ -29,6 +29,7 @@ use super::{
 use crate::{
     Error, Result,
     api::conditions::{Outcome, reason},
+    plan::index::{BindingIndex, Contribution, Grant},
 };
 
 /// When a failed reconcile looks again, unless the error says when.
@@ -98,6 +99,36 @@ pub fn error_policy(kind: &'static str, object: &str, metrics: &Metrics, error: 
     }
     let fallback = if error.is_transient() { retry.transient } else { retry.permanent };
     Action::requeue(error.retry_after().unwrap_or(fallback).max(Duration::from_secs(1)))
+}
+
+/// Put every binding in `bindings` that dbgrant has applied before (it
+/// carries `finalizer`) into `idx` with its current contribution, before
+/// any reconcile writes, so no reconcile after a restart shrinks a backend
+/// object to a partial union. A binding without the finalizer was never
+/// applied (the finalizer comes first); it joins the index at its first
+/// reconcile — priming it would keep its grant in the index for good if it
+/// were deleted before then, since a deletion without the finalizer never
+/// reaches cleanup. Returns how many bindings the index holds.
+pub fn prime<K, G>(
+    idx: &mut BindingIndex<G>,
+    bindings: Vec<Arc<K>>,
+    finalizer_name: &str,
+    key: impl Fn(&K) -> String,
+    contribution: impl Fn(&K) -> Option<Contribution<G>>,
+) -> usize
+where
+    K: Resource,
+    G: Grant,
+{
+    for b in bindings {
+        if !b.meta().finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == finalizer_name)) {
+            continue;
+        }
+        if let Some(c) = contribution(&b) {
+            idx.upsert(&key(&b), c);
+        }
+    }
+    idx.len()
 }
 
 /// The error a binding's revocation returns while its target is not
