@@ -7,8 +7,9 @@
 //!
 //! Revocation (delete, expiry, denial, a scope or subject dropped from the
 //! spec) is the same path with the binding's contribution taken out of the
-//! index. Cleanup never re-validates the policy: a binding that is no
-//! longer allowed must still be revocable.
+//! index. Cleanup evaluates the binding as if it were live only to know
+//! what it contributed (`ignore_deletion`); a denial never stops it: a
+//! binding that is no longer allowed must still be revocable.
 //!
 //! Revocation is confirmed before it is reported: the finalizer goes, and
 //! the status says `Expired` or `GrantDenied`, only once the account's

@@ -55,10 +55,10 @@ async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action>
     let mut st = target.status.clone().unwrap_or_default();
     let before = st.conditions.clone();
     let was_ready = is_ready(&target);
-    // Our own status write (and every watch event) brings the target back
-    // here: a Ready target resynced less than an interval ago waits for the
-    // rest of it, so a steady state costs two LISTs per interval, not per
-    // event.
+    // A spec, finalizer or deletion change, and the requeue, bring the
+    // target here (its own status writes do not: see runtime::watch). A
+    // Ready target resynced less than an interval ago waits for the rest of
+    // it, so a steady state costs two LISTs per interval, not per event.
     if was_ready && let Some(left) = resync_left(&target, ctx.shared.resync) {
         return Ok(Action::requeue(left));
     }
