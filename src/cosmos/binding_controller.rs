@@ -152,21 +152,7 @@ pub fn evaluate(
             subjects.insert(key);
         }
     }
-    if !invalid.is_empty() {
-        return blocked(
-            Outcome::stalled(reason::INVALID_SPEC, format!("nothing applied: {}", invalid.join("; "))),
-            exp,
-        );
-    }
-    Evaluation {
-        contribution: Some(Contribution {
-            target: target_name.clone(),
-            subjects,
-            grant: CosmosGrant::new(&role, &b.spec.scopes),
-        }),
-        blocked: None,
-        expiry: exp,
-    }
+    Evaluation::granting(target_name, subjects, invalid, CosmosGrant::new(&role, &b.spec.scopes), exp)
 }
 
 /// The assignments a contribution wants.
@@ -707,30 +693,15 @@ pub fn error_policy(b: Arc<CosmosRoleBinding>, error: &Error, ctx: Arc<CosmosCon
 mod tests {
     use super::*;
     use crate::api::{
-        AzureCredential, BuiltInCosmosRole, CosmosPolicy, CosmosRoleBindingSpec, CosmosRoleDefinitionRef,
-        CosmosRoleDefinitionSpec, CosmosScope, CosmosTargetSpec, DeletionPolicy, Expiry, Subject, TargetRef,
+        BuiltInCosmosRole, CosmosPolicy, CosmosRoleBindingSpec, CosmosRoleDefinitionRef, CosmosRoleDefinitionSpec,
+        CosmosScope, DeletionPolicy, Expiry, Subject, TargetRef,
     };
     use crate::plan::cosmos::Action as PlanAction;
 
     const G: &str = "0B0B0B0B-0000-0000-0000-000000000001";
 
     fn target(policy: CosmosPolicy) -> CosmosTarget {
-        let mut t = CosmosTarget::new(
-            "acct",
-            CosmosTargetSpec {
-                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
-                resource_group: "rg".into(),
-                account_name: "acct".into(),
-                cloud: None,
-                credential: AzureCredential {
-                    workload_identity: Some(Default::default()),
-                    managed_identity: None,
-                    client_secret: None,
-                    client_certificate: None,
-                },
-                policy,
-            },
-        );
+        let mut t = super::super::fixtures::target("acct", policy);
         t.metadata.uid = Some("uid".into());
         t
     }

@@ -239,25 +239,9 @@ pub fn error_policy(d: Arc<CosmosRoleDefinition>, error: &Error, ctx: Arc<Cosmos
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
 
     fn target() -> CosmosTarget {
-        CosmosTarget::new(
-            "acct",
-            CosmosTargetSpec {
-                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
-                resource_group: "rg".into(),
-                account_name: "acct".into(),
-                cloud: None,
-                credential: AzureCredential {
-                    workload_identity: Some(Default::default()),
-                    managed_identity: None,
-                    client_secret: None,
-                    client_certificate: None,
-                },
-                policy: CosmosPolicy::default(),
-            },
-        )
+        super::super::fixtures::target("acct", Default::default())
     }
 
     fn report(state: DefinitionState, result: Option<WriteResult>) -> SyncReport {

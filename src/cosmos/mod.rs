@@ -457,3 +457,30 @@ pub fn binding_key(b: &CosmosRoleBinding) -> String {
 pub fn empty_report() -> SharedReport {
     Arc::new(SyncReport::default())
 }
+
+/// Objects the Cosmos DB controllers' unit tests build.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::api::{AzureCredential, CosmosPolicy, CosmosTarget, CosmosTargetSpec};
+
+    /// A CosmosTarget `name` for account `acct` (workload identity) with
+    /// `policy`.
+    pub fn target(name: &str, policy: CosmosPolicy) -> CosmosTarget {
+        CosmosTarget::new(
+            name,
+            CosmosTargetSpec {
+                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
+                resource_group: "rg".into(),
+                account_name: "acct".into(),
+                cloud: None,
+                credential: AzureCredential {
+                    workload_identity: Some(Default::default()),
+                    managed_identity: None,
+                    client_secret: None,
+                    client_certificate: None,
+                },
+                policy,
+            },
+        )
+    }
+}

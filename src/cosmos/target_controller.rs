@@ -283,23 +283,7 @@ mod tests {
 
     #[test]
     fn a_recent_resync_is_not_repeated() {
-        use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
-        let mut t = CosmosTarget::new(
-            "t",
-            CosmosTargetSpec {
-                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
-                resource_group: "rg".into(),
-                account_name: "acct".into(),
-                cloud: None,
-                credential: AzureCredential {
-                    workload_identity: Some(Default::default()),
-                    managed_identity: None,
-                    client_secret: None,
-                    client_certificate: None,
-                },
-                policy: CosmosPolicy::default(),
-            },
-        );
+        let mut t = super::super::fixtures::target("t", Default::default());
         let resync = Duration::from_secs(300);
         assert_eq!(resync_left(&t, resync), None, "never resynced");
         let at = |secs_ago: i64| {
@@ -315,24 +299,8 @@ mod tests {
 
     #[test]
     fn a_deleted_target_lets_bindings_revoke_only_once_it_is_terminating() {
-        use crate::api::{AzureCredential, CosmosPolicy, CosmosTargetSpec};
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-        let mut t = CosmosTarget::new(
-            "t",
-            CosmosTargetSpec {
-                subscription_id: "c9e6de92-9aba-45b0-85a1-5decf672d856".into(),
-                resource_group: "rg".into(),
-                account_name: "acct".into(),
-                cloud: None,
-                credential: AzureCredential {
-                    workload_identity: Some(Default::default()),
-                    managed_identity: None,
-                    client_secret: None,
-                    client_certificate: None,
-                },
-                policy: CosmosPolicy::default(),
-            },
-        );
+        let mut t = super::super::fixtures::target("t", Default::default());
         assert!(never_connected(&t) && !can_revoke(&t));
         let status = |o: &Outcome, generation| CosmosTargetStatus {
             conditions: conditions::merge(&[], o, Some(generation), &status::now()),

@@ -32,7 +32,7 @@ use crate::{
     },
     plan::{
         expiry, gate,
-        index::{Affected, BindingIndex, Contribution, Rejection},
+        index::{Affected, BindingIndex, Rejection},
         mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for},
         policy,
     },
@@ -94,21 +94,8 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
             Err(e) => invalid.push(e),
         }
     }
-    if !invalid.is_empty() {
-        return blocked(
-            Outcome::stalled(reason::INVALID_SPEC, format!("nothing applied: {}", invalid.join("; "))),
-            exp,
-        );
-    }
-    Evaluation {
-        contribution: Some(Contribution {
-            target: target_name.clone(),
-            subjects,
-            grant: MongoGrant::from_spec(&b.spec.roles, &b.spec.privileges),
-        }),
-        blocked: None,
-        expiry: exp,
-    }
+    let grant = MongoGrant::from_spec(&b.spec.roles, &b.spec.privileges);
+    Evaluation::granting(target_name, subjects, invalid, grant, exp)
 }
 
 /// The index key of a binding (`namespace/name`).

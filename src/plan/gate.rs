@@ -8,6 +8,8 @@
 //!   otherwise      ─▶ the target, and the expiry to requeue at
 //! ```
 
+use std::collections::BTreeSet;
+
 use jiff::Timestamp;
 
 use super::{
@@ -15,7 +17,7 @@ use super::{
     index::Contribution,
 };
 use crate::api::{
-    Expiry,
+    Expiry, SubjectKey,
     conditions::{Outcome, reason},
 };
 
@@ -34,6 +36,22 @@ impl<G> Evaluation<G> {
     /// No contribution, for `why`.
     pub fn blocked(why: Outcome, expiry: ExpiryState) -> Self {
         Self { contribution: None, blocked: Some(why), expiry }
+    }
+
+    /// `grant` to `subjects` on `target`, unless some subjects are
+    /// `invalid` (then nothing: a binding is applied whole or not at all).
+    pub fn granting(
+        target: &str,
+        subjects: BTreeSet<SubjectKey>,
+        invalid: Vec<String>,
+        grant: G,
+        expiry: ExpiryState,
+    ) -> Self {
+        if !invalid.is_empty() {
+            let why = format!("nothing applied: {}", invalid.join("; "));
+            return Self::blocked(Outcome::stalled(reason::INVALID_SPEC, why), expiry);
+        }
+        Self { contribution: Some(Contribution { target: target.into(), subjects, grant }), blocked: None, expiry }
     }
 }
 
