@@ -263,19 +263,11 @@ async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action>
         }
         (Some(blocked), _) => blocked.clone(),
         (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
-        (None, Some(t)) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
-            reason::TARGET_NOT_READY,
-            format!(
-                "CosmosTarget {} is being deleted and waits for this binding; delete the binding to revoke its access",
-                t.name_any()
-            ),
-        ),
-        (None, Some(t)) if !target_controller::is_ready(t) => {
-            requeue = requeue.min(target_controller::NOT_READY_RETRY);
-            Outcome::progressing(
-                reason::TARGET_NOT_READY,
-                format!("waiting for CosmosTarget {} to be Ready", t.name_any()),
-            )
+        (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("CosmosTarget", t) => {
+            if let Some(wait) = wait {
+                requeue = requeue.min(wait);
+            }
+            why
         }
         (None, Some(t)) if affected.is_empty() && already_applied => {
             // Nothing changed here: drift is the target's periodic resync's

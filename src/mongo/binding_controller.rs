@@ -166,22 +166,9 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
         (Some(blocked), _) => blocked.clone(),
         // evaluate() only yields a contribution when the target exists.
         (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
-        (None, Some(t)) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
-            reason::TARGET_NOT_READY,
-            format!(
-                "MongoTarget {} is being deleted and waits for this binding; delete the binding to revoke its access",
-                t.name_any()
-            ),
-        ),
-        (None, Some(t)) if !target_controller::is_ready(t) => {
-            // Woken when the target changes, but the watch that wakes this
-            // binding and the target cache it reads are separate streams:
-            // look again soon in case the cache lagged behind.
-            waiting_for_target = true;
-            Outcome::progressing(
-                reason::TARGET_NOT_READY,
-                format!("waiting for MongoTarget {} to be Ready", t.name_any()),
-            )
+        (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("MongoTarget", t) => {
+            waiting_for_target = wait.is_some();
+            why
         }
         (None, Some(t)) if affected.is_empty() && !rejected.is_empty() => {
             // Refused recently and nothing changed since: say so again

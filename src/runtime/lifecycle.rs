@@ -28,7 +28,10 @@ use super::{
 };
 use crate::{
     Error, Result,
-    api::conditions::{Outcome, reason},
+    api::{
+        conditions::{Outcome, reason},
+        target::{self, TargetView},
+    },
     plan::index::{BindingIndex, Contribution, Grant},
 };
 
@@ -129,6 +132,28 @@ where
         }
     }
     idx.len()
+}
+
+/// Why a live binding cannot be applied through its target `t` (a
+/// `kind`) now, if it cannot, and when to look again by itself: the
+/// target is being deleted (it waits for this binding, which keeps its
+/// access until it is deleted too: woken by the binding's own changes),
+/// or it is not Ready yet (also woken when the target changes, but that
+/// watch and the target cache are separate streams, so look again after
+/// [`TARGET_WAIT`] in case the cache lagged behind).
+pub fn target_unusable<T: TargetView>(kind: &str, t: &T) -> Option<(Outcome, Option<Duration>)> {
+    let name = t.meta().name.as_deref().unwrap_or_default();
+    if t.meta().deletion_timestamp.is_some() {
+        let why = format!(
+            "{kind} {name} is being deleted and waits for this binding; delete the binding to revoke its access"
+        );
+        return Some((Outcome::stalled(reason::TARGET_NOT_READY, why), None));
+    }
+    if !target::is_ready(t) {
+        let why = format!("waiting for {kind} {name} to be Ready");
+        return Some((Outcome::progressing(reason::TARGET_NOT_READY, why), Some(TARGET_WAIT)));
+    }
+    None
 }
 
 /// The error a binding's revocation returns while its target is not
