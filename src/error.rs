@@ -2,6 +2,24 @@
 //! object or target, and carries a `category()` that labels metrics and
 //! Warning events.
 
+/// What kind of backend failure an [`Error::Backend`] is: typed where the
+/// failure is classified (never guessed later from the message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Retrying soon may succeed: the server unreachable, a dropped
+    /// connection, a failover, a revocation not confirmed yet.
+    Transient,
+    /// The backend refused dbgrant's identity: a failed login, or rights
+    /// it lacks.
+    Unauthorized,
+    /// The target's spec or the operator's environment is wrong (the
+    /// connection string, TLS or OIDC settings).
+    Misconfigured,
+    /// The backend refused the request for another reason; retrying
+    /// alone will not help.
+    Refused,
+}
+
 /// Errors from reconciliation and start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -33,8 +51,9 @@ pub enum Error {
         target: String,
         /// Secret-free description of the failure.
         message: String,
-        /// Whether retrying later can help.
-        transient: bool,
+        /// What kind of failure: it decides the condition reason and how
+        /// soon to retry.
+        failure: Failure,
     },
 
     /// An Azure Resource Manager call for a CosmosTarget failed.
@@ -76,8 +95,8 @@ impl Error {
             Error::Kube(_) => "kubernetes",
             Error::Finalizer(_) => "finalizer",
             Error::Secret { .. } => "secret",
-            Error::Backend { transient: true, .. } => "backend-transient",
-            Error::Backend { transient: false, .. } => "backend",
+            Error::Backend { failure: Failure::Transient, .. } => "backend-transient",
+            Error::Backend { .. } => "backend",
             Error::Azure { source, .. } => {
                 use crate::cosmos::arm::ArmError;
                 match source {
@@ -97,7 +116,7 @@ impl Error {
     /// backend was unreachable, failing over or throttling.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Backend { transient, .. } => *transient,
+            Error::Backend { failure, .. } => *failure == Failure::Transient,
             Error::Azure { source, .. } => source.is_transient(),
             _ => false,
         }

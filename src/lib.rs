@@ -20,7 +20,7 @@ pub mod operator;
 pub mod plan;
 pub mod runtime;
 
-pub use error::{Error, Result};
+pub use error::{Error, Failure, Result};
 
 /// Field manager name for server-side apply, and the Event reporter.
 pub const MANAGER: &str = "dbgrant";

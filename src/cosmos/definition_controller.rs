@@ -191,7 +191,7 @@ async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Ac
             backend: BACKEND,
             target: target_name.clone(),
             message: "target is not Ready; deleting the role definition waits for it".into(),
-            transient: true,
+            failure: crate::Failure::Transient,
         });
     }
     let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;

@@ -25,7 +25,7 @@ use super::{
     target_controller,
 };
 use crate::{
-    Error, FINALIZER, Result,
+    Error, FINALIZER, Failure, Result,
     api::{
         MongoRoleBinding, MongoTarget, SubjectKey, conditions,
         conditions::{Outcome, reason},
@@ -373,7 +373,7 @@ fn unconfirmed_error(
         backend: super::BACKEND,
         target: target.name_any(),
         message: format!("revocation not confirmed: {}", pending.join("; ")),
-        transient: true,
+        failure: Failure::Transient,
     })
 }
 
@@ -463,18 +463,26 @@ pub fn error_policy(b: Arc<MongoRoleBinding>, error: &Error, ctx: Arc<MongoConte
 mod tests {
     use super::*;
 
-    fn backend(message: &str, transient: bool) -> Error {
-        Error::Backend { backend: super::super::BACKEND, target: "t".into(), message: message.into(), transient }
+    fn backend(message: &str, failure: Failure) -> Error {
+        Error::Backend { backend: super::super::BACKEND, target: "t".into(), message: message.into(), failure }
     }
 
     #[test]
     fn a_failed_sync_says_why_on_the_binding() {
-        let o = sync_failure(&backend("server unreachable: no MongoDB server answered within 5s", true)).unwrap();
+        let o = sync_failure(&backend("server unreachable: no MongoDB server answered within 5s", Failure::Transient))
+            .unwrap();
         assert_eq!((o.ready, o.reason), (false, reason::UNREACHABLE));
-        let o = sync_failure(&backend("rolesInfo unauthorized (code 13): ...", false)).unwrap();
+        let o = sync_failure(&backend("rolesInfo unauthorized (code 13): ...", Failure::Unauthorized)).unwrap();
         assert_eq!((o.ready, o.reason), (false, reason::UNAUTHORIZED));
-        let o = sync_failure(&backend("createRole failed: something new (code 12345)", false)).unwrap();
+        let o = sync_failure(&backend("createRole failed: something new (code 12345)", Failure::Refused)).unwrap();
         assert_eq!((o.ready, o.reason), (false, reason::BACKEND_ERROR), "never InvalidSpec for a server error");
+        // The kind decides, not the words: a configuration message that
+        // mentions authentication is not Unauthorized.
+        let o = target_controller::target_outcome(&backend(
+            "MONGODB-OIDC authentication is not configured: workloadIdentity needs a tenant id",
+            Failure::Misconfigured,
+        ));
+        assert_eq!(o.reason, reason::INVALID_SPEC);
         assert!(sync_failure(&Error::Config("x".into())).is_none());
     }
 }

@@ -16,7 +16,7 @@ use mongodb::{
 
 use super::BACKEND;
 use crate::{
-    Error, Result,
+    Error, Failure, Result,
     api::{MongoTarget, MongoTargetSpec},
     plan::mongo::{LEDGER_COLLECTION, LEDGER_DB},
     runtime::{
@@ -204,7 +204,7 @@ impl TargetConnection {
         let unavailable = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
         match &*unavailable {
             Some((until, message)) if std::time::Instant::now() < *until => {
-                Err(backend_error(target, message.clone(), true))
+                Err(backend_error(target, message.clone(), Failure::Transient))
             }
             _ => Ok(()),
         }
@@ -218,7 +218,7 @@ impl TargetConnection {
         let mut unavailable = self.unavailable.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(_) => *unavailable = None,
-            Err(Error::Backend { transient: true, message, .. }) if message.starts_with(UNREACHABLE) => {
+            Err(Error::Backend { failure: Failure::Transient, message, .. }) if message.starts_with(UNREACHABLE) => {
                 *unavailable = Some((std::time::Instant::now() + FAIL_FAST_FOR, message.clone()))
             }
             Err(_) => {}
@@ -235,8 +235,8 @@ pub struct Probe {
     pub tls_verification: &'static str,
 }
 
-fn backend_error(target: &str, message: impl Into<String>, transient: bool) -> Error {
-    Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), transient }
+fn backend_error(target: &str, message: impl Into<String>, failure: Failure) -> Error {
+    Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), failure }
 }
 
 /// Whether the connection string `uri` sets the option `key` (names are
@@ -309,7 +309,7 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
                 "the connection string in Secret {}/{} key {:?} sets tlsAllowInvalidHostnames, which dbgrant's TLS stack does not support: remove it (for tests, tlsInsecure=true turns off certificate and host name checks, shown as tlsVerification: Disabled)",
                 ctx.namespace, spec.connection.uri_secret_ref.name, spec.connection.uri_secret_ref.key
             ),
-            false,
+            Failure::Misconfigured,
         ));
     }
     let mut opts = ClientOptions::parse(uri.expose_secret()).await.map_err(|e| {
@@ -317,7 +317,7 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
             return backend_error(
                 &name,
                 "the mongodb+srv host in the connection string could not be resolved (DNS SRV lookup failed); will retry",
-                true,
+                Failure::Transient,
             );
         }
         // The driver's parse error can quote the URI; say where it is instead.
@@ -327,7 +327,7 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
                 "the connection string in Secret {}/{} key {:?} is not a valid MongoDB URI",
                 ctx.namespace, spec.connection.uri_secret_ref.name, spec.connection.uri_secret_ref.key
             ),
-            false,
+            Failure::Misconfigured,
         )
     })?;
     opts.app_name = Some("dbgrant".into());
@@ -349,12 +349,12 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
     if let Some(oidc) = &spec.auth.oidc
         && let Some(problem) = oidc_transport_problem(verification, oidc.allow_insecure_transport)
     {
-        return Err(backend_error(&name, problem, false));
+        return Err(backend_error(&name, problem, Failure::Misconfigured));
     }
     if spec.auth.oidc.is_none()
         && let Some(problem) = uri_credential_problem(opts.credential.as_ref(), verification)
     {
-        return Err(backend_error(&name, problem, false));
+        return Err(backend_error(&name, problem, Failure::Misconfigured));
     }
     if let (Some(tls), Some(Tls::Enabled(t))) = (&spec.connection.tls, opts.tls.as_mut()) {
         let root = private_files_root();
@@ -436,8 +436,9 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
 fn write_private_file(root: &Path, target: &str, file: &str, contents: &[u8]) -> Result<PathBuf> {
     use std::io::Write;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let io =
-        |e: std::io::Error| backend_error(target, format!("cannot write TLS material to a temporary file: {e}"), true);
+    let io = |e: std::io::Error| {
+        backend_error(target, format!("cannot write TLS material to a temporary file: {e}"), Failure::Transient)
+    };
     private_dir(root).map_err(io)?;
     let dir = root.join(target);
     private_dir(&dir).map_err(io)?;
@@ -498,7 +499,7 @@ pub async fn probe(
         .map_err(|e| classify(target, "connectionStatus", &e))?;
     let missing = missing_rights(&status, rights);
     if !missing.is_empty() {
-        return Err(backend_error(target, lacks_message(&status, &missing, rights), false));
+        return Err(backend_error(target, lacks_message(&status, &missing, rights), Failure::Unauthorized));
     }
     Ok(Probe { version, tls_verification })
 }
@@ -607,26 +608,26 @@ pub fn error_code(e: &mongodb::error::Error) -> Option<i32> {
 /// quoting connection strings or credentials.
 pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Error {
     use mongodb::error::ErrorKind;
-    let (message, transient) = match e.kind.as_ref() {
+    let (message, failure) = match e.kind.as_ref() {
         ErrorKind::Custom(_) if let Some(t) = e.get_custom::<super::oidc::TokenError>() => {
-            (t.message.clone(), t.transient)
+            (t.message.clone(), if t.transient { Failure::Transient } else { Failure::Unauthorized })
         }
         ErrorKind::Authentication { message, .. } if message.starts_with("MONGODB-OIDC") => (
             "MONGODB-OIDC authentication failed: the server refused dbgrant's Entra token; check that the server's oidcIdentityProviders entry names the token's issuer (the tenant) and audience (the application in spec.auth.oidc.scope), and that dbgrant's identity has a role there".to_string(),
-            false,
+            Failure::Unauthorized,
         ),
         ErrorKind::Authentication { .. } => (
             "authentication failed: check the credentials in the target's Secrets (they may have been rotated)"
                 .to_string(),
-            false,
+            Failure::Unauthorized,
         ),
         // Starts with UNREACHABLE: TargetConnection::record keys on it.
         ErrorKind::ServerSelection { .. } => (
             "server unreachable: no MongoDB server answered within 5s; check the connection string, network policy and TLS settings".to_string(),
-            true,
+            Failure::Transient,
         ),
         ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => {
-            (format!("network error during {operation}; will retry"), true)
+            (format!("network error during {operation}; will retry"), Failure::Transient)
         }
         // Failover and shutdown: the primary stepped down or is going
         // away (NotWritablePrimary, NotPrimaryNoSecondaryOk,
@@ -636,7 +637,7 @@ pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Err
         ErrorKind::Command(c)
             if matches!(c.code, 6 | 7 | 89 | 91 | 189 | 262 | 9001 | 10107 | 11600 | 11602 | 13435 | 13436) =>
         {
-            (format!("{operation} failed: {} (code {}); will retry", c.message, c.code), true)
+            (format!("{operation} failed: {} (code {}); will retry", c.message, c.code), Failure::Transient)
         }
         ErrorKind::Command(c) if c.code == 13 => {
             // "not authorized on <db> to execute command { … }": name the
@@ -654,12 +655,12 @@ pub fn classify(target: &str, operation: &str, e: &mongodb::error::Error) -> Err
                     "{operation} unauthorized (code 13): dbgrant's MongoDB identity lacks user administration rights"
                 ),
             };
-            (message, false)
+            (message, Failure::Unauthorized)
         }
-        ErrorKind::Command(c) => (format!("{operation} failed: {} (code {})", c.message, c.code), false),
-        _ => (format!("{operation} failed: {e}"), true),
+        ErrorKind::Command(c) => (format!("{operation} failed: {} (code {})", c.message, c.code), Failure::Refused),
+        _ => (format!("{operation} failed: {e}"), Failure::Transient),
     };
-    backend_error(target, message, transient)
+    backend_error(target, message, failure)
 }
 
 #[cfg(test)]
@@ -683,10 +684,10 @@ mod tests {
     fn failover_errors_are_transient_and_rights_errors_are_not() {
         for (code, name) in [(10107, "NotWritablePrimary"), (189, "PrimarySteppedDown"), (91, "ShutdownInProgress")] {
             let e = classify("t", "createRole", &command_error(code, name));
-            assert!(matches!(e, Error::Backend { transient: true, .. }), "{name}: {e}");
+            assert!(matches!(e, Error::Backend { failure: Failure::Transient, .. }), "{name}: {e}");
         }
         let e = classify("t", "createRole", &command_error(13, "Unauthorized"));
-        assert!(matches!(e, Error::Backend { transient: false, .. }), "{e}");
+        assert!(matches!(e, Error::Backend { failure: Failure::Unauthorized, .. }), "{e}");
     }
 
     #[tokio::test]
@@ -697,13 +698,16 @@ mod tests {
         let conn = TargetConnection::new(Client::with_options(opts).unwrap(), Some(1), "NotUsed");
         assert!(conn.check_available("t").is_ok());
         // A quick failure (a command error, a dropped connection) does not.
-        conn.record::<()>(&Err(backend_error("t", "network error during rolesInfo; will retry", true)));
+        conn.record::<()>(&Err(backend_error("t", "network error during rolesInfo; will retry", Failure::Transient)));
         assert!(conn.check_available("t").is_ok());
         // A server selection timeout does, with the same message.
         let unreachable = format!("{UNREACHABLE}: no MongoDB server answered within 5s");
-        conn.record::<()>(&Err(backend_error("t", unreachable.clone(), true)));
+        conn.record::<()>(&Err(backend_error("t", unreachable.clone(), Failure::Transient)));
         let e = conn.check_available("t").unwrap_err();
-        assert!(matches!(&e, Error::Backend { transient: true, message, .. } if *message == unreachable), "{e}");
+        assert!(
+            matches!(&e, Error::Backend { failure: Failure::Transient, message, .. } if *message == unreachable),
+            "{e}"
+        );
         conn.record(&Ok(()));
         assert!(conn.check_available("t").is_ok());
     }
@@ -1047,7 +1051,7 @@ mod tls_tests {
         assert_eq!(oidc_transport_problem("Disabled", true), None);
         // Not an authorization problem: the target says InvalidSpec, not
         // Unauthorized, and does not retry by itself.
-        let e = backend_error("t", plain, false);
+        let e = backend_error("t", plain, Failure::Misconfigured);
         assert_eq!(
             crate::mongo::target_controller::target_outcome(&e).reason,
             crate::api::conditions::reason::INVALID_SPEC

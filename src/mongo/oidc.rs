@@ -40,7 +40,7 @@ use mongodb::options::{
 
 use super::BACKEND;
 use crate::{
-    Error, Result,
+    Error, Failure, Result,
     api::{DEFAULT_AUTHORITY_HOST, MongoOidcAuth, MongoOidcCredential},
 };
 
@@ -94,7 +94,7 @@ fn config_error(target: &str, message: impl std::fmt::Display) -> Error {
         backend: BACKEND,
         target: target.into(),
         message: format!("MONGODB-OIDC authentication is not configured: {message}"),
-        transient: false,
+        failure: Failure::Misconfigured,
     }
 }
 

@@ -15,7 +15,7 @@ use mongodb::Client;
 
 use super::{BACKEND, connection};
 use crate::{
-    Error, Result,
+    Error, Failure, Result,
     api::SubjectKey,
     plan::mongo::{
         Action, Actual, ActualRole, ActualUser, MongoGrant, Plan, ROLE_DB, Resource, SubjectObjects, USER_DB,
@@ -366,7 +366,7 @@ async fn try_on_scratch(
 }
 
 fn backend_error(target: &str, message: impl Into<String>) -> Error {
-    Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), transient: true }
+    Error::Backend { backend: BACKEND, target: target.into(), message: message.into(), failure: Failure::Transient }
 }
 
 /// A refused grant (bad input that only this grant carries) or a failure
@@ -390,7 +390,7 @@ fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
     let err = connection::classify(target, op, e);
     let login = matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Authentication { .. });
     match (&err, connection::error_code(e)) {
-        (Error::Backend { transient: false, .. }, Some(code)) if !login => {
+        (Error::Backend { failure: Failure::Refused | Failure::Unauthorized, .. }, Some(code)) if !login => {
             tracing::warn!(%target, operation = op, code, error = %err, "server refused grant");
             Rejected(err.to_string())
         }

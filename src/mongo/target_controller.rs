@@ -17,7 +17,7 @@ use super::{
     sync::{self, SubjectResult, SubjectWork},
 };
 use crate::{
-    Error, Result, TARGET_FINALIZER,
+    Error, Failure, Result, TARGET_FINALIZER,
     api::{
         MongoRoleBinding, MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions, conditions::Outcome,
         conditions::reason,
@@ -127,12 +127,8 @@ const WAITING_FOR: &str = "MongoRoleBinding(s)";
 pub fn target_outcome(e: &Error) -> Outcome {
     match e {
         Error::Secret { .. } => Outcome::stalled(reason::SECRET_NOT_FOUND, e.to_string()),
-        Error::Backend { transient: true, .. } => Outcome::progressing(reason::UNREACHABLE, e.to_string()),
-        Error::Backend { message, .. }
-            if message.contains("unauthorized") || message.contains("authentication") || message.contains("lacks") =>
-        {
-            Outcome::stalled(reason::UNAUTHORIZED, e.to_string())
-        }
+        Error::Backend { failure: Failure::Transient, .. } => Outcome::progressing(reason::UNREACHABLE, e.to_string()),
+        Error::Backend { failure: Failure::Unauthorized, .. } => Outcome::stalled(reason::UNAUTHORIZED, e.to_string()),
         Error::Backend { .. } | Error::Config(_) => Outcome::stalled(reason::INVALID_SPEC, e.to_string()),
         _ => Outcome::progressing(reason::BACKEND_ERROR, e.to_string()),
     }

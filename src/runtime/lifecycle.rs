@@ -27,7 +27,7 @@ use super::{
     status,
 };
 use crate::{
-    Error, Result,
+    Error, Failure, Result,
     api::{
         conditions::{Outcome, reason},
         target::{self, TargetView},
@@ -163,7 +163,7 @@ pub fn revocation_waits(backend: &'static str, target: &str) -> Error {
         backend,
         target: target.into(),
         message: "target is not Ready; revocation waits for it (the finalizer keeps the binding until then)".into(),
-        transient: true,
+        failure: Failure::Transient,
     }
 }
 
@@ -242,7 +242,8 @@ mod tests {
     }
 
     fn backend(transient: bool) -> Error {
-        Error::Backend { backend: "mongodb", target: "t".into(), message: "m".into(), transient }
+        let failure = if transient { Failure::Transient } else { Failure::Refused };
+        Error::Backend { backend: "mongodb", target: "t".into(), message: "m".into(), failure }
     }
 
     #[test]
