@@ -35,7 +35,7 @@ use dbgrant::{
     },
     mongo::{
         binding_controller::{self, Evaluation},
-        connection,
+        connection, ledger,
         sync::{self, SubjectResult, SyncReport},
         target_controller,
     },
@@ -283,7 +283,7 @@ impl Env {
     /// Every ledger entry `target` owns.
     async fn ledger(&self, target: &MongoTarget) -> BTreeSet<String> {
         let name = target.metadata.name.clone().unwrap();
-        sync::ledger_all(&name, &self.admin, &self.metrics).await.expect("ledger_all")
+        ledger::all(&name, &self.admin, &self.metrics).await.expect("ledger_all")
     }
 
     /// Run a command as an out-of-band administrator would.
@@ -510,7 +510,7 @@ impl<'e> Operator<'e> {
     /// The target controller's periodic resync: every indexed subject, plus
     /// ledger entries nothing wants.
     async fn resync(&self) -> SyncReport {
-        let ledger = sync::ledger_all(&self.name(), &self.client, &self.env.metrics).await.expect("ledger_all");
+        let ledger = ledger::all(&self.name(), &self.client, &self.env.metrics).await.expect("ledger_all");
         let work = target_controller::resync_work(&self.target, &self.index, &ledger);
         self.sync(&work).await
     }

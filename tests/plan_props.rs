@@ -17,7 +17,7 @@
 //!   that may not bind gets exactly one denial, naming no allowed one;
 //! - `plan::expiry`: arbitrary durations and instants never panic; the
 //!   requeue never exceeds the resync;
-//! - `mongo::sync::{parse_role, parse_user, ledger_ids}` and
+//! - `mongo::sync::{parse_role, parse_user}`, `mongo::ledger::ids` and
 //!   `mongo::connection::missing_actions`: arbitrary BSON never panics; a
 //!   `rolesInfo` reply however the server splits and orders it parses back
 //!   to the grant.
@@ -29,7 +29,8 @@ use dbgrant::{
     api::{DeletionPolicy, Expiry, MongoPolicy, MongoPrivilege, MongoResource, MongoRoleRef, SubjectKey, SubjectKind},
     mongo::{
         connection::missing_actions,
-        sync::{ledger_ids, parse_role, parse_user},
+        ledger::ids as ledger_ids,
+        sync::{parse_role, parse_user},
     },
     plan::{
         expiry,

@@ -4,6 +4,7 @@
 
 pub mod binding_controller;
 pub mod connection;
+pub mod ledger;
 pub mod oidc;
 pub mod sync;
 pub mod target_controller;
@@ -31,6 +32,10 @@ use crate::{
 
 /// Backend label for metrics and errors.
 pub const BACKEND: &str = "mongodb";
+
+/// Names per `rolesInfo`/`usersInfo`/ledger `find` call: far below the 16 MiB message
+/// limit even with long names and many privileges.
+pub const BATCH: usize = 500;
 
 /// State shared by the MongoDB controllers.
 pub struct MongoContext {

@@ -1,19 +1,15 @@
 //! Applying plans to a MongoDB target: read roles, users and dbgrant's
 //! ownership ledger in batches, plan each subject, write the difference.
 //!
-//! The ledger (`dbgrant.ownership`, one document per object dbgrant
-//! created) lives next to the roles it describes. An entry is written
-//! *before* `createRole`/`createUser` and removed *after* the drop, so a
-//! crash in between leaves a ledger entry for an object that may not
-//! exist — which the next sync repairs — and never an object nobody owns.
+//! Ownership comes from the ledger (`super::ledger`): an entry is written
+//! *before* `createRole`/`createUser` and removed *after* the drop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bson::{Bson, Document, doc};
-use futures::TryStreamExt;
 use mongodb::Client;
 
-use super::{BACKEND, connection};
+use super::{BACKEND, BATCH, connection, ledger};
 use crate::{
     Error, Failure, Result,
     api::SubjectKey,
@@ -26,9 +22,6 @@ use crate::{
 /// Database of the ownership ledger; defined with the pure code, whose
 /// policy keeps it out of every tenant's reach.
 pub use crate::plan::mongo::{LEDGER_COLLECTION, LEDGER_DB};
-/// Names per `rolesInfo`/`usersInfo` call: far below the 16 MiB message
-/// limit even with long names and many privileges.
-pub const BATCH: usize = 500;
 
 /// The result of syncing one subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,7 +219,7 @@ async fn read_actual<'a>(
     let actual_users = users_info(target, client, metrics, &users).await?;
     let mut ledger_ids: Vec<String> = roles.iter().map(|r| format!("{ROLE_DB}.{r}")).collect();
     ledger_ids.extend(users.iter().map(|u| format!("{USER_DB}.{u}")));
-    let owned = ledger(target, client, metrics, &ledger_ids).await?;
+    let owned = ledger::owned(target, client, metrics, &ledger_ids).await?;
     Ok(work
         .map(|w| {
             let user_id = w.objects.user.as_ref().map(|u| format!("{USER_DB}.{u}"));
@@ -254,13 +247,13 @@ async fn cleanup_stale_ledger(
         return Ok(());
     }
     if actual.role.is_none() && actual.role_owned {
-        unledger(target, client, metrics, &format!("{ROLE_DB}.{}", w.objects.role)).await?;
+        ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{}", w.objects.role)).await?;
     }
     if let Some(u) = &w.objects.user
         && actual.user.is_none()
         && actual.user_owned
     {
-        unledger(target, client, metrics, &format!("{USER_DB}.{u}")).await?;
+        ledger::remove(target, client, metrics, &format!("{USER_DB}.{u}")).await?;
     }
     Ok(())
 }
@@ -403,25 +396,25 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
     let external = client.database(USER_DB);
     let (op, result) = match action {
         Action::CreateRole { name, grant } => {
-            ledger_put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
+            ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
             let cmd =
                 doc! { "createRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
             ("createRole", admin.run_command(cmd).await)
         }
         Action::UpdateRole { name, grant } => {
             // Adopted roles enter the ledger on their first update.
-            ledger_put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
+            ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
             let cmd =
                 doc! { "updateRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
             ("updateRole", admin.run_command(cmd).await)
         }
         Action::CreateUser { name, role } => {
-            ledger_put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
+            ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
             let cmd = doc! { "createUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
             ("createUser", external.run_command(cmd).await)
         }
         Action::UpdateUser { name, role } => {
-            ledger_put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
+            ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
             let cmd = doc! { "updateUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
             ("updateUser", external.run_command(cmd).await)
         }
@@ -429,7 +422,7 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
             let r = external.run_command(doc! { "dropUser": name }).await;
             let r = ignore_code(r, 11);
             if r.is_ok() {
-                unledger(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
+                ledger::remove(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
             }
             ("dropUser", r)
         }
@@ -437,17 +430,17 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
             let r = admin.run_command(doc! { "dropRole": name }).await;
             let r = ignore_code(r, 31);
             if r.is_ok() {
-                unledger(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
+                ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
             }
             ("dropRole", r)
         }
         Action::Release { name } => {
-            unledger(target, client, metrics, name).await.map_err(Failed)?;
+            ledger::remove(target, client, metrics, name).await.map_err(Failed)?;
             return Ok(());
         }
         Action::Adopt { name } => {
             let kind = if name.starts_with(&format!("{USER_DB}.")) { "user" } else { "role" };
-            ledger_put(target, client, metrics, name, kind).await.map_err(Failed)?;
+            ledger::put(target, client, metrics, name, kind).await.map_err(Failed)?;
             return Ok(());
         }
     };
@@ -460,10 +453,10 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
             // first) must not claim the name, or an object someone creates
             // under it later would count as dbgrant's.
             if let (Rejected(_), Action::CreateRole { name, .. }) = (&refused, action) {
-                unledger(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
+                ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
             }
             if let (Rejected(_), Action::CreateUser { name, .. }) = (&refused, action) {
-                unledger(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
+                ledger::remove(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
             }
             Err(refused)
         }
@@ -595,59 +588,6 @@ pub fn parse_user(u: &Document) -> Option<(String, ActualUser)> {
         })
         .unwrap_or_default();
     Some((name.to_string(), ActualUser { roles }))
-}
-
-/// The ids of ledger documents; documents whose `_id` is not a string are
-/// not dbgrant's and are ignored.
-pub fn ledger_ids(docs: &[Document]) -> BTreeSet<String> {
-    docs.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_string)).collect()
-}
-
-/// Which of `ids` the ledger records as created by dbgrant.
-pub async fn ledger(target: &str, client: &Client, metrics: &Metrics, ids: &[String]) -> Result<BTreeSet<String>> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let mut out = BTreeSet::new();
-    for chunk in ids.chunks(BATCH) {
-        let r = async {
-            coll.find(doc! { "_id": { "$in": chunk.to_vec() }, "target": target }).await?.try_collect::<Vec<_>>().await
-        }
-        .await;
-        metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
-        let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
-        out.extend(ledger_ids(&docs));
-    }
-    Ok(out)
-}
-
-/// Every ledger entry this target wrote (for orphan collection after
-/// downtime). Entries are tagged with the MongoTarget's name so two targets
-/// pointing at one deployment never collect each other's objects.
-pub async fn ledger_all(target: &str, client: &Client, metrics: &Metrics) -> Result<BTreeSet<String>> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = async { coll.find(doc! { "target": target }).await?.try_collect::<Vec<_>>().await }.await;
-    metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
-    let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
-    Ok(ledger_ids(&docs))
-}
-
-async fn ledger_put(target: &str, client: &Client, metrics: &Metrics, id: &str, kind: &str) -> Result<()> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = coll
-        .update_one(
-            doc! { "_id": id },
-            doc! { "$setOnInsert": { "kind": kind, "target": target, "createdAt": bson::DateTime::now() } },
-        )
-        .upsert(true)
-        .await;
-    metrics.backend_op(BACKEND, "ledgerPut", r.is_ok());
-    r.map(|_| ()).map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
-}
-
-async fn unledger(target: &str, client: &Client, metrics: &Metrics, id: &str) -> Result<()> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = coll.delete_one(doc! { "_id": id }).await;
-    metrics.backend_op(BACKEND, "ledgerDelete", r.is_ok());
-    r.map(|_| ()).map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
 }
 
 #[cfg(test)]

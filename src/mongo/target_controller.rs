@@ -153,7 +153,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     // binding's sync cannot create an object between the two reads (it
     // would look like an orphan and be dropped).
     let _guard = conn.write_lock.lock().await;
-    let ledger = sync::ledger_all(&name, &conn.client, &ctx.shared.metrics).await?;
+    let ledger = super::ledger::all(&name, &conn.client, &ctx.shared.metrics).await?;
     let work = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
         let gone = idx.forget_vanished(&name, |ns, binding| {
