@@ -18,6 +18,7 @@
 
 pub mod arm;
 pub mod binding_controller;
+pub mod binding_status;
 pub mod cloud;
 pub mod definition_controller;
 pub mod sync;
