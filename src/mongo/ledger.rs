@@ -10,10 +10,8 @@
 use std::collections::BTreeSet;
 
 use bson::{Document, doc};
-use futures::TryStreamExt;
-use mongodb::Client;
 
-use super::{BACKEND, BATCH, connection};
+use super::{BACKEND, BATCH, api::MongoApi, connection};
 pub use crate::plan::mongo::{LEDGER_COLLECTION, LEDGER_DB};
 use crate::{Result, runtime::metrics::Metrics};
 
@@ -24,14 +22,11 @@ pub fn ids(docs: &[Document]) -> BTreeSet<String> {
 }
 
 /// Which of `ids` the ledger records as created by dbgrant.
-pub async fn owned(target: &str, client: &Client, metrics: &Metrics, ids: &[String]) -> Result<BTreeSet<String>> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
+pub async fn owned(target: &str, client: &dyn MongoApi, metrics: &Metrics, ids: &[String]) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for chunk in ids.chunks(BATCH) {
-        let r = async {
-            coll.find(doc! { "_id": { "$in": chunk.to_vec() }, "target": target }).await?.try_collect::<Vec<_>>().await
-        }
-        .await;
+        let filter = doc! { "_id": { "$in": chunk.to_vec() }, "target": target };
+        let r = client.find(LEDGER_DB, LEDGER_COLLECTION, filter).await;
         metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
         let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
         out.extend(self::ids(&docs));
@@ -42,9 +37,8 @@ pub async fn owned(target: &str, client: &Client, metrics: &Metrics, ids: &[Stri
 /// Every ledger entry this target wrote (for orphan collection after
 /// downtime). Entries are tagged with the MongoTarget's name so two targets
 /// pointing at one deployment never collect each other's objects.
-pub async fn all(target: &str, client: &Client, metrics: &Metrics) -> Result<BTreeSet<String>> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = async { coll.find(doc! { "target": target }).await?.try_collect::<Vec<_>>().await }.await;
+pub async fn all(target: &str, client: &dyn MongoApi, metrics: &Metrics) -> Result<BTreeSet<String>> {
+    let r = client.find(LEDGER_DB, LEDGER_COLLECTION, doc! { "target": target }).await;
     metrics.backend_op(BACKEND, "ledgerFind", r.is_ok());
     let docs = r.map_err(|e| connection::classify(target, "reading the ownership ledger", &e))?;
     Ok(ids(&docs))
@@ -52,23 +46,16 @@ pub async fn all(target: &str, client: &Client, metrics: &Metrics) -> Result<BTr
 
 /// Record `id` (`admin.<role>` or `$external.<user>`) as created by
 /// dbgrant for `target`, before creating it. Idempotent.
-pub async fn put(target: &str, client: &Client, metrics: &Metrics, id: &str, kind: &str) -> Result<()> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = coll
-        .update_one(
-            doc! { "_id": id },
-            doc! { "$setOnInsert": { "kind": kind, "target": target, "createdAt": bson::DateTime::now() } },
-        )
-        .upsert(true)
-        .await;
+pub async fn put(target: &str, client: &dyn MongoApi, metrics: &Metrics, id: &str, kind: &str) -> Result<()> {
+    let update = doc! { "$setOnInsert": { "kind": kind, "target": target, "createdAt": bson::DateTime::now() } };
+    let r = client.upsert(LEDGER_DB, LEDGER_COLLECTION, doc! { "_id": id }, update).await;
     metrics.backend_op(BACKEND, "ledgerPut", r.is_ok());
-    r.map(|_| ()).map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
+    r.map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
 }
 
 /// Forget `id`, after dropping it (or when releasing it). Idempotent.
-pub async fn remove(target: &str, client: &Client, metrics: &Metrics, id: &str) -> Result<()> {
-    let coll = client.database(LEDGER_DB).collection::<Document>(LEDGER_COLLECTION);
-    let r = coll.delete_one(doc! { "_id": id }).await;
+pub async fn remove(target: &str, client: &dyn MongoApi, metrics: &Metrics, id: &str) -> Result<()> {
+    let r = client.delete_one(LEDGER_DB, LEDGER_COLLECTION, doc! { "_id": id }).await;
     metrics.backend_op(BACKEND, "ledgerDelete", r.is_ok());
-    r.map(|_| ()).map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
+    r.map_err(|e| connection::classify(target, "writing the ownership ledger", &e))
 }

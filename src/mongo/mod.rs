@@ -2,6 +2,7 @@
 //! roles and `$external` users, and the controllers for `MongoTarget` and
 //! `MongoRoleBinding`.
 
+pub mod api;
 pub mod binding_controller;
 pub mod connection;
 pub mod ledger;

@@ -7,9 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bson::{Bson, Document, doc};
-use mongodb::Client;
 
-use super::{BACKEND, BATCH, connection, ledger};
+use super::{BACKEND, BATCH, api::MongoApi, connection, ledger};
 use crate::{
     Error, Failure, Result,
     api::SubjectKey,
@@ -92,7 +91,7 @@ pub fn scratch_role(role: &str) -> String {
 /// target's write lock.
 pub async fn sync(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     adopt: bool,
     work: &[SubjectWork],
@@ -209,7 +208,7 @@ fn describe(a: &Action) -> String {
 /// and ledger entries read in batches.
 async fn read_actual<'a>(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     work: impl Iterator<Item = &'a SubjectWork> + Clone,
 ) -> Result<Vec<Actual>> {
@@ -237,7 +236,7 @@ async fn read_actual<'a>(
 /// removed (a crash between drop and unledger, or a refused create).
 async fn cleanup_stale_ledger(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     w: &SubjectWork,
     desired: Option<&MongoGrant>,
@@ -261,7 +260,7 @@ async fn cleanup_stale_ledger(
 /// Run a subject's writes in order, stopping at the first refusal.
 async fn run(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     actions: &[Action],
     writes: &mut usize,
@@ -285,7 +284,7 @@ async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn isolate(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     scratch: &str,
     contributions: &[(String, MongoGrant)],
@@ -325,7 +324,7 @@ async fn isolate(
 /// when the server refuses the grant.
 async fn try_on_scratch(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     scratch: &str,
     grant: &MongoGrant,
@@ -334,13 +333,13 @@ async fn try_on_scratch(
     let (roles, privileges) = grant_bson(grant);
     let create = doc! { "createRole": scratch, "roles": roles, "privileges": privileges };
     let drop = || async {
-        let r = ignore_code(client.database(ROLE_DB).run_command(doc! { "dropRole": scratch }).await, 31);
+        let r = ignore_code(client.run(ROLE_DB, doc! { "dropRole": scratch }).await, 31);
         metrics.backend_op(BACKEND, "dropRole", r.is_ok());
         r.map(|_| ()).map_err(|e| Failed(connection::classify(target, "dropRole", &e)))
     };
     for attempt in 0..2 {
         *writes += 1;
-        let r = client.database(ROLE_DB).run_command(create.clone()).await;
+        let r = client.run(ROLE_DB, create.clone()).await;
         metrics.backend_op(BACKEND, "createRole", r.is_ok());
         match r {
             Ok(_) => {
@@ -391,35 +390,33 @@ fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
     }
 }
 
-async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action) -> Result<(), ApplyError> {
-    let admin = client.database(ROLE_DB);
-    let external = client.database(USER_DB);
+async fn apply(target: &str, client: &dyn MongoApi, metrics: &Metrics, action: &Action) -> Result<(), ApplyError> {
     let (op, result) = match action {
         Action::CreateRole { name, grant } => {
             ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
             let cmd =
                 doc! { "createRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
-            ("createRole", admin.run_command(cmd).await)
+            ("createRole", client.run(ROLE_DB, cmd).await)
         }
         Action::UpdateRole { name, grant } => {
             // Adopted roles enter the ledger on their first update.
             ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
             let cmd =
                 doc! { "updateRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
-            ("updateRole", admin.run_command(cmd).await)
+            ("updateRole", client.run(ROLE_DB, cmd).await)
         }
         Action::CreateUser { name, role } => {
             ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
             let cmd = doc! { "createUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
-            ("createUser", external.run_command(cmd).await)
+            ("createUser", client.run(USER_DB, cmd).await)
         }
         Action::UpdateUser { name, role } => {
             ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
             let cmd = doc! { "updateUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
-            ("updateUser", external.run_command(cmd).await)
+            ("updateUser", client.run(USER_DB, cmd).await)
         }
         Action::DropUser { name } => {
-            let r = external.run_command(doc! { "dropUser": name }).await;
+            let r = client.run(USER_DB, doc! { "dropUser": name }).await;
             let r = ignore_code(r, 11);
             if r.is_ok() {
                 ledger::remove(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
@@ -427,7 +424,7 @@ async fn apply(target: &str, client: &Client, metrics: &Metrics, action: &Action
             ("dropUser", r)
         }
         Action::DropRole { name } => {
-            let r = admin.run_command(doc! { "dropRole": name }).await;
+            let r = client.run(ROLE_DB, doc! { "dropRole": name }).await;
             let r = ignore_code(r, 31);
             if r.is_ok() {
                 ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
@@ -498,14 +495,14 @@ fn privileges_bson(privs: &[(Resource, Vec<String>)]) -> Vec<Bson> {
 /// `rolesInfo` for many names in few round trips, normalised.
 pub async fn roles_info(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     names: &[String],
 ) -> Result<BTreeMap<String, ActualRole>> {
     let mut out = BTreeMap::new();
     for chunk in names.chunks(BATCH) {
         let list: Vec<Bson> = chunk.iter().map(|n| Bson::Document(doc! { "role": n, "db": ROLE_DB })).collect();
-        let r = client.database(ROLE_DB).run_command(doc! { "rolesInfo": list, "showPrivileges": true }).await;
+        let r = client.run(ROLE_DB, doc! { "rolesInfo": list, "showPrivileges": true }).await;
         metrics.backend_op(BACKEND, "rolesInfo", r.is_ok());
         let reply = r.map_err(|e| connection::classify(target, "rolesInfo", &e))?;
         for role in reply.get_array("roles").map(|a| a.to_vec()).unwrap_or_default() {
@@ -555,14 +552,14 @@ pub fn parse_role(d: &Document) -> ActualRole {
 /// `usersInfo` for many `$external` names.
 pub async fn users_info(
     target: &str,
-    client: &Client,
+    client: &dyn MongoApi,
     metrics: &Metrics,
     names: &[String],
 ) -> Result<BTreeMap<String, ActualUser>> {
     let mut out = BTreeMap::new();
     for chunk in names.chunks(BATCH) {
         let list: Vec<Bson> = chunk.iter().map(|n| Bson::Document(doc! { "user": n, "db": USER_DB })).collect();
-        let r = client.database(USER_DB).run_command(doc! { "usersInfo": list }).await;
+        let r = client.run(USER_DB, doc! { "usersInfo": list }).await;
         metrics.backend_op(BACKEND, "usersInfo", r.is_ok());
         let reply = r.map_err(|e| connection::classify(target, "usersInfo", &e))?;
         for u in reply.get_array("users").map(|a| a.to_vec()).unwrap_or_default() {
@@ -592,7 +589,132 @@ pub fn parse_user(u: &Document) -> Option<(String, ActualUser)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::api::SubjectKind;
+
+    /// An in-process [`MongoApi`] with scripted replies: it records every
+    /// call and answers `createRole` with RoleNotFound (31) when the role
+    /// inherits `ghost`, as a server does for a role that does not exist.
+    /// No role is stored: `rolesInfo` always finds nothing.
+    #[derive(Default)]
+    struct Scripted {
+        calls: Mutex<Vec<(String, Document)>>,
+    }
+
+    fn refused(code: i32, name: &str) -> mongodb::error::Error {
+        let e: mongodb::error::CommandError =
+            bson::from_document(doc! {"code": code, "codeName": name, "errmsg": "scripted"}).expect("command error");
+        mongodb::error::ErrorKind::Command(e).into()
+    }
+
+    impl Scripted {
+        fn record(&self, what: &str, doc: Document) {
+            self.calls.lock().unwrap().push((what.to_string(), doc));
+        }
+
+        fn commands(&self, name: &str) -> Vec<Document> {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().filter(|(_, d)| d.contains_key(name)).map(|(_, d)| d.clone()).collect()
+        }
+    }
+
+    #[async_trait]
+    impl MongoApi for Scripted {
+        async fn run(&self, db: &str, command: Document) -> mongodb::error::Result<Document> {
+            self.record(db, command.clone());
+            let inherits_ghost = command
+                .get_array("roles")
+                .is_ok_and(|r| r.iter().any(|r| r.as_document().is_some_and(|r| r.get_str("role") == Ok("ghost"))));
+            match command.keys().next().map(String::as_str) {
+                Some("rolesInfo") => Ok(doc! { "roles": [] }),
+                Some("usersInfo") => Ok(doc! { "users": [] }),
+                Some("createRole") if inherits_ghost => Err(refused(31, "RoleNotFound")),
+                _ => Ok(Document::new()),
+            }
+        }
+        async fn find(&self, _: &str, _: &str, filter: Document) -> mongodb::error::Result<Vec<Document>> {
+            self.record("find", filter);
+            Ok(Vec::new())
+        }
+        async fn upsert(&self, _: &str, _: &str, filter: Document, _: Document) -> mongodb::error::Result<()> {
+            self.record("upsert", filter);
+            Ok(())
+        }
+        async fn delete_one(&self, _: &str, _: &str, filter: Document) -> mongodb::error::Result<()> {
+            self.record("delete", filter);
+            Ok(())
+        }
+    }
+
+    fn grant(role: &str) -> MongoGrant {
+        MongoGrant { roles: [(role.to_string(), "orders".to_string())].into(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn a_refused_union_is_isolated_on_the_scratch_role_and_the_rest_is_written() {
+        let api = Scripted::default();
+        let subject = SubjectKey { kind: SubjectKind::Group, id: "g".into() };
+        let contributions = vec![("ns/a".to_string(), grant("read")), ("ns/b".to_string(), grant("ghost"))];
+        let mut desired = grant("read");
+        desired.roles.insert(("ghost".into(), "orders".into()));
+        let work = [SubjectWork {
+            subject: subject.clone(),
+            objects: SubjectObjects { role: "entra/g".into(), user: None },
+            desired: Some(desired),
+            contributions,
+            retain: false,
+            confirm: false,
+        }];
+        let report = sync("t", &api, &Metrics::default(), false, &work).await.expect("sync");
+        assert_eq!(report.results[&subject], SubjectResult::Applied);
+        assert_eq!(report.rejected[&subject].keys().collect::<Vec<_>>(), ["ns/b"]);
+        let creates: Vec<(String, Vec<String>)> = api
+            .commands("createRole")
+            .iter()
+            .map(|c| {
+                let roles = c.get_array("roles").unwrap().iter();
+                let roles = roles.filter_map(|r| r.as_document()?.get_str("role").ok().map(str::to_string));
+                (c.get_str("createRole").unwrap().to_string(), roles.collect())
+            })
+            .collect();
+        let scratch = scratch_role("entra/g");
+        assert_eq!(
+            creates,
+            [
+                ("entra/g".to_string(), vec!["ghost".to_string(), "read".to_string()]),
+                (scratch.clone(), vec!["read".to_string()]),
+                (scratch.clone(), vec!["ghost".to_string(), "read".to_string()]),
+                ("entra/g".to_string(), vec!["read".to_string()]),
+            ],
+            "the union, each contribution added in turn on the scratch role, then what was accepted"
+        );
+        let drops: Vec<String> =
+            api.commands("dropRole").iter().map(|d| d.get_str("dropRole").unwrap().into()).collect();
+        assert_eq!(drops, [scratch], "the accepted try is dropped at once");
+        // The refused create's ledger claim was removed before the retry.
+        assert!(api.calls.lock().unwrap().iter().any(|(what, _)| what == "delete"));
+    }
+
+    #[tokio::test]
+    async fn a_lone_refused_contribution_costs_no_scratch_write() {
+        let api = Scripted::default();
+        let subject = SubjectKey { kind: SubjectKind::Group, id: "g".into() };
+        let work = [SubjectWork {
+            subject: subject.clone(),
+            objects: SubjectObjects { role: "entra/g".into(), user: None },
+            desired: Some(grant("ghost")),
+            contributions: vec![("ns/b".to_string(), grant("ghost"))],
+            retain: false,
+            confirm: false,
+        }];
+        let report = sync("t", &api, &Metrics::default(), false, &work).await.expect("sync");
+        assert!(report.rejected[&subject].contains_key("ns/b"));
+        assert_eq!(api.commands("createRole").len(), 1, "only the refused create; nothing else is written");
+    }
 
     #[test]
     fn rolesinfo_reply_is_normalised_and_malformed_parts_skipped() {
