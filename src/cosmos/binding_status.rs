@@ -11,10 +11,7 @@ use std::{
 
 use kube::ResourceExt;
 
-use super::{
-    sync::{AssignmentOutcome, PENDING_RETRY, SyncReport, principal_backoff},
-    target_controller,
-};
+use super::sync::{AssignmentOutcome, PENDING_RETRY, SyncReport, principal_backoff};
 use crate::{
     Error, Result,
     api::{
@@ -242,7 +239,7 @@ pub fn outcome_from(
                     unavailable.into_iter().collect::<Vec<_>>().join(", ")
                 ),
             ),
-            Some(target_controller::NOT_READY_RETRY),
+            Some(crate::runtime::lifecycle::NOT_READY_RETRY),
         )
     } else if in_progress > 0 {
         let (why, wait) = match &report.stopped {

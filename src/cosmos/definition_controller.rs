@@ -134,7 +134,7 @@ async fn apply(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Acti
             ),
         ),
         Some(t) if !target_controller::is_ready(t) => {
-            requeue = target_controller::NOT_READY_RETRY;
+            requeue = lifecycle::NOT_READY_RETRY;
             Outcome::progressing(
                 reason::TARGET_NOT_READY,
                 format!("waiting for CosmosTarget {target_name} to be Ready"),

@@ -31,16 +31,10 @@ use crate::{
     runtime::status,
 };
 
-use crate::runtime::lifecycle::{self, Dependants};
+use crate::runtime::lifecycle::{self, Dependants, NOT_READY_RETRY, TERMINATING_POLL};
 
 /// Kind label.
 pub const KIND: &str = "CosmosTarget";
-
-/// How long a target that is not Ready waits before the next attempt.
-pub const NOT_READY_RETRY: Duration = Duration::from_secs(30);
-
-/// How often a deleted target looks again for the bindings it waits for.
-pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
 
 /// Reconcile one CosmosTarget.
 pub async fn reconcile(target: Arc<CosmosTarget>, ctx: Arc<CosmosContext>) -> Result<Action> {

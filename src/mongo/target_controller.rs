@@ -7,7 +7,7 @@
 //! names it, so each binding can revoke its roles through it, and goes
 //! when the last one is gone.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc};
 
 use kube::{Api, ResourceExt, runtime::controller::Action};
 
@@ -29,16 +29,10 @@ use crate::{
     runtime::status,
 };
 
-use crate::runtime::lifecycle::{self, Dependants};
+use crate::runtime::lifecycle::{self, Dependants, NOT_READY_RETRY, TERMINATING_POLL};
 
 /// Kind label.
 pub const KIND: &str = "MongoTarget";
-
-/// How long a target that is not Ready waits before the next attempt.
-pub const NOT_READY_RETRY: Duration = Duration::from_secs(30);
-
-/// How often a deleted target looks again for the bindings it waits for.
-pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
 
 /// Reconcile one MongoTarget.
 pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Result<Action> {

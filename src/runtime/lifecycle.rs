@@ -48,8 +48,15 @@ impl Retry {
     /// Bindings: soon after a transient failure, a minute otherwise.
     pub const BINDING: Retry = Retry { transient: Duration::from_secs(15), permanent: Duration::from_secs(60) };
     /// Targets and role definitions: every 30 seconds.
-    pub const TARGET: Retry = Retry { transient: Duration::from_secs(30), permanent: Duration::from_secs(30) };
+    pub const TARGET: Retry = Retry { transient: NOT_READY_RETRY, permanent: NOT_READY_RETRY };
 }
+
+/// How long a target that is not Ready waits before the next attempt.
+pub const NOT_READY_RETRY: Duration = Duration::from_secs(30);
+
+/// How often a deleted target looks again for the bindings (and role
+/// definitions) it waits for.
+pub const TERMINATING_POLL: Duration = Duration::from_secs(3);
 
 /// How long a binding whose target is not Ready (or is being deleted)
 /// waits before it looks again by itself, on both backends: it is also
