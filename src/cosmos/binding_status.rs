@@ -42,13 +42,7 @@ pub fn evaluate(
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
     let blocked = Evaluation::blocked;
-    let gated = gate::Binding {
-        created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        expiry: &b.spec.expiry,
-        deleting: b.metadata.deletion_timestamp.is_some() && !ignore_deletion,
-        target_kind: "CosmosTarget",
-        target_name,
-    };
+    let gated = gate::Binding::of(&b.metadata, &b.spec.expiry, "CosmosTarget", target_name, ignore_deletion);
     let (target, exp) = match gate::check(&gated, target, now) {
         Ok(passed) => passed,
         Err((why, exp)) => return blocked(why, exp),

@@ -57,13 +57,7 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
     let blocked = Evaluation::blocked;
-    let gated = gate::Binding {
-        created: b.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        expiry: &b.spec.expiry,
-        deleting: b.metadata.deletion_timestamp.is_some(),
-        target_kind: "MongoTarget",
-        target_name,
-    };
+    let gated = gate::Binding::of(&b.metadata, &b.spec.expiry, "MongoTarget", target_name, false);
     let (target, exp) = match gate::check(&gated, target, now) {
         Ok(passed) => passed,
         Err((why, exp)) => return blocked(why, exp),

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
     expiry::{self, ExpiryState},
@@ -67,6 +68,27 @@ pub struct Binding<'a> {
     pub target_kind: &'static str,
     /// `spec.targetRef.name`.
     pub target_name: &'a str,
+}
+
+impl<'a> Binding<'a> {
+    /// The gate's view of a binding from its metadata and spec.
+    /// `ignore_deletion` evaluates a deleted binding as if it were live (to
+    /// know what it contributed, for revocation).
+    pub fn of(
+        meta: &ObjectMeta,
+        expiry: &'a Expiry,
+        target_kind: &'static str,
+        target_name: &'a str,
+        ignore_deletion: bool,
+    ) -> Self {
+        Binding {
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            expiry,
+            deleting: meta.deletion_timestamp.is_some() && !ignore_deletion,
+            target_kind,
+            target_name,
+        }
+    }
 }
 
 /// Pass `binding` through the gate at `now`: the target and the binding's
