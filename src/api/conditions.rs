@@ -256,3 +256,33 @@ mod tests {
         assert!(is_transition(&b, &c));
     }
 }
+
+/// The part of every dbgrant status that the Ready condition lives in.
+pub trait ObjectStatus {
+    /// `status.conditions`.
+    fn conditions(&self) -> &[Condition];
+    /// Set `status.conditions` and the generation they describe.
+    fn set_conditions(&mut self, conditions: Vec<Condition>, observed_generation: Option<i64>);
+}
+
+macro_rules! object_status {
+    ($($status:ty),*) => {$(
+        impl ObjectStatus for $status {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn set_conditions(&mut self, conditions: Vec<Condition>, observed_generation: Option<i64>) {
+                self.conditions = conditions;
+                self.observed_generation = observed_generation;
+            }
+        }
+    )*};
+}
+
+object_status!(
+    super::MongoTargetStatus,
+    super::MongoRoleBindingStatus,
+    super::CosmosTargetStatus,
+    super::CosmosRoleBindingStatus,
+    super::CosmosRoleDefinitionStatus
+);

@@ -213,11 +213,8 @@ async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action>
             }
         }
     };
-    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
-    st.observed_generation = b.metadata.generation;
     let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::apply(&api, &b, b.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
+    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -289,11 +286,8 @@ async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Actio
     let mut st = current.clone();
     st.assignments = stuck.assignments.clone();
     let outcome = Outcome::progressing(reason::REVOCATION_PENDING, stuck.message.clone());
-    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
-    st.observed_generation = b.metadata.generation;
     let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::apply(&api, &b, b.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
+    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
     Err(error.unwrap_or(Error::Wait {
         backend: super::BACKEND,
         target: target.name_any(),

@@ -159,11 +159,8 @@ async fn apply(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Acti
             Err(e) => return Err(e),
         },
     };
-    st.conditions = conditions::merge(&current.conditions, &outcome, d.metadata.generation, &status::now());
-    st.observed_generation = d.metadata.generation;
     let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    status::apply(&api, &d, d.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, d.as_ref(), &current.conditions, &st.conditions).await;
+    status::finish(&ctx.shared, &api, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -221,12 +218,9 @@ async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Ac
             ),
         ),
     };
-    let current = d.status.clone().unwrap_or_default();
-    let mut st = current.clone();
-    st.conditions = conditions::merge(&current.conditions, &outcome, d.metadata.generation, &status::now());
-    st.observed_generation = d.metadata.generation;
     let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    status::apply(&api, &d, d.status.as_ref(), &st).await?;
+    let st = d.status.clone().unwrap_or_default();
+    status::finish(&ctx.shared, &api, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
     let wait = report.retry_after().unwrap_or(Duration::from_secs(60));
     Err(Error::Wait { backend: BACKEND, target: target_name.clone(), message: outcome.message, retry_after: wait })
 }

@@ -94,11 +94,8 @@ async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action>
     // reconciled after the resync and reads its assignments from the
     // report the resync left, so a resync that changed what grants a
     // binding's access shows on that binding's status.
-    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
-    st.observed_generation = target.metadata.generation;
     let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    status::apply(&api, &target, target.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -114,7 +111,6 @@ async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Actio
         return Ok(Action::await_change());
     }
     let mut st = target.status.clone().unwrap_or_default();
-    let before = st.conditions.clone();
     let waiting = users.waiting_message(WAITING_FOR);
     // A target that was Ready when it was deleted (deletion bumps the
     // generation), or has since shown it works, only refreshes the count —
@@ -133,11 +129,8 @@ async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Actio
             }
         }
     };
-    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
-    st.observed_generation = target.metadata.generation;
     let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    status::apply(&api, &target, target.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
     Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
 }
 

@@ -194,16 +194,13 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
                     // Say on the binding why it is not applied (yet); the
                     // error policy retries with backoff.
                     if let Some(outcome) = sync_failure(&e) {
-                        let mut failed = st.clone();
-                        failed.conditions =
-                            conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
-                        failed.observed_generation = b.metadata.generation;
                         let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(&b));
-                        if let Err(se) = status::apply(&api, &b, b.status.as_ref(), &failed).await {
+                        let failed = st.clone();
+                        if let Err(se) =
+                            status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), failed, &outcome).await
+                        {
                             tracing::warn!(binding = %key, error = %se, "could not report the failure on status");
                         }
-                        status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &failed.conditions)
-                            .await;
                     }
                     return Err(e);
                 }
@@ -245,11 +242,8 @@ async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
             }
         }
     };
-    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
-    st.observed_generation = b.metadata.generation;
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::apply(&api, &b, b.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, b.as_ref(), &current.conditions, &st.conditions).await;
+    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
     let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
     if waiting_for_target {
         requeue = requeue.min(lifecycle::TARGET_WAIT);
@@ -281,15 +275,11 @@ async fn report_revocation_failure(
     current: &crate::api::MongoRoleBindingStatus,
     e: &Error,
 ) {
-    let mut st = current.clone();
     let outcome = Outcome::progressing(reason::REVOCATION_PENDING, format!("revocation not complete, retrying: {e}"));
-    st.conditions = conditions::merge(&current.conditions, &outcome, b.metadata.generation, &status::now());
-    st.observed_generation = b.metadata.generation;
     let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(b));
-    if let Err(se) = status::apply(&api, b, b.status.as_ref(), &st).await {
+    if let Err(se) = status::finish(&ctx.shared, &api, b, b.status.as_ref(), current.clone(), &outcome).await {
         tracing::warn!(binding = %key(b), error = %se, "could not report the pending revocation on status");
     }
-    status::publish_transition(&ctx.shared, b, &current.conditions, &st.conditions).await;
 }
 
 fn ns_of(b: &MongoRoleBinding) -> String {

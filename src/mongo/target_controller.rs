@@ -19,7 +19,7 @@ use super::{
 use crate::{
     Error, Failure, Result, TARGET_FINALIZER,
     api::{
-        MongoRoleBinding, MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions, conditions::Outcome,
+        MongoRoleBinding, MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions::Outcome,
         conditions::reason,
     },
     plan::{
@@ -44,7 +44,6 @@ pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Resu
 async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
     let name = target.name_any();
     let mut st = target.status.clone().unwrap_or_default();
-    let before = st.conditions.clone();
     let (outcome, requeue) = match connect_and_resync(&target, ctx, &mut st).await {
         Ok(()) => (
             Outcome::ready(reason::CONNECTED, "reachable, authenticated and authorised to manage roles and users"),
@@ -57,13 +56,8 @@ async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
             (target_outcome(&e), NOT_READY_RETRY)
         }
     };
-    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
-    st.observed_generation = target.metadata.generation;
     let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    // lastResyncTime changes every pass; compare without it so a steady
-    // state does not write status needlessly more than once per resync.
-    status::apply(&api, &target, target.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
     Ok(Action::requeue(requeue))
 }
 
@@ -86,7 +80,6 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
         Dependants { names, deleting: users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count() };
     let waiting = dependants.waiting_message(WAITING_FOR);
     let mut st = target.status.clone().unwrap_or_default();
-    let before = st.conditions.clone();
     let terminating = |message: String| dependants.outcome(message);
     // A target that was Ready when it was deleted (deletion bumps the
     // generation), or has since shown it works, only refreshes the count —
@@ -106,11 +99,8 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
             }
         }
     };
-    st.conditions = conditions::merge(&before, &outcome, target.metadata.generation, &status::now());
-    st.observed_generation = target.metadata.generation;
     let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    status::apply(&api, &target, target.status.as_ref(), &st).await?;
-    status::publish_transition(&ctx.shared, target.as_ref(), &before, &st.conditions).await;
+    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
     Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
 }
 

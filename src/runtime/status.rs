@@ -11,7 +11,35 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::context::Context;
-use crate::{MANAGER, Result, api::conditions};
+use crate::{
+    MANAGER, Result,
+    api::conditions::{self, ObjectStatus, Outcome},
+};
+
+/// Finish a reconcile's status, the one way every controller does: merge
+/// `outcome` into the conditions `obj` has now (`lastTransitionTime` moves
+/// only on a real transition), mark them as describing its generation,
+/// write `next` if it differs from what `obj` has, and publish an Event
+/// if Ready transitioned. Returns the status written.
+pub async fn finish<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &K,
+    current: Option<&S>,
+    mut next: S,
+    outcome: &Outcome,
+) -> Result<S>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: ObjectStatus + Serialize + PartialEq,
+{
+    let before: Vec<Condition> = current.map(|c| c.conditions().to_vec()).unwrap_or_default();
+    let generation = obj.meta().generation;
+    next.set_conditions(conditions::merge(&before, outcome, generation, &now()), generation);
+    apply(api, obj, current, &next).await?;
+    publish_transition(ctx, obj, &before, next.conditions()).await;
+    Ok(next)
+}
 
 /// Server-side apply `status` to `obj` unless it equals `current`.
 /// Returns whether a write happened.
