@@ -237,10 +237,16 @@ async fn mongo_controllers(
         binding_ctrl.graceful_shutdown_on(shutdown.cancelled_owned()).run(
             mongo::binding_controller::reconcile,
             mongo::binding_controller::error_policy,
-            ctx,
+            ctx.clone(),
         ),
     );
     tokio::join!(t, b);
+    // Close the MongoDB clients before the runtime goes (see
+    // mongo::connection::close).
+    let open: Vec<_> = ctx.connections.lock().await.drain().map(|(_, c)| c).collect();
+    for conn in open {
+        mongo::connection::close(Some(conn)).await;
+    }
 }
 
 async fn cosmos_controllers(

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -223,6 +224,17 @@ impl TargetConnection {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Close a connection that is no longer wanted, while the runtime runs:
+/// the driver's pool and monitors stop in order, and its drop no longer
+/// spawns a clean-up task (which, left to run as the process exits, races
+/// the pool's shutdown and panics inside the driver). Other holders of the
+/// connection see their operations fail as with a dropped connection.
+pub async fn close(conn: Option<Arc<TargetConnection>>) {
+    if let Some(conn) = conn {
+        conn.client.clone().shutdown().immediate(true).await;
     }
 }
 

@@ -52,7 +52,7 @@ async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
         Err(e) => {
             ctx.shared.metrics.reconcile_failed(KIND, &e);
             tracing::warn!(target = %name, error = %e, "target not ready");
-            ctx.connections.lock().await.remove(&name);
+            connection::close(ctx.connections.lock().await.remove(&name)).await;
             (target_outcome(&e), NOT_READY_RETRY)
         }
     };
@@ -69,7 +69,7 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
     let users: Vec<Arc<MongoRoleBinding>> =
         ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name).collect();
     if users.is_empty() {
-        ctx.connections.lock().await.remove(&name);
+        connection::close(ctx.connections.lock().await.remove(&name)).await;
         connection::remove_private_files(&name);
         tracing::info!(target = %name, "no bindings use the target any more; released");
         return Ok(Action::await_change());
@@ -93,7 +93,7 @@ async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action>
             Ok(()) => (terminating(waiting), TERMINATING_POLL),
             Err(e) => {
                 tracing::warn!(target = %name, error = %e, "deleted target not usable; bindings cannot revoke yet");
-                ctx.connections.lock().await.remove(&name);
+                connection::close(ctx.connections.lock().await.remove(&name)).await;
                 let o = target_outcome(&e);
                 (Outcome { message: format!("{waiting}; {}", o.message), ..o }, NOT_READY_RETRY)
             }
@@ -249,7 +249,9 @@ pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<Tar
     connection::remove_private_files(&name);
     let (client, tls_verification) = built?;
     let conn = Arc::new(TargetConnection::new(client, target.metadata.generation, tls_verification));
-    conns.insert(name, conn.clone());
+    let replaced = conns.insert(name, conn.clone());
+    drop(conns);
+    connection::close(replaced).await;
     Ok(conn)
 }
 
