@@ -283,17 +283,7 @@ pub async fn fetch(
 /// text ends up on the target's status, which must not change on every
 /// retry.
 fn describe(e: &azure_core::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let t = s.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        source = s.source();
-    }
-    stable(&text)
+    stable(&crate::azure::credential::error_chain(e))
 }
 
 /// `text` on one line, minus `Trace ID: <id>`, `Correlation ID: <id>` and
