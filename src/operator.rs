@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use kube::{
     Api, Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
@@ -20,11 +20,12 @@ use crate::{
     MANAGER,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget},
     cli::RunArgs,
-    cosmos::{self, CosmosContext},
+    cosmos::CosmosContext,
     mongo::{self, MongoContext},
     runtime::{
         context::Context,
         http, leader,
+        lifecycle::{self, BackendContext, Lifecycle},
         metrics::Metrics,
         telemetry,
         watch::{self, Relevance},
@@ -154,13 +155,20 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
-/// Drive a controller's result stream, logging failed reconciles at debug
-/// level (each reconcile reports its own errors in status and Events).
-async fn log_errors<T, E: std::fmt::Display>(kind: &'static str, results: impl Stream<Item = Result<T, E>>) {
-    results
+/// Run the controller `L` until `shutdown`, logging failed reconciles at
+/// debug level (each reconcile reports its own errors in status and
+/// Events).
+async fn drive<K, C>(controller: Controller<K>, shutdown: CancellationToken, ctx: Arc<C>)
+where
+    K: crate::runtime::object::Managed,
+    C: Lifecycle<K>,
+{
+    controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(lifecycle::reconcile::<K, C>, lifecycle::error_policy::<K, C>, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
-                tracing::debug!(error = %e, "{kind} controller event");
+                tracing::debug!(error = %e, "{} controller event", K::kind(&()));
             }
         })
         .await
@@ -218,29 +226,13 @@ async fn mongo_controllers(
         })
         .reconcile_on(refreshes);
 
-    let ready_ctx = ctx.clone();
+    let prime_ctx = ctx.clone();
     tokio::spawn(async move {
-        ready_ctx.prime().await;
+        prime_ctx.prime().await;
         let _ = primed.send(());
     });
 
-    let t = log_errors(
-        "MongoTarget",
-        target_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
-            mongo::target_controller::reconcile,
-            mongo::target_controller::error_policy,
-            ctx.clone(),
-        ),
-    );
-    let b = log_errors(
-        "MongoRoleBinding",
-        binding_ctrl.graceful_shutdown_on(shutdown.cancelled_owned()).run(
-            mongo::binding_controller::reconcile,
-            mongo::binding_controller::error_policy,
-            ctx.clone(),
-        ),
-    );
-    tokio::join!(t, b);
+    tokio::join!(drive(target_ctrl, shutdown.clone(), ctx.clone()), drive(binding_ctrl, shutdown, ctx.clone()),);
     // Close the MongoDB clients before the runtime goes (see
     // mongo::connection::close).
     let open: Vec<_> = ctx.connections.lock().await.drain().map(|(_, c)| c).collect();
@@ -303,29 +295,9 @@ async fn cosmos_controllers(
         let _ = primed.send(());
     });
 
-    let t = log_errors(
-        "CosmosTarget",
-        target_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
-            cosmos::target_controller::reconcile,
-            cosmos::target_controller::error_policy,
-            ctx.clone(),
-        ),
+    tokio::join!(
+        drive(target_ctrl, shutdown.clone(), ctx.clone()),
+        drive(definition_ctrl, shutdown.clone(), ctx.clone()),
+        drive(binding_ctrl, shutdown, ctx),
     );
-    let d = log_errors(
-        "CosmosRoleDefinition",
-        definition_ctrl.graceful_shutdown_on(shutdown.clone().cancelled_owned()).run(
-            cosmos::definition_controller::reconcile,
-            cosmos::definition_controller::error_policy,
-            ctx.clone(),
-        ),
-    );
-    let b = log_errors(
-        "CosmosRoleBinding",
-        binding_ctrl.graceful_shutdown_on(shutdown.cancelled_owned()).run(
-            cosmos::binding_controller::reconcile,
-            cosmos::binding_controller::error_policy,
-            ctx,
-        ),
-    );
-    tokio::join!(t, d, b);
 }

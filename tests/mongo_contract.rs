@@ -482,7 +482,7 @@ impl<'e> Operator<'e> {
             assert!(
                 report.results.values().all(|r| *r == SubjectResult::Applied),
                 "{}: {:?}",
-                binding_controller::key(b),
+                binding_controller::key(*b),
                 report.results
             );
         }
@@ -522,7 +522,7 @@ impl<'e> Operator<'e> {
         next.now = self.now;
         for b in live {
             if let Some(c) = binding_controller::evaluate(b, Some(&next.target), next.now).contribution {
-                next.index.upsert(&binding_controller::key(b), c);
+                next.index.upsert(&binding_controller::key(*b), c);
             }
         }
         next

@@ -22,7 +22,7 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, ResourceExt,
+    ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
 };
 
@@ -31,269 +31,241 @@ use super::{
     CosmosContext, Freshness, account_of, binding_key,
     binding_status::sort_assignments,
     sync::{PENDING_RETRY, SyncReport},
-    target_controller,
 };
 use crate::{
-    Error, FINALIZER, Result,
+    Error, Result,
     api::{
-        CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, conditions,
-        conditions::{Outcome, reason},
+        CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget,
+        conditions::{self, Outcome, reason},
+        target,
     },
     plan::{cosmos::AssignmentKey, expiry, policy},
-    runtime::status,
+    runtime::{
+        lifecycle::{self, Lifecycle, Role},
+        status,
+    },
 };
-
-use crate::runtime::lifecycle;
-
-/// Kind label.
-pub const KIND: &str = "CosmosRoleBinding";
-
-impl CosmosContext {
-    /// Put every binding that exists at start-up into the index before any
-    /// reconcile writes, so no sync revokes a shared assignment because
-    /// its other bindings are not known yet.
-    pub async fn prime(&self) {
-        self.primed
-            .get_or_init(|| async {
-                crate::runtime::cache::wait_ready(&self.targets).await;
-                crate::runtime::cache::wait_ready(&self.definitions).await;
-                crate::runtime::cache::wait_ready(&self.bindings).await;
-                let now = jiff::Timestamp::now();
-                let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                let primed = lifecycle::prime(&mut idx, self.bindings.state(), FINALIZER, binding_key, |b| {
-                    let target = self.target(&b.spec.target_ref.name);
-                    evaluate(b, target.as_deref(), definition_of(self, b).as_deref(), now, false).contribution
-                });
-                tracing::info!(bindings = primed, "cosmos binding index primed");
-            })
-            .await;
-    }
-}
 
 fn definition_of(ctx: &CosmosContext, b: &CosmosRoleBinding) -> Option<Arc<CosmosRoleDefinition>> {
     b.spec.role_definition.name.as_ref().and_then(|n| ctx.definitions.get(&ObjectRef::new(n)))
 }
 
-/// Reconcile one CosmosRoleBinding.
-pub async fn reconcile(b: Arc<CosmosRoleBinding>, ctx: Arc<CosmosContext>) -> Result<Action> {
-    let _timer = ctx.shared.metrics.reconcile(KIND);
-    ctx.prime().await;
-    let ns = b.namespace().unwrap_or_default();
-    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    // The finalizer goes on before anything is granted, in this same pass.
-    lifecycle::reconcile(api, FINALIZER, true, b, |b| apply(b, &ctx), |b| cleanup(b, &ctx)).await
-}
+/// The CosmosRoleBinding controller.
+impl Lifecycle<CosmosRoleBinding> for CosmosContext {
+    const ROLE: Role = Role::Binding;
 
-async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
-    let now = jiff::Timestamp::now();
-    let target = ctx.target(&b.spec.target_ref.name);
-    let definition = definition_of(ctx, &b);
-    let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
-    let key = binding_key(&b);
-    let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
-    // What it contributed until now: what is dropped from it must be seen
-    // gone before the status says so.
-    let (affected, previous) = {
-        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = idx.get(&key).map(keys_of).unwrap_or_default();
-        let affected = match eval.contribution.clone() {
-            Some(c) => idx.upsert(&key, c),
-            None => idx.remove(&key),
-        };
-        (affected, previous)
-    };
-    if !affected.is_empty() {
-        ctx.bump(&b.spec.target_ref.name);
-    }
-    let current = b.status.clone().unwrap_or_default();
-    let already_applied = current.observed_generation == b.metadata.generation
-        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
-
-    let mut st = current.clone();
-    st.expires_at = eval.expiry.instant().map(Time);
-    let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
-    let outcome = match (&eval.blocked, target.as_deref()) {
-        (Some(blocked), Some(t)) if !affected.is_empty() || !st.assignments.is_empty() => {
-            // Revoke what this binding contributed: the index already
-            // excludes it, so the sync deletes what nobody else wants. A
-            // retry (nothing changed in the index) reads the account again.
-            let account = account_of(t);
-            let pending = to_revoke(&account, &previous, &st.assignments, &BTreeSet::new());
-            let freshness = if affected.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-            let confirmed = match revoke(ctx, t, BTreeSet::new(), freshness).await {
-                Ok(report) => confirm(&report, &account, &pending),
-                Err(e) => {
-                    tracing::warn!(binding = %key, target = %t.name_any(), error = %e, "revocation failed");
-                    ctx.shared.metrics.reconcile_failed(KIND, &e);
-                    Err(Stuck::from_error(&e, &pending))
-                }
+    async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
+        let now = jiff::Timestamp::now();
+        let target = ctx.target(&b.spec.target_ref.name);
+        let definition = definition_of(ctx, &b);
+        let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
+        let key = binding_key(&*b);
+        let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
+        // What it contributed until now: what is dropped from it must be seen
+        // gone before the status says so.
+        let (affected, previous) = {
+            let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = idx.get(&key).map(keys_of).unwrap_or_default();
+            let affected = match eval.contribution.clone() {
+                Some(c) => idx.upsert(&key, c),
+                None => idx.remove(&key),
             };
-            match confirmed {
-                Ok(()) => {
-                    st.assignments.clear();
-                    blocked.clone()
-                }
-                Err(stuck) => {
-                    requeue = requeue.min(stuck.retry);
-                    st.assignments = stuck.assignments.clone();
-                    Outcome::progressing(reason::REVOCATION_PENDING, format!("{}: {}", blocked.reason, stuck.message))
-                }
-            }
+            (affected, previous)
+        };
+        if !affected.is_empty() {
+            ctx.bump(&b.spec.target_ref.name);
         }
-        (Some(blocked), _) => blocked.clone(),
-        (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
-        (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("CosmosTarget", t) => {
-            if let Some(wait) = wait {
-                requeue = requeue.min(wait);
-            }
-            why
-        }
-        (None, Some(t)) if affected.is_empty() && already_applied => {
-            // Nothing changed here: drift is the target's periodic resync's
-            // job, so a steady state costs no Azure calls per binding. The
-            // resync may have changed what grants this binding's access
-            // (an identical foreign assignment went and dbgrant created its
-            // own, say): the status follows the account's last report,
-            // when it covers this binding.
-            match ctx.last_report(t).filter(|r| covers(r, &own)) {
-                Some(report) => {
-                    let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
-                    if outcome.ready && assignments != st.assignments {
-                        st.last_applied_time = Some(status::now());
-                    }
-                    st.assignments = assignments;
-                    if let Some(r) = retry {
-                        requeue = requeue.min(r);
-                    }
-                    outcome
-                }
-                None => conditions::ready(&current.conditions)
-                    .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
-                    .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
-            }
-        }
-        (None, Some(t)) => {
-            // Assignments it no longer wants (a scope or subject removed)
-            // are revoked in the same pass, and must be seen gone too.
-            let account = account_of(t);
-            let dropped = to_revoke(&account, &previous, &st.assignments, &own);
-            let freshness =
-                if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-            match ctx.sync(t, BTreeSet::new(), freshness).await {
-                Ok(report) => {
-                    let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
-                    st.assignments = assignments;
-                    if let Some(r) = retry {
-                        requeue = requeue.min(r);
-                    }
-                    match confirm(&report, &account, &dropped) {
-                        Ok(()) => {
-                            if outcome.ready {
-                                st.last_applied_time = Some(status::now());
-                            }
-                            outcome
-                        }
-                        Err(stuck) => {
-                            requeue = requeue.min(stuck.retry);
-                            st.assignments.extend(stuck.assignments.clone());
-                            sort_assignments(&mut st.assignments);
-                            Outcome::progressing(
-                                reason::REVOCATION_PENDING,
-                                format!("access the binding no longer grants: {}", stuck.message),
-                            )
-                        }
-                    }
-                }
-                Err(e) if e.retry_after().is_some() => {
-                    let wait = e.retry_after().unwrap_or(PENDING_RETRY);
-                    requeue = requeue.min(wait);
-                    Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    };
-    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
-    Ok(Action::requeue(requeue))
-}
+        let current = b.status.clone().unwrap_or_default();
+        let already_applied = current.observed_generation == b.metadata.generation
+            && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
 
-async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
-    let key = binding_key(&b);
-    let (previous, removed) = {
-        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        (idx.get(&key).map(keys_of).unwrap_or_default(), idx.remove(&key))
-    };
-    // Targets keep the dbgrant.io/bindings finalizer while a binding names
-    // them, so a target is gone here only if it never existed or someone
-    // removed that finalizer by hand.
-    let Some(target) = ctx.target(&b.spec.target_ref.name) else {
-        tracing::info!(binding = %key, target = %b.spec.target_ref.name, "target gone; nothing to revoke");
-        return Ok(Action::await_change());
-    };
-    if target_controller::never_connected(&target)
-        && ctx.last_report(&target).is_none()
-        && b.status.as_ref().is_none_or(|s| s.assignments.is_empty())
-    {
-        tracing::info!(binding = %key, target = %target.name_any(), "target never connected; nothing to revoke");
-        return Ok(Action::await_change());
+        let mut st = current.clone();
+        st.expires_at = eval.expiry.instant().map(Time);
+        let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
+        let outcome = match (&eval.blocked, target.as_deref()) {
+            (Some(blocked), Some(t)) if !affected.is_empty() || !st.assignments.is_empty() => {
+                // Revoke what this binding contributed: the index already
+                // excludes it, so the sync deletes what nobody else wants. A
+                // retry (nothing changed in the index) reads the account again.
+                let account = account_of(t);
+                let pending = to_revoke(&account, &previous, &st.assignments, &BTreeSet::new());
+                let freshness = if affected.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
+                let confirmed = match revoke(ctx, t, BTreeSet::new(), freshness).await {
+                    Ok(report) => confirm(&report, &account, &pending),
+                    Err(e) => {
+                        tracing::warn!(binding = %key, target = %t.name_any(), error = %e, "revocation failed");
+                        ctx.shared.metrics.reconcile_failed(&<CosmosRoleBinding as kube::Resource>::kind(&()), &e);
+                        Err(Stuck::from_error(&e, &pending))
+                    }
+                };
+                match confirmed {
+                    Ok(()) => {
+                        st.assignments.clear();
+                        blocked.clone()
+                    }
+                    Err(stuck) => {
+                        requeue = requeue.min(stuck.retry);
+                        st.assignments = stuck.assignments.clone();
+                        Outcome::progressing(
+                            reason::REVOCATION_PENDING,
+                            format!("{}: {}", blocked.reason, stuck.message),
+                        )
+                    }
+                }
+            }
+            (Some(blocked), _) => blocked.clone(),
+            (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
+            (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("CosmosTarget", t) => {
+                if let Some(wait) = wait {
+                    requeue = requeue.min(wait);
+                }
+                why
+            }
+            (None, Some(t)) if affected.is_empty() && already_applied => {
+                // Nothing changed here: drift is the target's periodic resync's
+                // job, so a steady state costs no Azure calls per binding. The
+                // resync may have changed what grants this binding's access
+                // (an identical foreign assignment went and dbgrant created its
+                // own, say): the status follows the account's last report,
+                // when it covers this binding.
+                match ctx.last_report(t).filter(|r| covers(r, &own)) {
+                    Some(report) => {
+                        let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
+                        if outcome.ready && assignments != st.assignments {
+                            st.last_applied_time = Some(status::now());
+                        }
+                        st.assignments = assignments;
+                        if let Some(r) = retry {
+                            requeue = requeue.min(r);
+                        }
+                        outcome
+                    }
+                    None => conditions::ready(&current.conditions)
+                        .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
+                        .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
+                }
+            }
+            (None, Some(t)) => {
+                // Assignments it no longer wants (a scope or subject removed)
+                // are revoked in the same pass, and must be seen gone too.
+                let account = account_of(t);
+                let dropped = to_revoke(&account, &previous, &st.assignments, &own);
+                let freshness =
+                    if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
+                match ctx.sync(t, BTreeSet::new(), freshness).await {
+                    Ok(report) => {
+                        let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
+                        st.assignments = assignments;
+                        if let Some(r) = retry {
+                            requeue = requeue.min(r);
+                        }
+                        match confirm(&report, &account, &dropped) {
+                            Ok(()) => {
+                                if outcome.ready {
+                                    st.last_applied_time = Some(status::now());
+                                }
+                                outcome
+                            }
+                            Err(stuck) => {
+                                requeue = requeue.min(stuck.retry);
+                                st.assignments.extend(stuck.assignments.clone());
+                                sort_assignments(&mut st.assignments);
+                                Outcome::progressing(
+                                    reason::REVOCATION_PENDING,
+                                    format!("access the binding no longer grants: {}", stuck.message),
+                                )
+                            }
+                        }
+                    }
+                    Err(e) if e.retry_after().is_some() => {
+                        let wait = e.retry_after().unwrap_or(PENDING_RETRY);
+                        requeue = requeue.min(wait);
+                        Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        status::finish(&ctx.shared, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
+        Ok(Action::requeue(requeue))
     }
-    ctx.bump(&target.name_any());
-    // What it would contribute if it were live: a binding deleted while the
-    // operator was down never entered the index.
-    let definition = definition_of(ctx, &b);
-    let wanted = evaluate(&b, Some(&target), definition.as_deref(), jiff::Timestamp::now(), true)
-        .contribution
-        .map(|c| keys_of(&c))
-        .unwrap_or_default();
-    if removed.is_empty() && wanted.is_empty() && b.status.as_ref().is_none_or(|s| s.assignments.is_empty()) {
-        return Ok(Action::await_change());
+
+    async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
+        let key = binding_key(&*b);
+        let (previous, removed) = {
+            let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+            (idx.get(&key).map(keys_of).unwrap_or_default(), idx.remove(&key))
+        };
+        // Targets keep the dbgrant.io/bindings finalizer while a binding names
+        // them, so a target is gone here only if it never existed or someone
+        // removed that finalizer by hand.
+        let Some(target) = ctx.target(&b.spec.target_ref.name) else {
+            tracing::info!(binding = %key, target = %b.spec.target_ref.name, "target gone; nothing to revoke");
+            return Ok(Action::await_change());
+        };
+        if target::never_connected(&target)
+            && ctx.last_report(&target).is_none()
+            && b.status.as_ref().is_none_or(|s| s.assignments.is_empty())
+        {
+            tracing::info!(binding = %key, target = %target.name_any(), "target never connected; nothing to revoke");
+            return Ok(Action::await_change());
+        }
+        ctx.bump(&target.name_any());
+        // What it would contribute if it were live: a binding deleted while the
+        // operator was down never entered the index.
+        let definition = definition_of(ctx, &b);
+        let wanted = evaluate(&b, Some(&target), definition.as_deref(), jiff::Timestamp::now(), true)
+            .contribution
+            .map(|c| keys_of(&c))
+            .unwrap_or_default();
+        if removed.is_empty() && wanted.is_empty() && b.status.as_ref().is_none_or(|s| s.assignments.is_empty()) {
+            return Ok(Action::await_change());
+        }
+        // Retain: release what no other binding still wants (shared
+        // assignments stay managed and shrink to the remaining bindings); only
+        // where the target allows it now, and never once expired.
+        let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
+            Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
+            // An expiry that cannot be worked out never keeps access.
+            Err(_) => true,
+        };
+        let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
+        let release: BTreeSet<AssignmentKey> = if retain {
+            let still = ctx.desired(&target.name_any()).assignments;
+            wanted.iter().filter(|k| !still.contains_key(*k)).cloned().collect()
+        } else {
+            BTreeSet::new()
+        };
+        // The finalizer goes only once the account, read in this pass, holds
+        // none of the assignments this binding contributed that no other
+        // binding wants (released ones are no longer dbgrant's).
+        let account = account_of(&target);
+        let recorded = b.status.as_ref().map(|s| s.assignments.as_slice()).unwrap_or_default();
+        let contributed: BTreeSet<AssignmentKey> = previous.union(&wanted).cloned().collect();
+        let pending = to_revoke(&account, &contributed, recorded, &BTreeSet::new());
+        let (stuck, error) = match revoke(ctx, &target, release, Freshness::Coalesce).await {
+            Ok(report) => (confirm(&report, &account, &pending).err(), None),
+            Err(e) => (Some(Stuck::from_error(&e, &pending)), Some(e)),
+        };
+        let Some(stuck) = stuck else {
+            tracing::info!(binding = %key, target = %target.name_any(), "access revoked (confirmed on the account)");
+            return Ok(Action::await_change());
+        };
+        // Say what is stuck, keep the finalizer, retry with backoff.
+        tracing::warn!(binding = %key, target = %target.name_any(), stuck = %stuck.message, "revocation not confirmed");
+        let current = b.status.clone().unwrap_or_default();
+        let mut st = current.clone();
+        st.assignments = stuck.assignments.clone();
+        let outcome = Outcome::progressing(reason::REVOCATION_PENDING, stuck.message.clone());
+        status::finish(&ctx.shared, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
+        Err(error.unwrap_or(Error::Wait {
+            backend: super::BACKEND,
+            target: target.name_any(),
+            message: stuck.message,
+            retry_after: stuck.retry,
+        }))
     }
-    // Retain: release what no other binding still wants (shared
-    // assignments stay managed and shrink to the remaining bindings); only
-    // where the target allows it now, and never once expired.
-    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
-        Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
-        // An expiry that cannot be worked out never keeps access.
-        Err(_) => true,
-    };
-    let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
-    let release: BTreeSet<AssignmentKey> = if retain {
-        let still = ctx.desired(&target.name_any()).assignments;
-        wanted.iter().filter(|k| !still.contains_key(*k)).cloned().collect()
-    } else {
-        BTreeSet::new()
-    };
-    // The finalizer goes only once the account, read in this pass, holds
-    // none of the assignments this binding contributed that no other
-    // binding wants (released ones are no longer dbgrant's).
-    let account = account_of(&target);
-    let recorded = b.status.as_ref().map(|s| s.assignments.as_slice()).unwrap_or_default();
-    let contributed: BTreeSet<AssignmentKey> = previous.union(&wanted).cloned().collect();
-    let pending = to_revoke(&account, &contributed, recorded, &BTreeSet::new());
-    let (stuck, error) = match revoke(ctx, &target, release, Freshness::Coalesce).await {
-        Ok(report) => (confirm(&report, &account, &pending).err(), None),
-        Err(e) => (Some(Stuck::from_error(&e, &pending)), Some(e)),
-    };
-    let Some(stuck) = stuck else {
-        tracing::info!(binding = %key, target = %target.name_any(), "access revoked (confirmed on the account)");
-        return Ok(Action::await_change());
-    };
-    // Say what is stuck, keep the finalizer, retry with backoff.
-    tracing::warn!(binding = %key, target = %target.name_any(), stuck = %stuck.message, "revocation not confirmed");
-    let current = b.status.clone().unwrap_or_default();
-    let mut st = current.clone();
-    st.assignments = stuck.assignments.clone();
-    let outcome = Outcome::progressing(reason::REVOCATION_PENDING, stuck.message.clone());
-    let api: Api<CosmosRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
-    Err(error.unwrap_or(Error::Wait {
-        backend: super::BACKEND,
-        target: target.name_any(),
-        message: stuck.message,
-        retry_after: stuck.retry,
-    }))
 }
 
 async fn revoke(
@@ -302,13 +274,8 @@ async fn revoke(
     release: BTreeSet<AssignmentKey>,
     freshness: Freshness,
 ) -> Result<Arc<SyncReport>> {
-    if !target_controller::can_revoke(target) {
+    if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     ctx.sync(target, release, freshness).await
-}
-
-/// Error policy: log, count, back off (as long as the backend asked).
-pub fn error_policy(b: Arc<CosmosRoleBinding>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    lifecycle::error_policy(KIND, &binding_key(&b), &ctx.shared.metrics, error, lifecycle::Retry::BINDING)
 }

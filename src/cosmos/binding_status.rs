@@ -41,83 +41,80 @@ pub fn evaluate(
 ) -> Evaluation {
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
-    let blocked = Evaluation::blocked;
     let gated = gate::Binding::of(&b.metadata, &b.spec.expiry, "CosmosTarget", target_name, ignore_deletion);
-    let (target, exp) = match gate::check(&gated, target, now) {
-        Ok(passed) => passed,
-        Err((why, exp)) => return blocked(why, exp),
-    };
-    let rd = &b.spec.role_definition;
-    let (role, data_actions, assignable): (RoleKey, Vec<String>, Vec<String>) = match (&rd.built_in, &rd.name) {
-        (Some(r), None) => (
-            RoleKey::BuiltIn(*r),
-            policy::built_in_data_actions(*r).iter().map(|s| s.to_string()).collect(),
-            Vec::new(),
-        ),
-        (None, Some(n)) => {
-            let Some(def) = definition.filter(|d| &d.spec.target_ref.name == target_name) else {
-                return blocked(
-                    Outcome::stalled(
-                        reason::ROLE_DEFINITION_NOT_FOUND,
-                        format!(
-                            "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
+    gated.evaluate(target, now, |target, exp| {
+        let rd = &b.spec.role_definition;
+        let (role, data_actions, assignable): (RoleKey, Vec<String>, Vec<String>) = match (&rd.built_in, &rd.name) {
+            (Some(r), None) => (
+                RoleKey::BuiltIn(*r),
+                policy::built_in_data_actions(*r).iter().map(|s| s.to_string()).collect(),
+                Vec::new(),
+            ),
+            (None, Some(n)) => {
+                let Some(def) = definition.filter(|d| &d.spec.target_ref.name == target_name) else {
+                    return Evaluation::blocked(
+                        Outcome::stalled(
+                            reason::ROLE_DEFINITION_NOT_FOUND,
+                            format!(
+                                "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
+                            ),
                         ),
-                    ),
-                    exp,
-                );
-            };
-            if def.metadata.deletion_timestamp.is_some() {
-                return blocked(
+                        exp,
+                    );
+                };
+                if def.metadata.deletion_timestamp.is_some() {
+                    return Evaluation::blocked(
+                        Outcome::stalled(
+                            reason::ROLE_DEFINITION_NOT_FOUND,
+                            format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
+                        ),
+                        exp,
+                    );
+                }
+                let scopes: Vec<String> = def.spec.assignable_scopes.iter().map(|s| s.relative_path()).collect();
+                (RoleKey::Custom(n.clone()), def.spec.data_actions.clone(), scopes)
+            }
+            _ => {
+                return Evaluation::blocked(
                     Outcome::stalled(
-                        reason::ROLE_DEFINITION_NOT_FOUND,
-                        format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
+                        reason::INVALID_SPEC,
+                        "set exactly one of roleDefinition.builtIn and roleDefinition.name",
                     ),
                     exp,
                 );
             }
-            let scopes: Vec<String> = def.spec.assignable_scopes.iter().map(|s| s.relative_path()).collect();
-            (RoleKey::Custom(n.clone()), def.spec.data_actions.clone(), scopes)
-        }
-        _ => {
-            return blocked(
-                Outcome::stalled(
-                    reason::INVALID_SPEC,
-                    "set exactly one of roleDefinition.builtIn and roleDefinition.name",
-                ),
+        };
+        let denials = policy::evaluate_cosmos(&target.spec.policy, &ns, target_name, &b.spec, &data_actions);
+        if !denials.is_empty() {
+            return Evaluation::blocked(
+                Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
                 exp,
             );
         }
-    };
-    let denials = policy::evaluate_cosmos(&target.spec.policy, &ns, target_name, &b.spec, &data_actions);
-    if !denials.is_empty() {
-        return blocked(
-            Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
-            exp,
-        );
-    }
-    let mut invalid = Vec::new();
-    if !assignable.is_empty() && !assignable.iter().any(|s| s.is_empty()) {
-        for scope in &b.spec.scopes {
-            let rel = scope.relative_path();
-            let within = assignable.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/")));
-            if !within {
-                let shown = if rel.is_empty() { "the account".to_string() } else { rel };
-                invalid.push(format!("scope {shown} is outside the assignable scopes of {role}"));
+        let mut invalid = Vec::new();
+        if !assignable.is_empty() && !assignable.iter().any(|s| s.is_empty()) {
+            for scope in &b.spec.scopes {
+                let rel = scope.relative_path();
+                let within = assignable.iter().any(|a| rel == *a || rel.starts_with(&format!("{a}/")));
+                if !within {
+                    let shown = if rel.is_empty() { "the account".to_string() } else { rel };
+                    invalid.push(format!("scope {shown} is outside the assignable scopes of {role}"));
+                }
             }
         }
-    }
-    let mut subjects = BTreeSet::new();
-    for s in &b.spec.subjects {
-        let key = s.key();
-        if key.kind == SubjectKind::AppRole {
-            invalid.push(format!("subject {key}: Cosmos DB assigns roles to object ids, not app roles"));
-        } else if key.id.is_empty() {
-            invalid.push(format!("subject {key} has no objectId"));
-        } else {
-            subjects.insert(key);
+        let mut subjects = BTreeSet::new();
+        for s in &b.spec.subjects {
+            let key = s.key();
+            if key.kind == SubjectKind::AppRole {
+                invalid.push(format!("subject {key}: Cosmos DB assigns roles to object ids, not app roles"));
+            } else if key.id.is_empty() {
+                invalid.push(format!("subject {key} has no objectId"));
+            } else {
+                subjects.insert(key);
+            }
         }
-    }
-    Evaluation::granting(target_name, subjects, invalid, CosmosGrant::new(&role, &b.spec.scopes), exp)
+        Evaluation::granting(target_name, subjects, invalid, CosmosGrant::new(&role, &b.spec.scopes), exp)
+    })
 }
 
 /// The assignments a contribution wants.

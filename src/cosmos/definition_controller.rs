@@ -17,35 +17,25 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
     BACKEND, CosmosContext, Freshness, account_of,
     sync::{PENDING_RETRY, SyncReport, WriteResult},
-    target_controller,
 };
 use crate::{
-    Error, FINALIZER, Result,
+    Error, Result,
     api::{
-        CosmosRoleDefinition, CosmosTarget, conditions,
-        conditions::{Outcome, reason},
+        CosmosRoleDefinition, CosmosTarget,
+        conditions::{self, Outcome, reason},
+        target,
     },
     plan::cosmos::{DEFINITION_LIMIT, DefinitionState},
-    runtime::status,
+    runtime::{
+        lifecycle::{self, Lifecycle, Role},
+        status,
+    },
 };
-
-use crate::runtime::lifecycle;
-
-/// Kind label.
-pub const KIND: &str = "CosmosRoleDefinition";
-
-/// Reconcile one CosmosRoleDefinition.
-pub async fn reconcile(d: Arc<CosmosRoleDefinition>, ctx: Arc<CosmosContext>) -> Result<Action> {
-    let _timer = ctx.shared.metrics.reconcile(KIND);
-    ctx.prime().await;
-    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    lifecycle::reconcile(api, FINALIZER, false, d, |d| apply(d, &ctx), |d| cleanup(d, &ctx)).await
-}
 
 /// The definition's Ready outcome from an account report, and whether it
 /// is in place.
@@ -110,124 +100,122 @@ pub fn outcome_from(report: &SyncReport, source: &str, target: &CosmosTarget) ->
     }
 }
 
-async fn apply(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
-    let target_name = &d.spec.target_ref.name;
-    let target = ctx.target(target_name);
-    let current = d.status.clone().unwrap_or_default();
-    let already_applied = current.observed_generation == d.metadata.generation
-        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
-    let mut st = current.clone();
-    let mut requeue = ctx.shared.resync;
-    let outcome = match target.as_deref() {
-        // Steady state: drift is the target's periodic resync's job.
-        Some(t) if already_applied && target_controller::is_ready(t) => conditions::ready(&current.conditions)
-            .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
-            .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
-        None => Outcome::stalled(
-            reason::TARGET_NOT_FOUND,
-            format!("CosmosTarget {target_name} does not exist; create it or fix spec.targetRef"),
-        ),
-        Some(t) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
-            reason::TARGET_NOT_READY,
-            format!(
-                "CosmosTarget {target_name} is being deleted and waits for this role definition; delete it to remove the definition from Azure"
+/// The CosmosRoleDefinition controller.
+impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
+    const ROLE: Role = Role::Definition;
+
+    async fn apply(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
+        let target_name = &d.spec.target_ref.name;
+        let target = ctx.target(target_name);
+        let current = d.status.clone().unwrap_or_default();
+        let already_applied = current.observed_generation == d.metadata.generation
+            && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
+        let mut st = current.clone();
+        let mut requeue = ctx.shared.resync;
+        let outcome = match target.as_deref() {
+            // Steady state: drift is the target's periodic resync's job.
+            Some(t) if already_applied && target::is_ready(t) => conditions::ready(&current.conditions)
+                .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
+                .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied")),
+            None => Outcome::stalled(
+                reason::TARGET_NOT_FOUND,
+                format!("CosmosTarget {target_name} does not exist; create it or fix spec.targetRef"),
             ),
-        ),
-        Some(t) if !target_controller::is_ready(t) => {
-            requeue = lifecycle::NOT_READY_RETRY;
-            Outcome::progressing(
+            Some(t) if t.metadata.deletion_timestamp.is_some() => Outcome::stalled(
                 reason::TARGET_NOT_READY,
-                format!("waiting for CosmosTarget {target_name} to be Ready"),
-            )
+                format!(
+                    "CosmosTarget {target_name} is being deleted and waits for this role definition; delete it to remove the definition from Azure"
+                ),
+            ),
+            Some(t) if !target::is_ready(t) => {
+                requeue = lifecycle::NOT_READY_RETRY;
+                Outcome::progressing(
+                    reason::TARGET_NOT_READY,
+                    format!("waiting for CosmosTarget {target_name} to be Ready"),
+                )
+            }
+            Some(t) => match sync_after_change(ctx, t).await {
+                Ok(report) => {
+                    let (outcome, id) = outcome_from(&report, &d.name_any(), t);
+                    if id.is_some() {
+                        st.role_definition_id = id;
+                    }
+                    if !outcome.ready {
+                        requeue = report.retry_after().unwrap_or(PENDING_RETRY).min(requeue);
+                    }
+                    outcome
+                }
+                Err(e) if e.retry_after().is_some() => {
+                    let wait = e.retry_after().unwrap_or(PENDING_RETRY);
+                    requeue = wait;
+                    Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        status::finish(&ctx.shared, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
+        Ok(Action::requeue(requeue))
+    }
+
+    async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
+        let target_name = &d.spec.target_ref.name;
+        // Targets keep the dbgrant.io/bindings finalizer while a definition
+        // names them: gone means never created, or the finalizer was removed
+        // by hand.
+        let Some(target) = ctx.target(target_name) else {
+            tracing::info!(definition = %d.name_any(), target = %target_name, "target gone; nothing to delete");
+            return Ok(Action::await_change());
+        };
+        if target::never_connected(&target) && ctx.last_report(&target).is_none() {
+            tracing::info!(definition = %d.name_any(), target = %target_name, "target never connected; nothing to delete");
+            return Ok(Action::await_change());
         }
-        Some(t) => match sync_after_change(ctx, t).await {
-            Ok(report) => {
-                let (outcome, id) = outcome_from(&report, &d.name_any(), t);
-                if id.is_some() {
-                    st.role_definition_id = id;
-                }
-                if !outcome.ready {
-                    requeue = report.retry_after().unwrap_or(PENDING_RETRY).min(requeue);
-                }
-                outcome
-            }
-            Err(e) if e.retry_after().is_some() => {
-                let wait = e.retry_after().unwrap_or(PENDING_RETRY);
-                requeue = wait;
-                Outcome::progressing(reason::THROTTLED, format!("{e}; trying again in {}s", wait.as_secs()))
-            }
-            Err(e) => return Err(e),
-        },
-    };
-    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    status::finish(&ctx.shared, &api, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
-    Ok(Action::requeue(requeue))
+        ctx.bump(target_name);
+        if !target::can_revoke(&target) {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                target: target_name.clone(),
+                message: "target is not Ready; deleting the role definition waits for it".into(),
+                failure: crate::Failure::Transient,
+            });
+        }
+        let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;
+        // Confirmed on the account's state after the pass, not on the plan.
+        let account = account_of(&target);
+        let name = account.definition_name(&d.name_any());
+        let left = report.left_behind(&account, [name.as_str()]);
+        if left.as_ref().is_some_and(BTreeMap::is_empty) {
+            tracing::info!(definition = %d.name_any(), target = %target_name, "role definition deleted (confirmed on the account)");
+            return Ok(Action::await_change());
+        }
+        // Say why deletion waits, then keep the finalizer.
+        let outcome = match (report.definition(&d.name_any()), left) {
+            (Some((DefinitionState::InUse { .. }, _)), _) => outcome_from(&report, &d.name_any(), &target).0,
+            (_, Some(left)) => Outcome::progressing(
+                reason::REVOCATION_PENDING,
+                format!(
+                    "role definition {name} is still on the account: {}; retrying",
+                    left.values().next().cloned().unwrap_or_default()
+                ),
+            ),
+            (_, None) => Outcome::progressing(
+                reason::REVOCATION_PENDING,
+                format!(
+                    "deletion not confirmed: the account was not read ({})",
+                    report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "no answer".into())
+                ),
+            ),
+        };
+        let st = d.status.clone().unwrap_or_default();
+        status::finish(&ctx.shared, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
+        let wait = report.retry_after().unwrap_or(Duration::from_secs(60));
+        Err(Error::Wait { backend: BACKEND, target: target_name.clone(), message: outcome.message, retry_after: wait })
+    }
 }
 
 async fn sync_after_change(ctx: &CosmosContext, target: &CosmosTarget) -> Result<Arc<SyncReport>> {
     ctx.bump(&target.name_any());
     ctx.sync(target, BTreeSet::new(), Freshness::Coalesce).await
-}
-
-async fn cleanup(d: Arc<CosmosRoleDefinition>, ctx: &CosmosContext) -> Result<Action> {
-    let target_name = &d.spec.target_ref.name;
-    // Targets keep the dbgrant.io/bindings finalizer while a definition
-    // names them: gone means never created, or the finalizer was removed
-    // by hand.
-    let Some(target) = ctx.target(target_name) else {
-        tracing::info!(definition = %d.name_any(), target = %target_name, "target gone; nothing to delete");
-        return Ok(Action::await_change());
-    };
-    if target_controller::never_connected(&target) && ctx.last_report(&target).is_none() {
-        tracing::info!(definition = %d.name_any(), target = %target_name, "target never connected; nothing to delete");
-        return Ok(Action::await_change());
-    }
-    ctx.bump(target_name);
-    if !target_controller::can_revoke(&target) {
-        return Err(Error::Backend {
-            backend: BACKEND,
-            target: target_name.clone(),
-            message: "target is not Ready; deleting the role definition waits for it".into(),
-            failure: crate::Failure::Transient,
-        });
-    }
-    let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;
-    // Confirmed on the account's state after the pass, not on the plan.
-    let account = account_of(&target);
-    let name = account.definition_name(&d.name_any());
-    let left = report.left_behind(&account, [name.as_str()]);
-    if left.as_ref().is_some_and(BTreeMap::is_empty) {
-        tracing::info!(definition = %d.name_any(), target = %target_name, "role definition deleted (confirmed on the account)");
-        return Ok(Action::await_change());
-    }
-    // Say why deletion waits, then keep the finalizer.
-    let outcome = match (report.definition(&d.name_any()), left) {
-        (Some((DefinitionState::InUse { .. }, _)), _) => outcome_from(&report, &d.name_any(), &target).0,
-        (_, Some(left)) => Outcome::progressing(
-            reason::REVOCATION_PENDING,
-            format!(
-                "role definition {name} is still on the account: {}; retrying",
-                left.values().next().cloned().unwrap_or_default()
-            ),
-        ),
-        (_, None) => Outcome::progressing(
-            reason::REVOCATION_PENDING,
-            format!(
-                "deletion not confirmed: the account was not read ({})",
-                report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "no answer".into())
-            ),
-        ),
-    };
-    let api: Api<CosmosRoleDefinition> = Api::all(ctx.shared.client.clone());
-    let st = d.status.clone().unwrap_or_default();
-    status::finish(&ctx.shared, &api, d.as_ref(), d.status.as_ref(), st, &outcome).await?;
-    let wait = report.retry_after().unwrap_or(Duration::from_secs(60));
-    Err(Error::Wait { backend: BACKEND, target: target_name.clone(), message: outcome.message, retry_after: wait })
-}
-
-/// Error policy: log, count, back off.
-pub fn error_policy(d: Arc<CosmosRoleDefinition>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    lifecycle::error_policy(KIND, &d.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
 }
 
 #[cfg(test)]

@@ -48,7 +48,12 @@ use crate::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
         index::BindingIndex,
     },
-    runtime::{context::Context, secrets},
+    runtime::{
+        cache::wait_ready,
+        context::Context,
+        lifecycle::{self, BackendContext},
+        secrets,
+    },
 };
 
 /// Backend label for metrics and errors.
@@ -297,7 +302,7 @@ impl CosmosContext {
             }
             let recorded = b.status.iter().flat_map(|s| &s.assignments).filter(|a| a.ownership == "Managed");
             d.previous.assignments.extend(recorded.map(|a| a.name.to_ascii_lowercase()));
-            priority.push((b.metadata.creation_timestamp.as_ref().map(|t| t.0), binding_key(&b)));
+            priority.push((b.metadata.creation_timestamp.as_ref().map(|t| t.0), binding_key(&*b)));
         }
         priority.sort();
         d.binding_priority = priority.into_iter().map(|(_, k)| k).collect();
@@ -449,9 +454,38 @@ pub fn definition_spec(role_name: &str, data_actions: &[String], scopes: &[Cosmo
     }
 }
 
-/// The index key of a binding: `namespace/name`.
-pub fn binding_key(b: &CosmosRoleBinding) -> String {
-    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+pub use crate::runtime::object::key as binding_key;
+
+impl BackendContext for CosmosContext {
+    const BACKEND: &'static str = BACKEND;
+
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+
+    /// Every binding applied before is in the index before any reconcile
+    /// writes, so no sync revokes a shared assignment because its other
+    /// bindings are not known yet.
+    async fn prime(&self) {
+        let caches = async {
+            wait_ready(&self.targets).await;
+            wait_ready(&self.definitions).await;
+            wait_ready(&self.bindings).await;
+        };
+        lifecycle::prime(&self.primed, caches, &self.index, &self.bindings, |b, now| {
+            let definition =
+                b.spec.role_definition.name.as_ref().and_then(|n| self.definitions.get(&ObjectRef::new(n)));
+            binding_status::evaluate(
+                b,
+                self.target(&b.spec.target_ref.name).as_deref(),
+                definition.as_deref(),
+                now,
+                false,
+            )
+            .contribution
+        })
+        .await
+    }
 }
 
 /// A report that did nothing (for callers with nothing to sync).

@@ -18,137 +18,110 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError};
 use crate::{
-    Error, Result, TARGET_FINALIZER,
+    Error, Result,
     api::{
-        CosmosTarget, CosmosTargetStatus, conditions,
-        conditions::{Outcome, reason},
+        CosmosTarget, CosmosTargetStatus,
+        conditions::{self, Outcome, reason},
+        target,
     },
     plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT},
-    runtime::status,
+    runtime::{
+        lifecycle::{self, Lifecycle, Role},
+        status,
+    },
 };
 
-use crate::runtime::lifecycle::{self, Dependants, NOT_READY_RETRY, TERMINATING_POLL};
+/// The CosmosTarget controller: reach the account, resync, report counts
+/// (see the module docs); a deleted target waits for its bindings and
+/// role definitions.
+impl Lifecycle<CosmosTarget> for CosmosContext {
+    const ROLE: Role = Role::Target;
 
-/// Kind label.
-pub const KIND: &str = "CosmosTarget";
-
-/// Reconcile one CosmosTarget.
-pub async fn reconcile(target: Arc<CosmosTarget>, ctx: Arc<CosmosContext>) -> Result<Action> {
-    let _timer = ctx.shared.metrics.reconcile(KIND);
-    ctx.prime().await;
-    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    lifecycle::reconcile(api, TARGET_FINALIZER, false, target, |t| apply(t, &ctx), |t| cleanup(t, &ctx)).await
-}
-
-async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
-    let name = target.name_any();
-    let mut st = target.status.clone().unwrap_or_default();
-    let before = st.conditions.clone();
-    let was_ready = is_ready(&target);
-    // A spec, finalizer or deletion change, and the requeue, bring the
-    // target here (its own status writes do not: see runtime::watch). A
-    // Ready target resynced less than an interval ago waits for the rest of
-    // it, so a steady state costs two LISTs per interval, not per event.
-    if was_ready && let Some(left) = resync_left(&target, ctx.shared.resync) {
-        return Ok(Action::requeue(left));
-    }
-    let result = match duplicate_of(ctx, &target) {
-        Some(other) => Err(other),
-        None => Ok(probe_and_resync(&target, ctx, &mut st).await),
-    };
-    let (outcome, requeue) = match result {
-        Err(other) => (
-            Outcome::stalled(
-                reason::CONFLICT,
-                format!(
-                    "account {} is already managed by CosmosTarget {other}; use one CosmosTarget per account (dbgrant's assignment names are per account)",
-                    account_of(&target).id()
-                ),
-            ),
-            NOT_READY_RETRY,
-        ),
-        Ok(r) => match r {
-            Ok((message, requeue)) => (Outcome::ready(reason::CONNECTED, message), requeue),
-            Err(e) => {
-                ctx.shared.metrics.reconcile_failed(KIND, &e);
-                tracing::warn!(target = %name, error = %e, "cosmos target not ready");
-                match (&e, was_ready) {
-                    // Throttling says nothing about the target's health: stay
-                    // Ready and come back when Azure says.
-                    (Error::Azure { source: s @ (ArmError::Throttled { .. } | ArmError::Locked { .. }), .. }, true) => {
-                        let wait = s.retry_after().unwrap_or(NOT_READY_RETRY);
-                        let msg = conditions::ready(&before).map(|c| c.message.clone()).unwrap_or_default();
-                        (Outcome::ready(reason::CONNECTED, msg), wait)
-                    }
-                    _ => (target_outcome(&e), NOT_READY_RETRY),
-                }
-            }
-        },
-    };
-    // Every resync changes the status (lastResyncTime), and the binding
-    // controller watches targets: each binding on this target is
-    // reconciled after the resync and reads its assignments from the
-    // report the resync left, so a resync that changed what grants a
-    // binding's access shows on that binding's status.
-    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-    Ok(Action::requeue(requeue))
-}
-
-/// A deleted target: keep it while bindings or role definitions use it,
-/// so they can still revoke (and delete) through it; release it when the
-/// last one is gone.
-async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
-    let name = target.name_any();
-    let users = users_of(ctx, &name);
-    if users.is_empty() {
-        ctx.forget(&name);
-        tracing::info!(target = %name, "no bindings or role definitions use the target any more; released");
-        return Ok(Action::await_change());
-    }
-    let mut st = target.status.clone().unwrap_or_default();
-    let waiting = users.waiting_message(WAITING_FOR);
-    // A target that was Ready when it was deleted (deletion bumps the
-    // generation), or has since shown it works, only refreshes the count —
-    // without reading its Secrets again, which a prune may have deleted
-    // already; otherwise it is probed like a live target, because
-    // revocation needs a working target.
-    let (outcome, retry) = if is_terminating(&target) || ready_before_deletion(&target) || never_connected(&target) {
-        (users.outcome(waiting), TERMINATING_POLL)
-    } else {
-        match probe_and_resync(&target, ctx, &mut st).await {
-            Ok(_) => (users.outcome(waiting), TERMINATING_POLL),
-            Err(e) => {
-                tracing::warn!(target = %name, error = %e, "deleted cosmos target not usable; bindings cannot revoke yet");
-                let o = target_outcome(&e);
-                (Outcome { message: format!("{waiting}; {}", o.message), ..o }, NOT_READY_RETRY)
-            }
+    async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
+        let name = target.name_any();
+        let mut st = target.status.clone().unwrap_or_default();
+        let before = st.conditions.clone();
+        let was_ready = target::is_ready(&target);
+        // A spec, finalizer or deletion change, and the requeue, bring the
+        // target here (its own status writes do not: see runtime::watch). A
+        // Ready target resynced less than an interval ago waits for the rest of
+        // it, so a steady state costs two LISTs per interval, not per event.
+        if was_ready && let Some(left) = resync_left(&target, ctx.shared.resync) {
+            return Ok(Action::requeue(left));
         }
-    };
-    let api: Api<CosmosTarget> = Api::all(ctx.shared.client.clone());
-    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-    Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
+        let result = match duplicate_of(ctx, &target) {
+            Some(other) => Err(other),
+            None => Ok(probe_and_resync(&target, ctx, &mut st).await),
+        };
+        let (outcome, requeue) = match result {
+            Err(other) => (
+                Outcome::stalled(
+                    reason::CONFLICT,
+                    format!(
+                        "account {} is already managed by CosmosTarget {other}; use one CosmosTarget per account (dbgrant's assignment names are per account)",
+                        account_of(&target).id()
+                    ),
+                ),
+                lifecycle::NOT_READY_RETRY,
+            ),
+            Ok(r) => match r {
+                Ok((message, requeue)) => (Outcome::ready(reason::CONNECTED, message), requeue),
+                Err(e) => {
+                    ctx.shared.metrics.reconcile_failed(&<CosmosTarget as kube::Resource>::kind(&()), &e);
+                    tracing::warn!(target = %name, error = %e, "cosmos target not ready");
+                    match (&e, was_ready) {
+                        // Throttling says nothing about the target's health: stay
+                        // Ready and come back when Azure says.
+                        (
+                            Error::Azure { source: s @ (ArmError::Throttled { .. } | ArmError::Locked { .. }), .. },
+                            true,
+                        ) => {
+                            let wait = s.retry_after().unwrap_or(lifecycle::NOT_READY_RETRY);
+                            let msg = conditions::ready(&before).map(|c| c.message.clone()).unwrap_or_default();
+                            (Outcome::ready(reason::CONNECTED, msg), wait)
+                        }
+                        _ => (target_outcome(&e), lifecycle::NOT_READY_RETRY),
+                    }
+                }
+            },
+        };
+        // Every resync changes the status (lastResyncTime), and the binding
+        // controller watches targets: each binding on this target is
+        // reconciled after the resync and reads its assignments from the
+        // report the resync left, so a resync that changed what grants a
+        // binding's access shows on that binding's status.
+        status::finish(&ctx.shared, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
+        Ok(Action::requeue(requeue))
+    }
+
+    /// A deleted target: kept while bindings or role definitions use it,
+    /// so they can still revoke (and delete) through it (see
+    /// [`lifecycle::hold_deleted_target`]).
+    async fn cleanup(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
+        let name = target.name_any();
+        let release = async || ctx.forget(&name);
+        let probe = async |st: &mut CosmosTargetStatus| {
+            probe_and_resync(&target, ctx, st).await.map(drop).map_err(|e| target_outcome(&e))
+        };
+        let users = users_of(ctx, &name);
+        lifecycle::hold_deleted_target(ctx, target.as_ref(), target.status.as_ref(), users, release, probe).await
+    }
 }
 
 /// What a deleted CosmosTarget waits for, in its Terminating message.
 const WAITING_FOR: &str = "binding(s) and role definition(s)";
 
-fn users_of(ctx: &CosmosContext, target: &str) -> Dependants {
-    let mut u = Dependants::default();
-    for b in ctx.bindings.state().iter().filter(|b| b.spec.target_ref.name == target) {
-        u.names.push(format!("CosmosRoleBinding {}", super::binding_key(b)));
-        u.deleting += usize::from(b.metadata.deletion_timestamp.is_some());
-    }
-    for d in ctx.definitions.state().iter().filter(|d| d.spec.target_ref.name == target) {
-        u.names.push(format!("CosmosRoleDefinition {}", d.name_any()));
-        u.deleting += usize::from(d.metadata.deletion_timestamp.is_some());
-    }
-    u.names.sort();
-    u
+fn users_of(ctx: &CosmosContext, target: &str) -> lifecycle::Dependants {
+    let deleting = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_some();
+    let bindings = ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == target);
+    let definitions = ctx.definitions.state().into_iter().filter(|d| d.spec.target_ref.name == target);
+    let bindings = bindings.map(|b| (format!("CosmosRoleBinding {}", super::binding_key(&*b)), deleting(&b.metadata)));
+    let definitions = definitions.map(|d| (format!("CosmosRoleDefinition {}", d.name_any()), deleting(&d.metadata)));
+    lifecycle::Dependants::new(WAITING_FOR, bindings.chain(definitions))
 }
 
 /// Map an error to the target's Ready condition.
@@ -257,16 +230,10 @@ pub fn resync_left(target: &CosmosTarget, resync: Duration) -> Option<Duration> 
     (left > Duration::from_secs(1)).then_some(left)
 }
 
-pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connected, ready_before_deletion};
-
-/// Error policy: log, count, back off.
-pub fn error_policy(target: Arc<CosmosTarget>, error: &Error, ctx: Arc<CosmosContext>) -> Action {
-    lifecycle::error_policy(KIND, &target.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::target::{can_revoke, is_ready, is_terminating, never_connected, ready_before_deletion};
 
     #[test]
     fn a_recent_resync_is_not_repeated() {
@@ -308,17 +275,17 @@ mod tests {
         // works first.
         t.metadata.generation = Some(3);
         assert!(!can_revoke(&t));
-        let users =
-            Dependants { names: vec!["CosmosRoleBinding ns/a".into(), "CosmosRoleDefinition d".into()], deleting: 2 };
-        let o = users.outcome(users.waiting_message(WAITING_FOR));
+        let names = ["CosmosRoleBinding ns/a", "CosmosRoleDefinition d"];
+        let users = lifecycle::Dependants::new(WAITING_FOR, names.map(|n| (n.to_string(), true)));
+        let o = users.outcome(users.waiting_message());
         assert_eq!((o.ready, o.reason, o.progress), (false, reason::TERMINATING, conditions::Progress::InProgress));
         assert!(o.message.starts_with("Terminating: waiting for 2 "), "{}", o.message);
         assert!(o.message.contains("ns/a") && o.message.contains("CosmosRoleDefinition d"), "{}", o.message);
         t.status = Some(status(&o, 3));
         assert!(is_terminating(&t) && can_revoke(&t));
         // Some are not being deleted: someone has to act.
-        let stuck = Dependants { deleting: 1, ..users };
-        assert_eq!(stuck.outcome(stuck.waiting_message(WAITING_FOR)).progress, conditions::Progress::Stalled);
+        let stuck = lifecycle::Dependants { deleting: 1, ..users };
+        assert_eq!(stuck.outcome(stuck.waiting_message()).progress, conditions::Progress::Stalled);
     }
 
     #[test]

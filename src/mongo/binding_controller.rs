@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
     MongoContext,
@@ -25,10 +25,11 @@ use super::{
     target_controller,
 };
 use crate::{
-    Error, FINALIZER, Failure, Result,
+    Error, Failure, Result,
     api::{
-        MongoRoleBinding, MongoTarget, SubjectKey, conditions,
-        conditions::{Outcome, reason},
+        MongoRoleBinding, MongoTarget, SubjectKey,
+        conditions::{self, Outcome, reason},
+        target,
     },
     plan::{
         expiry, gate,
@@ -36,13 +37,11 @@ use crate::{
         mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for},
         policy,
     },
-    runtime::status,
+    runtime::{
+        lifecycle::{self, Lifecycle, Role},
+        status,
+    },
 };
-
-use crate::runtime::lifecycle;
-
-/// Kind label.
-pub const KIND: &str = "MongoRoleBinding";
 
 /// How long a contribution the server refused stays out of its subjects'
 /// unions before its binding tries it again by itself (a spec change, or a
@@ -56,203 +55,235 @@ pub type Evaluation = gate::Evaluation<MongoGrant>;
 pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::Timestamp) -> Evaluation {
     let ns = b.namespace().unwrap_or_default();
     let target_name = &b.spec.target_ref.name;
-    let blocked = Evaluation::blocked;
     let gated = gate::Binding::of(&b.metadata, &b.spec.expiry, "MongoTarget", target_name, false);
-    let (target, exp) = match gate::check(&gated, target, now) {
-        Ok(passed) => passed,
-        Err((why, exp)) => return blocked(why, exp),
-    };
-    let denials = policy::evaluate_mongo(
-        &target.spec.policy,
-        &target.spec.oidc.auth_name_prefix,
-        &ns,
-        target_name,
-        &b.spec.roles,
-        &b.spec.privileges,
-        b.spec.deletion_policy,
-    );
-    if !denials.is_empty() {
-        return blocked(
-            Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
-            exp,
+    gated.evaluate(target, now, |target, exp| {
+        let denials = policy::evaluate_mongo(
+            &target.spec.policy,
+            &target.spec.oidc.auth_name_prefix,
+            &ns,
+            target_name,
+            &b.spec.roles,
+            &b.spec.privileges,
+            b.spec.deletion_policy,
         );
-    }
-    let mut subjects = BTreeSet::new();
-    let mut invalid = Vec::new();
-    for s in &b.spec.subjects {
-        let key = canonical(&target.spec.oidc, s.key());
-        match objects_for(&target.spec.oidc, &key) {
-            Ok(_) => {
-                subjects.insert(key);
-            }
-            Err(e) => invalid.push(e),
+        if !denials.is_empty() {
+            return Evaluation::blocked(
+                Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
+                exp,
+            );
         }
-    }
-    let grant = MongoGrant::from_spec(&b.spec.roles, &b.spec.privileges);
-    Evaluation::granting(target_name, subjects, invalid, grant, exp)
+        let mut subjects = BTreeSet::new();
+        let mut invalid = Vec::new();
+        for s in &b.spec.subjects {
+            let key = canonical(&target.spec.oidc, s.key());
+            match objects_for(&target.spec.oidc, &key) {
+                Ok(_) => {
+                    subjects.insert(key);
+                }
+                Err(e) => invalid.push(e),
+            }
+        }
+        let grant = MongoGrant::from_spec(&b.spec.roles, &b.spec.privileges);
+        Evaluation::granting(target_name, subjects, invalid, grant, exp)
+    })
 }
 
 /// The index key of a binding (`namespace/name`).
 pub use super::binding_key as key;
 
-/// Reconcile one MongoRoleBinding.
-pub async fn reconcile(b: Arc<MongoRoleBinding>, ctx: Arc<MongoContext>) -> Result<Action> {
-    let _timer = ctx.shared.metrics.reconcile(KIND);
-    ctx.prime().await;
-    let ns = b.namespace().unwrap_or_default();
-    let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns);
-    // The finalizer goes on before anything is granted, in this same pass.
-    lifecycle::reconcile(api, FINALIZER, true, b, |b| apply(b, &ctx), |b| cleanup(b, &ctx)).await
-}
-
 fn target_of(ctx: &MongoContext, b: &MongoRoleBinding) -> Option<Arc<MongoTarget>> {
     ctx.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name))
 }
 
-async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
-    let now = jiff::Timestamp::now();
-    let target = target_of(ctx, &b);
-    let eval = evaluate(&b, target.as_deref(), now);
-    let key = key(&b);
-    let own_subjects: BTreeSet<SubjectKey> = eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
-    let (affected, rejected) = {
-        let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        let mut affected = match eval.contribution.clone() {
-            Some(c) => idx.upsert(&key, c),
-            None => idx.remove(&key),
-        };
-        // Subjects an earlier pass of this binding changed but could not
-        // finish (or confirm): synced again until they are done.
-        affected.extend(ctx.take_pending(&key));
-        // A refused contribution is tried again once it has sat out long
-        // enough; until then, the binding reports the refusal it has.
-        let retry_before = now - jiff::SignedDuration::try_from(REJECTED_RETRY).unwrap_or_default();
-        if idx.rejections(&key).values().any(|r| r.since <= retry_before) {
-            affected.extend(idx.retry(&key));
-        }
-        (affected, idx.rejections(&key))
-    };
-    let current = b.status.clone().unwrap_or_default();
-    let already_applied = current.observed_generation == b.metadata.generation
-        && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True")
-        && rejected.is_empty();
+/// The MongoRoleBinding controller.
+impl Lifecycle<MongoRoleBinding> for MongoContext {
+    const ROLE: Role = Role::Binding;
 
-    let mut st = current.clone();
-    let mut waiting_for_target = false;
-    st.expires_at = eval.expiry.instant().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
-    let outcome = match (&eval.blocked, target.as_deref()) {
-        (Some(blocked), Some(t)) if !affected.is_empty() || !st.roles.is_empty() || !st.users.is_empty() => {
-            // Revoke what this binding contributed; the index already
-            // excludes it, so the sync shrinks or drops. Its subjects are
-            // checked even if the index no longer had them (a retry after
-            // an unconfirmed revocation).
-            let mut all = affected;
-            all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), canonical(&t.spec.oidc, s.key()))));
-            if let Err(e) = revoke(ctx, &key, t, all.clone(), false).await {
-                ctx.add_pending(&key, all);
-                report_revocation_failure(ctx, &b, &current, &e).await;
-                return Err(e);
+    async fn apply(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
+        let now = jiff::Timestamp::now();
+        let target = target_of(ctx, &b);
+        let eval = evaluate(&b, target.as_deref(), now);
+        let key = key(&*b);
+        let own_subjects: BTreeSet<SubjectKey> =
+            eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
+        let (affected, rejected) = {
+            let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
+            let mut affected = match eval.contribution.clone() {
+                Some(c) => idx.upsert(&key, c),
+                None => idx.remove(&key),
+            };
+            // Subjects an earlier pass of this binding changed but could not
+            // finish (or confirm): synced again until they are done.
+            affected.extend(ctx.take_pending(&key));
+            // A refused contribution is tried again once it has sat out long
+            // enough; until then, the binding reports the refusal it has.
+            let retry_before = now - jiff::SignedDuration::try_from(REJECTED_RETRY).unwrap_or_default();
+            if idx.rejections(&key).values().any(|r| r.since <= retry_before) {
+                affected.extend(idx.retry(&key));
             }
-            st.roles.clear();
-            st.users.clear();
-            blocked.clone()
-        }
-        (Some(blocked), _) => blocked.clone(),
-        // evaluate() only yields a contribution when the target exists.
-        (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
-        (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("MongoTarget", t) => {
-            waiting_for_target = wait.is_some();
-            why
-        }
-        (None, Some(t)) if affected.is_empty() && !rejected.is_empty() => {
-            // Refused recently and nothing changed since: say so again
-            // without asking the server; the binding retries by itself.
-            st.roles.clear();
-            st.users.clear();
-            rejected_outcome(t, &rejected)
-        }
-        (None, Some(_)) if affected.is_empty() && already_applied => {
-            // Nothing changed: drift is the target's periodic resync's job,
-            // so a steady state costs no backend calls per binding.
-            conditions::ready(&current.conditions)
-                .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
-                .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied"))
-        }
-        (None, Some(t)) => {
-            let subjects: BTreeSet<SubjectKey> =
-                affected.iter().map(|(_, s)| s.clone()).chain(own_subjects.iter().cloned()).collect();
-            // Subjects this binding no longer names lose its grant: that is
-            // a revocation, so it is confirmed like one.
-            let dropped: BTreeSet<SubjectKey> = subjects.difference(&own_subjects).cloned().collect();
-            let synced = sync_subjects(ctx, t, &subjects, false, &dropped)
-                .await
-                .and_then(|report| unconfirmed_error(t, &report, &dropped).map_or(Ok(report), Err));
-            let report = match synced {
-                Ok(report) => report,
-                Err(e) => {
-                    ctx.add_pending(&key, affected.clone());
-                    // Say on the binding why it is not applied (yet); the
-                    // error policy retries with backoff.
-                    if let Some(outcome) = sync_failure(&e) {
-                        let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(&b));
-                        let failed = st.clone();
-                        if let Err(se) =
-                            status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), failed, &outcome).await
-                        {
-                            tracing::warn!(binding = %key, error = %se, "could not report the failure on status");
-                        }
-                    }
+            (affected, idx.rejections(&key))
+        };
+        let current = b.status.clone().unwrap_or_default();
+        let already_applied = current.observed_generation == b.metadata.generation
+            && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True")
+            && rejected.is_empty();
+
+        let mut st = current.clone();
+        let mut waiting_for_target = false;
+        st.expires_at = eval.expiry.instant().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time);
+        let outcome = match (&eval.blocked, target.as_deref()) {
+            (Some(blocked), Some(t)) if !affected.is_empty() || !st.roles.is_empty() || !st.users.is_empty() => {
+                // Revoke what this binding contributed; the index already
+                // excludes it, so the sync shrinks or drops. Its subjects are
+                // checked even if the index no longer had them (a retry after
+                // an unconfirmed revocation).
+                let mut all = affected;
+                all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), canonical(&t.spec.oidc, s.key()))));
+                if let Err(e) = revoke(ctx, &key, t, all.clone(), false).await {
+                    ctx.add_pending(&key, all);
+                    report_revocation_failure(ctx, &b, &current, &e).await;
                     return Err(e);
                 }
-            };
-            ctx.after_sync(&t.name_any(), &report, &key);
-            let mut conflicts = Vec::new();
-            let mut refused = Vec::new();
-            for s in &own_subjects {
-                match report.results.get(s) {
-                    Some(SubjectResult::Conflict(c)) => conflicts.extend(c.iter().cloned()),
-                    Some(SubjectResult::Rejected(m)) => refused.push(m.clone()),
-                    _ => {}
-                }
-            }
-            let own_rejections = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).rejections(&key);
-            let objects: Vec<_> = own_subjects.iter().filter_map(|s| objects_for(&t.spec.oidc, s).ok()).collect();
-            st.roles = objects.iter().map(|o| format!("{ROLE_DB}.{}", o.role)).collect();
-            st.users = objects.iter().filter_map(|o| o.user.as_ref()).map(|u| format!("{USER_DB}.{u}")).collect();
-            if !conflicts.is_empty() {
-                Outcome::stalled(
-                    reason::CONFLICT,
-                    format!(
-                        "{} already exist and were not created by dbgrant; left untouched (set spec.adopt on the MongoTarget to take them over)",
-                        conflicts.join(", ")
-                    ),
-                )
-            } else if !own_rejections.is_empty() {
                 st.roles.clear();
                 st.users.clear();
-                rejected_outcome(t, &own_rejections)
-            } else if !refused.is_empty() {
-                Outcome::stalled(reason::REJECTED, refused.join("; "))
-            } else {
-                st.last_applied_time = Some(status::now());
-                Outcome::ready(
-                    reason::APPLIED,
-                    format!("granted to {} subject(s) on MongoTarget {}", own_subjects.len(), t.name_any()),
-                )
+                blocked.clone()
             }
+            (Some(blocked), _) => blocked.clone(),
+            // evaluate() only yields a contribution when the target exists.
+            (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
+            (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("MongoTarget", t) => {
+                waiting_for_target = wait.is_some();
+                why
+            }
+            (None, Some(t)) if affected.is_empty() && !rejected.is_empty() => {
+                // Refused recently and nothing changed since: say so again
+                // without asking the server; the binding retries by itself.
+                st.roles.clear();
+                st.users.clear();
+                rejected_outcome(t, &rejected)
+            }
+            (None, Some(_)) if affected.is_empty() && already_applied => {
+                // Nothing changed: drift is the target's periodic resync's job,
+                // so a steady state costs no backend calls per binding.
+                conditions::ready(&current.conditions)
+                    .map(|c| Outcome::ready(reason::APPLIED, c.message.clone()))
+                    .unwrap_or_else(|| Outcome::ready(reason::APPLIED, "applied"))
+            }
+            (None, Some(t)) => {
+                let subjects: BTreeSet<SubjectKey> =
+                    affected.iter().map(|(_, s)| s.clone()).chain(own_subjects.iter().cloned()).collect();
+                // Subjects this binding no longer names lose its grant: that is
+                // a revocation, so it is confirmed like one.
+                let dropped: BTreeSet<SubjectKey> = subjects.difference(&own_subjects).cloned().collect();
+                let synced = sync_subjects(ctx, t, &subjects, false, &dropped)
+                    .await
+                    .and_then(|report| unconfirmed_error(t, &report, &dropped).map_or(Ok(report), Err));
+                let report = match synced {
+                    Ok(report) => report,
+                    Err(e) => {
+                        ctx.add_pending(&key, affected.clone());
+                        // Say on the binding why it is not applied (yet); the
+                        // error policy retries with backoff.
+                        if let Some(outcome) = sync_failure(&e) {
+                            let failed = st.clone();
+                            if let Err(se) =
+                                status::finish(&ctx.shared, b.as_ref(), b.status.as_ref(), failed, &outcome).await
+                            {
+                                tracing::warn!(binding = %key, error = %se, "could not report the failure on status");
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
+                ctx.after_sync(&t.name_any(), &report, &key);
+                let mut conflicts = Vec::new();
+                let mut refused = Vec::new();
+                for s in &own_subjects {
+                    match report.results.get(s) {
+                        Some(SubjectResult::Conflict(c)) => conflicts.extend(c.iter().cloned()),
+                        Some(SubjectResult::Rejected(m)) => refused.push(m.clone()),
+                        _ => {}
+                    }
+                }
+                let own_rejections = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).rejections(&key);
+                let objects: Vec<_> = own_subjects.iter().filter_map(|s| objects_for(&t.spec.oidc, s).ok()).collect();
+                st.roles = objects.iter().map(|o| format!("{ROLE_DB}.{}", o.role)).collect();
+                st.users = objects.iter().filter_map(|o| o.user.as_ref()).map(|u| format!("{USER_DB}.{u}")).collect();
+                if !conflicts.is_empty() {
+                    Outcome::stalled(
+                        reason::CONFLICT,
+                        format!(
+                            "{} already exist and were not created by dbgrant; left untouched (set spec.adopt on the MongoTarget to take them over)",
+                            conflicts.join(", ")
+                        ),
+                    )
+                } else if !own_rejections.is_empty() {
+                    st.roles.clear();
+                    st.users.clear();
+                    rejected_outcome(t, &own_rejections)
+                } else if !refused.is_empty() {
+                    Outcome::stalled(reason::REJECTED, refused.join("; "))
+                } else {
+                    st.last_applied_time = Some(status::now());
+                    Outcome::ready(
+                        reason::APPLIED,
+                        format!("granted to {} subject(s) on MongoTarget {}", own_subjects.len(), t.name_any()),
+                    )
+                }
+            }
+        };
+        status::finish(&ctx.shared, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
+        let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
+        if waiting_for_target {
+            requeue = requeue.min(lifecycle::TARGET_WAIT);
         }
-    };
-    let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &b.namespace().unwrap_or_default());
-    status::finish(&ctx.shared, &api, b.as_ref(), b.status.as_ref(), st, &outcome).await?;
-    let mut requeue = expiry::requeue_after(now, eval.expiry, ctx.shared.resync);
-    if waiting_for_target {
-        requeue = requeue.min(lifecycle::TARGET_WAIT);
+        ctx.note_rejected(&key, outcome.reason == reason::REJECTED);
+        if outcome.reason == reason::REJECTED {
+            requeue = requeue.min(REJECTED_RETRY);
+        }
+        Ok(Action::requeue(requeue))
     }
-    ctx.note_rejected(&key, outcome.reason == reason::REJECTED);
-    if outcome.reason == reason::REJECTED {
-        requeue = requeue.min(REJECTED_RETRY);
+
+    async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
+        let affected = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(&*b));
+        // Targets keep the dbgrant.io/bindings finalizer while a binding names
+        // them, so a target is gone here only if it never existed or someone
+        // removed that finalizer by hand.
+        let Some(target) = target_of(ctx, &b) else {
+            tracing::info!(binding = %key(&*b), target = %b.spec.target_ref.name, "target gone; nothing to revoke");
+            return Ok(Action::await_change());
+        };
+        if target::never_connected(&target)
+            && b.status.as_ref().is_none_or(|s| s.roles.is_empty() && s.users.is_empty())
+        {
+            tracing::info!(binding = %key(&*b), target = %target.name_any(), "target never connected; nothing to revoke");
+            return Ok(Action::await_change());
+        }
+        // Subjects this binding named that the index no longer had (e.g. it
+        // was denied) are still checked, so nothing it once created lingers.
+        let mut all = affected;
+        all.extend(ctx.take_pending(&key(&*b)));
+        for s in &b.spec.subjects {
+            all.insert((target.name_any(), canonical(&target.spec.oidc, s.key())));
+        }
+        let current = b.status.clone().unwrap_or_default();
+        // Retain only where the target allows it now, and never once expired.
+        let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
+            Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
+            // An expiry that cannot be worked out never keeps access.
+            Err(_) => true,
+        };
+        let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
+        if let Err(e) = revoke(ctx, &key(&*b), &target, all.clone(), retain).await {
+            ctx.add_pending(&key(&*b), all);
+            report_revocation_failure(ctx, &b, &current, &e).await;
+            return Err(e);
+        }
+        ctx.note_rejected(&key(&*b), false);
+        tracing::info!(binding = %key(&*b), target = %target.name_any(), "access revoked");
+        Ok(Action::await_change())
     }
-    Ok(Action::requeue(requeue))
 }
 
 /// The Ready outcome of a binding whose contribution the server refused.
@@ -276,14 +307,9 @@ async fn report_revocation_failure(
     e: &Error,
 ) {
     let outcome = Outcome::progressing(reason::REVOCATION_PENDING, format!("revocation not complete, retrying: {e}"));
-    let api: Api<MongoRoleBinding> = Api::namespaced(ctx.shared.client.clone(), &ns_of(b));
-    if let Err(se) = status::finish(&ctx.shared, &api, b, b.status.as_ref(), current.clone(), &outcome).await {
+    if let Err(se) = status::finish(&ctx.shared, b, b.status.as_ref(), current.clone(), &outcome).await {
         tracing::warn!(binding = %key(b), error = %se, "could not report the pending revocation on status");
     }
-}
-
-fn ns_of(b: &MongoRoleBinding) -> String {
-    b.namespace().unwrap_or_default()
 }
 
 /// The Ready outcome for a binding whose sync failed: the target is
@@ -302,47 +328,6 @@ pub fn sync_failure(e: &Error) -> Option<Outcome> {
         }
         _ => None,
     }
-}
-
-async fn cleanup(b: Arc<MongoRoleBinding>, ctx: &MongoContext) -> Result<Action> {
-    let affected = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).remove(&key(&b));
-    // Targets keep the dbgrant.io/bindings finalizer while a binding names
-    // them, so a target is gone here only if it never existed or someone
-    // removed that finalizer by hand.
-    let Some(target) = target_of(ctx, &b) else {
-        tracing::info!(binding = %key(&b), target = %b.spec.target_ref.name, "target gone; nothing to revoke");
-        return Ok(Action::await_change());
-    };
-    if target_controller::never_connected(&target)
-        && b.status.as_ref().is_none_or(|s| s.roles.is_empty() && s.users.is_empty())
-    {
-        tracing::info!(binding = %key(&b), target = %target.name_any(), "target never connected; nothing to revoke");
-        return Ok(Action::await_change());
-    }
-    // Subjects this binding named that the index no longer had (e.g. it
-    // was denied) are still checked, so nothing it once created lingers.
-    let mut all = affected;
-    all.extend(ctx.take_pending(&key(&b)));
-    for s in &b.spec.subjects {
-        all.insert((target.name_any(), canonical(&target.spec.oidc, s.key())));
-    }
-    let current = b.status.clone().unwrap_or_default();
-    // Retain only where the target allows it now, and never once expired.
-    let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
-        Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
-        // An expiry that cannot be worked out never keeps access.
-        Err(_) => true,
-    };
-    let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
-    if let Err(e) = revoke(ctx, &key(&b), &target, all.clone(), retain).await {
-        ctx.add_pending(&key(&b), all);
-        report_revocation_failure(ctx, &b, &current, &e).await;
-        return Err(e);
-    }
-    ctx.note_rejected(&key(&b), false);
-    tracing::info!(binding = %key(&b), target = %target.name_any(), "access revoked");
-    Ok(Action::await_change())
 }
 
 /// The error for a sync whose revocation of `subjects` is not confirmed.
@@ -368,7 +353,7 @@ async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: A
     if affected.is_empty() {
         return Ok(());
     }
-    if !target_controller::can_revoke(target) {
+    if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     let subjects = affected.into_iter().map(|(_, s)| s).collect();
@@ -436,11 +421,6 @@ pub fn subject_work(
             })
         })
         .collect()
-}
-
-/// Error policy: log, count, back off.
-pub fn error_policy(b: Arc<MongoRoleBinding>, error: &Error, ctx: Arc<MongoContext>) -> Action {
-    lifecycle::error_policy(KIND, &key(&b), &ctx.shared.metrics, error, lifecycle::Retry::BINDING)
 }
 
 #[cfg(test)]

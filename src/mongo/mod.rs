@@ -15,20 +15,20 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kube::{
-    ResourceExt,
-    runtime::reflector::{ObjectRef, Store},
-};
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::OnceCell;
 
 use crate::{
-    FINALIZER,
     api::{MongoRoleBinding, MongoTarget, SubjectKey},
     plan::{
         index::{Affected, BindingIndex, Rejection},
         mongo::MongoGrant,
     },
-    runtime::{context::Context, lifecycle},
+    runtime::{
+        cache::wait_ready,
+        context::Context,
+        lifecycle::{self, BackendContext},
+    },
 };
 
 /// Backend label for metrics and errors.
@@ -63,32 +63,31 @@ pub struct MongoContext {
     pub showing_rejected: Mutex<BTreeSet<String>>,
 }
 
-/// The index key of a binding: `namespace/name`.
-pub fn binding_key(b: &MongoRoleBinding) -> String {
-    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any())
+pub use crate::runtime::object::key as binding_key;
+
+impl BackendContext for MongoContext {
+    const BACKEND: &'static str = BACKEND;
+
+    fn shared(&self) -> &Context {
+        &self.shared
+    }
+
+    /// Every binding applied before is in the index before any reconcile
+    /// writes, so a role is never shrunk to a partial union.
+    async fn prime(&self) {
+        let caches = async {
+            wait_ready(&self.targets).await;
+            wait_ready(&self.bindings).await;
+        };
+        lifecycle::prime(&self.primed, caches, &self.index, &self.bindings, |b, now| {
+            let target = self.targets.get(&ObjectRef::new(&b.spec.target_ref.name));
+            binding_controller::evaluate(b, target.as_deref(), now).contribution
+        })
+        .await
+    }
 }
 
 impl MongoContext {
-    /// Put every binding that exists at start-up into the index before any
-    /// reconcile writes, so a role is never shrunk to a partial union.
-    pub async fn prime(&self) {
-        self.primed
-            .get_or_init(|| async {
-                tracing::debug!("waiting for the target and binding caches");
-                crate::runtime::cache::wait_ready(&self.targets).await;
-                crate::runtime::cache::wait_ready(&self.bindings).await;
-                tracing::debug!("caches ready; priming the binding index");
-                let now = jiff::Timestamp::now();
-                let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                let primed = lifecycle::prime(&mut idx, self.bindings.state(), FINALIZER, binding_key, |b| {
-                    let target = self.targets.get(&ObjectRef::new(&b.spec.target_ref.name));
-                    binding_controller::evaluate(b, target.as_deref(), now).contribution
-                });
-                tracing::info!(bindings = primed, "binding index primed");
-            })
-            .await;
-    }
-
     /// Subjects `key`'s last pass changed but did not finish, taken for
     /// this pass.
     pub fn take_pending(&self, key: &str) -> Affected {

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
     BACKEND, MongoContext,
@@ -17,91 +17,67 @@ use super::{
     sync::{self, SubjectResult, SubjectWork},
 };
 use crate::{
-    Error, Failure, Result, TARGET_FINALIZER,
+    Error, Failure, Result,
     api::{
-        MongoRoleBinding, MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind, conditions::Outcome,
-        conditions::reason,
+        MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind,
+        conditions::{Outcome, reason},
     },
     plan::{
         index::BindingIndex,
         mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB, objects_for},
     },
-    runtime::status,
+    runtime::{
+        lifecycle::{self, Lifecycle, Role},
+        status,
+    },
 };
 
-use crate::runtime::lifecycle::{self, Dependants, NOT_READY_RETRY, TERMINATING_POLL};
+/// The MongoTarget controller: connect, prove dbgrant's rights, resync
+/// (see the module docs); a deleted target waits for its bindings.
+impl Lifecycle<MongoTarget> for MongoContext {
+    const ROLE: Role = Role::Target;
 
-/// Kind label.
-pub const KIND: &str = "MongoTarget";
-
-/// Reconcile one MongoTarget.
-pub async fn reconcile(target: Arc<MongoTarget>, ctx: Arc<MongoContext>) -> Result<Action> {
-    let _timer = ctx.shared.metrics.reconcile(KIND);
-    let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    lifecycle::reconcile(api, TARGET_FINALIZER, false, target, |t| apply(t, &ctx), |t| cleanup(t, &ctx)).await
-}
-
-async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
-    let name = target.name_any();
-    let mut st = target.status.clone().unwrap_or_default();
-    let (outcome, requeue) = match connect_and_resync(&target, ctx, &mut st).await {
-        Ok(()) => (
-            Outcome::ready(reason::CONNECTED, "reachable, authenticated and authorised to manage roles and users"),
-            ctx.shared.resync,
-        ),
-        Err(e) => {
-            ctx.shared.metrics.reconcile_failed(KIND, &e);
-            tracing::warn!(target = %name, error = %e, "target not ready");
-            connection::close(ctx.connections.lock().await.remove(&name)).await;
-            (target_outcome(&e), NOT_READY_RETRY)
-        }
-    };
-    let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-    Ok(Action::requeue(requeue))
-}
-
-/// A deleted target: keep it while bindings use it, so they can still
-/// revoke through it; release it when the last one is gone.
-async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
-    ctx.prime().await;
-    let name = target.name_any();
-    let users: Vec<Arc<MongoRoleBinding>> =
-        ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name).collect();
-    if users.is_empty() {
-        connection::close(ctx.connections.lock().await.remove(&name)).await;
-        connection::remove_private_files(&name);
-        tracing::info!(target = %name, "no bindings use the target any more; released");
-        return Ok(Action::await_change());
-    }
-    let mut names: Vec<String> = users.iter().map(|b| super::binding_key(b)).collect();
-    names.sort();
-    let dependants =
-        Dependants { names, deleting: users.iter().filter(|b| b.metadata.deletion_timestamp.is_some()).count() };
-    let waiting = dependants.waiting_message(WAITING_FOR);
-    let mut st = target.status.clone().unwrap_or_default();
-    let terminating = |message: String| dependants.outcome(message);
-    // A target that was Ready when it was deleted (deletion bumps the
-    // generation), or has since shown it works, only refreshes the count —
-    // without reading its Secrets again, which a prune may have deleted
-    // already; otherwise it is connected to like a live target, because
-    // revocation needs a working target.
-    let (outcome, retry) = if is_terminating(&target) || ready_before_deletion(&target) || never_connected(&target) {
-        (terminating(waiting), TERMINATING_POLL)
-    } else {
-        match connect_and_resync(&target, ctx, &mut st).await {
-            Ok(()) => (terminating(waiting), TERMINATING_POLL),
+    async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
+        let name = target.name_any();
+        let mut st = target.status.clone().unwrap_or_default();
+        let (outcome, requeue) = match connect_and_resync(&target, ctx, &mut st).await {
+            Ok(()) => (
+                Outcome::ready(reason::CONNECTED, "reachable, authenticated and authorised to manage roles and users"),
+                ctx.shared.resync,
+            ),
             Err(e) => {
-                tracing::warn!(target = %name, error = %e, "deleted target not usable; bindings cannot revoke yet");
+                ctx.shared.metrics.reconcile_failed(&<MongoTarget as kube::Resource>::kind(&()), &e);
+                tracing::warn!(target = %name, error = %e, "target not ready");
                 connection::close(ctx.connections.lock().await.remove(&name)).await;
-                let o = target_outcome(&e);
-                (Outcome { message: format!("{waiting}; {}", o.message), ..o }, NOT_READY_RETRY)
+                (target_outcome(&e), lifecycle::NOT_READY_RETRY)
             }
-        }
-    };
-    let api: Api<MongoTarget> = Api::all(ctx.shared.client.clone());
-    status::finish(&ctx.shared, &api, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-    Err(Error::Wait { backend: BACKEND, target: name, message: outcome.message, retry_after: retry })
+        };
+        status::finish(&ctx.shared, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
+        Ok(Action::requeue(requeue))
+    }
+
+    /// A deleted target: kept while bindings use it, so they can still
+    /// revoke through it (see [`lifecycle::hold_deleted_target`]).
+    async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
+        let name = target.name_any();
+        let users = ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name);
+        let users = lifecycle::Dependants::new(
+            WAITING_FOR,
+            users.map(|b| (super::binding_key(&*b), b.metadata.deletion_timestamp.is_some())),
+        );
+        let release = async || {
+            connection::close(ctx.connections.lock().await.remove(&name)).await;
+            connection::remove_private_files(&name);
+        };
+        let probe = async |st: &mut MongoTargetStatus| match connect_and_resync(&target, ctx, st).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                connection::close(ctx.connections.lock().await.remove(&name)).await;
+                Err(target_outcome(&e))
+            }
+        };
+        lifecycle::hold_deleted_target(ctx, target.as_ref(), target.status.as_ref(), users, release, probe).await
+    }
 }
 
 /// What a deleted MongoTarget waits for, in its Terminating message.
@@ -130,9 +106,9 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     st.server_version = Some(probe.version);
     st.tls_verification = Some(probe.tls_verification.to_string());
 
-    // Full resync: every subject the index knows, plus ledger entries that
-    // no live binding wants any more.
-    ctx.prime().await;
+    // Full resync: every subject the index knows (primed before any
+    // reconcile: see lifecycle::reconcile), plus ledger entries that no
+    // live binding wants any more.
     // Hold the write lock while reading the ledger and the index, so a
     // binding's sync cannot create an object between the two reads (it
     // would look like an orphan and be dropped).
@@ -253,13 +229,6 @@ pub async fn connect(ctx: &MongoContext, target: &MongoTarget) -> Result<Arc<Tar
     drop(conns);
     connection::close(replaced).await;
     Ok(conn)
-}
-
-pub use crate::api::target::{can_revoke, is_ready, is_terminating, never_connected, ready_before_deletion};
-
-/// Error policy: log, count, back off.
-pub fn error_policy(target: Arc<MongoTarget>, error: &Error, ctx: Arc<MongoContext>) -> Action {
-    lifecycle::error_policy(KIND, &target.name_any(), &ctx.shared.metrics, error, lifecycle::Retry::TARGET)
 }
 
 #[cfg(test)]

@@ -91,6 +91,22 @@ impl<'a> Binding<'a> {
     }
 }
 
+impl Binding<'_> {
+    /// Evaluate the binding at `now`: through the gate first, then
+    /// `grant` with the target and the expiry that passed it.
+    pub fn evaluate<T, G>(
+        &self,
+        target: Option<&T>,
+        now: Timestamp,
+        grant: impl FnOnce(&T, ExpiryState) -> Evaluation<G>,
+    ) -> Evaluation<G> {
+        match check(self, target, now) {
+            Ok((target, exp)) => grant(target, exp),
+            Err((why, exp)) => Evaluation::blocked(why, exp),
+        }
+    }
+}
+
 /// Pass `binding` through the gate at `now`: the target and the binding's
 /// expiry, or why nothing may be granted (with the expiry, to requeue at).
 pub fn check<'t, T>(

@@ -11,6 +11,7 @@ pub mod http;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod object;
 pub mod rbac;
 pub mod secrets;
 pub mod status;

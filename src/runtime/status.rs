@@ -10,7 +10,10 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::context::Context;
+use super::{
+    context::Context,
+    object::{self, Managed},
+};
 use crate::{
     MANAGER, Result,
     api::conditions::{self, ObjectStatus, Outcome},
@@ -21,18 +24,12 @@ use crate::{
 /// only on a real transition), mark them as describing its generation,
 /// write `next` if it differs from what `obj` has, and publish an Event
 /// if Ready transitioned. Returns the status written.
-pub async fn finish<K, S>(
-    ctx: &Context,
-    api: &Api<K>,
-    obj: &K,
-    current: Option<&S>,
-    mut next: S,
-    outcome: &Outcome,
-) -> Result<S>
+pub async fn finish<K, S>(ctx: &Context, obj: &K, current: Option<&S>, mut next: S, outcome: &Outcome) -> Result<S>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Managed,
     S: ObjectStatus + Serialize + PartialEq,
 {
+    let api = &object::api_for(ctx.client.clone(), obj);
     let before: Vec<Condition> = current.map(|c| c.conditions().to_vec()).unwrap_or_default();
     let generation = obj.meta().generation;
     next.set_conditions(conditions::merge(&before, outcome, generation, &now()), generation);
