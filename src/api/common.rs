@@ -20,7 +20,7 @@ pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}(w|d|h|m|s))+$";
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
     /// Name of the cluster-scoped target resource.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
     pub name: String,
 }
 
@@ -32,7 +32,7 @@ pub struct TargetRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret in the operator namespace.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
@@ -45,7 +45,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret in the operator namespace.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
     pub name: String,
 }
 
@@ -64,14 +64,6 @@ pub enum SubjectKind {
     /// `roles` (used by organisations whose users are in more than 200
     /// groups, where Entra replaces the groups claim with an overage marker).
     AppRole,
-}
-
-impl SubjectKind {
-    /// True for kinds that are authorised through a token claim (groups or
-    /// app roles) rather than as an individual principal.
-    pub fn is_claim(self) -> bool {
-        matches!(self, SubjectKind::Group | SubjectKind::AppRole)
-    }
 }
 
 impl std::fmt::Display for SubjectKind {
@@ -96,7 +88,7 @@ pub struct Subject {
     /// Entra object id (GUID) of the group, user or service principal.
     /// Entra's groups claim carries group object ids, not display names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = GUID_PATTERN))]
     pub object_id: Option<String>,
     /// App role value (the `roles` claim), for AppRole subjects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,7 +153,7 @@ pub struct Expiry {
     /// Lifetime counted from the binding's creation, such as `12h`, `30d` or
     /// `1w`. Units: s, m, h, d, w.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]{1,6}(w|d|h|m|s))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub duration: Option<String>,
 }
 

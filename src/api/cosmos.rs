@@ -47,7 +47,7 @@ pub const RELEASED_ANNOTATION: &str = "dbgrant.io/released-assignments";
 #[serde(rename_all = "camelCase")]
 pub struct CosmosTargetSpec {
     /// Azure subscription id of the account.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub subscription_id: String,
     /// Resource group of the account.
     #[schemars(length(min = 1, max = 90), regex(pattern = r"^[-\w._()]*[-\w_()]$"))]
@@ -122,11 +122,11 @@ pub struct AzureCredential {
 pub struct WorkloadIdentityCredential {
     /// Entra tenant id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub tenant_id: Option<String>,
     /// Client id of the user-assigned identity or application.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub client_id: Option<String>,
 }
 
@@ -136,7 +136,7 @@ pub struct WorkloadIdentityCredential {
 pub struct ManagedIdentityCredential {
     /// Client id of a user-assigned managed identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub client_id: Option<String>,
 }
 
@@ -145,10 +145,10 @@ pub struct ManagedIdentityCredential {
 #[serde(rename_all = "camelCase")]
 pub struct ClientSecretCredential {
     /// Entra tenant id.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub tenant_id: String,
     /// Application (client) id.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub client_id: String,
     /// Secret key holding the client secret.
     pub secret_ref: SecretKeyRef,
@@ -159,10 +159,10 @@ pub struct ClientSecretCredential {
 #[serde(rename_all = "camelCase")]
 pub struct ClientCertificateCredential {
     /// Entra tenant id.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub tenant_id: String,
     /// Application (client) id.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub client_id: String,
     /// Secret key holding the certificate and its unencrypted private key,
     /// both PEM (PKCS#12 is not supported: convert it with `openssl pkcs12
@@ -178,7 +178,7 @@ pub struct CosmosPolicy {
     /// ending in `*` (`team-*`), or `*` for all.
     #[schemars(
         length(min = 1, max = 256),
-        inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?|[a-z0-9][-a-z0-9]*-\*)$"))
+        inner(regex(pattern = super::common::NAMESPACE_PATTERN))
     )]
     pub allowed_namespaces: Vec<String>,
     /// Role definitions bindings may use: `DataReader`, `DataContributor`,
@@ -349,7 +349,7 @@ pub struct CosmosRoleDefinitionRef {
     pub built_in: Option<BuiltInCosmosRole>,
     /// Name of a CosmosRoleDefinition on the same target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = super::common::NAME_PATTERN))]
     pub name: Option<String>,
 }
 

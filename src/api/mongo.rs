@@ -163,7 +163,7 @@ pub struct MongoOidcAuth {
     /// Entra tenant id (GUID) for `workloadIdentity`; defaults to the pod's
     /// `AZURE_TENANT_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub tenant_id: Option<String>,
     /// Client id (GUID) of the identity: for `workloadIdentity` the
     /// application or user-assigned managed identity federated with
@@ -171,7 +171,7 @@ pub struct MongoOidcAuth {
     /// for `managedIdentity` a user-assigned identity (unset: the
     /// system-assigned one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
+    #[schemars(regex(pattern = super::common::GUID_PATTERN))]
     pub client_id: Option<String>,
     /// Microsoft Entra authority host (https), for sovereign and private
     /// clouds, e.g. `https://login.microsoftonline.us`; defaults to the
@@ -255,7 +255,7 @@ pub struct MongoPolicy {
     /// ending in `*` (`team-*`), or `*` for all.
     #[schemars(
         length(min = 1, max = 256),
-        inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?|[a-z0-9][-a-z0-9]*-\*)$"))
+        inner(regex(pattern = super::common::NAMESPACE_PATTERN))
     )]
     pub allowed_namespaces: Vec<String>,
     /// Roles bindings may grant (`{role, db}`, `*` matches any). When

@@ -38,7 +38,7 @@ use tokio::sync::OnceCell;
 
 use self::{
     arm::{ArmApi, ArmClient, ArmSettings},
-    sync::{AccountState, SharedReport, SyncReport},
+    sync::{AccountState, SharedReport},
 };
 use crate::{
     Error, Result,
@@ -486,11 +486,6 @@ impl BackendContext for CosmosContext {
         })
         .await
     }
-}
-
-/// A report that did nothing (for callers with nothing to sync).
-pub fn empty_report() -> SharedReport {
-    Arc::new(SyncReport::default())
 }
 
 /// Objects the Cosmos DB controllers' unit tests build.

@@ -6,20 +6,20 @@
 //! [`error_policy`].
 //!
 //! ```text
-//!   reconcile(obj) ─▶ prime ─▶ [add finalizer first] ─▶ kube finalizer ─┬─ Apply   ─▶ apply(obj)
-//!                                                              └─ Cleanup ─▶ cleanup(obj)
+//!   reconcile(obj) ─▶ prime ─▶ [binding: add finalizer] ─▶ kube finalizer ─┬─ Apply   ─▶ C::apply(obj)
+//!                                                                          └─ Cleanup ─▶ C::cleanup(obj)
 //!   error ─▶ error_policy: Wait → log, requeue when asked (not a failure)
 //!                          other → warn, count, requeue (Retry-After, else transient/permanent backoff)
 //! ```
 
 use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 
-use kube::runtime::reflector::Store;
 use kube::{
     Resource,
     runtime::{
         controller::Action,
         finalizer::{Event, finalizer},
+        reflector::Store,
     },
 };
 use serde::Serialize;

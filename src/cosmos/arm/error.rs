@@ -142,12 +142,6 @@ impl ArmError {
                 | ArmError::Transport(_)
         )
     }
-
-    /// Whether the failure concerns one object only (other writes on the
-    /// account can go on).
-    pub fn is_per_object(&self) -> bool {
-        matches!(self, ArmError::PrincipalNotFound { .. } | ArmError::Rejected { .. } | ArmError::LimitExceeded { .. })
-    }
 }
 
 #[derive(Deserialize, Default)]
