@@ -20,6 +20,7 @@
 //! See [`scenarios`] for exact definitions and [`backend`] for adding
 //! Cosmos DB.
 
+pub mod apiserver;
 pub mod args;
 pub mod backend;
 pub mod cosmos;

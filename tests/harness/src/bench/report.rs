@@ -92,6 +92,14 @@ pub fn goals(runs: &[Value]) -> Value {
                 num(r, "/restart/allReadySeconds").map(|x| x < 10.0 && r["restart"]["notReadyAfter"] == 0),
             ),
         ];
+        checks.push((
+            "bulk ÷ baseline (all Ready ÷ the same applies with no operator)",
+            bulk_over_baseline(r),
+            "≤ 2",
+            bulk_over_baseline(r).map(|x| x <= 2.0),
+        ));
+        let writes = num(r, "/bulk/apiserverRequests/operatorWritesPerBinding");
+        checks.push(("apiserver: operator writes per binding (bulk)", writes, "≤ 2", writes.map(|x| x <= 2.0)));
         if mongo {
             checks.insert(
                 0,
@@ -168,6 +176,13 @@ fn footprint(r: &Value, phase_prefix: &str, key: &str) -> Option<f64> {
         .as_f64()
 }
 
+/// Bulk all-Ready time over the baseline's (the same applies, no
+/// operator), measured in the same run.
+fn bulk_over_baseline(r: &Value) -> Option<f64> {
+    let base = num(r, "/baseline/submitSeconds").filter(|b| *b > 0.0)?;
+    num(r, "/bulk/allReadySeconds").map(|b| b / base)
+}
+
 type Row = (&'static str, &'static str, Box<dyn Fn(&Value) -> String>);
 
 fn rows() -> Vec<Row> {
@@ -227,6 +242,57 @@ fn rows() -> Vec<Row> {
             }),
         ),
         ("Baseline: the same applies with no operator (s)", "", n("/baseline/submitSeconds", 1)),
+        (
+            "Bulk ÷ baseline (all Ready ÷ the same applies with no operator)",
+            "≤ 2 (stretch 1.5)",
+            Box::new(|r| fmt(bulk_over_baseline(r), 2)),
+        ),
+        (
+            "**Apiserver**: operator writes / reads per binding (bulk)",
+            "writes ≤ 2",
+            Box::new(|r| {
+                format!(
+                    "{} / {}",
+                    fmt(num(r, "/bulk/apiserverRequests/operatorWritesPerBinding"), 2),
+                    fmt(num(r, "/bulk/apiserverRequests/operatorReadsPerBinding"), 2)
+                )
+            }),
+        ),
+        (
+            "Apiserver: operator requests by kind (bulk)",
+            "",
+            Box::new(|r| {
+                let rows = r["bulk"]["apiserverRequests"]["byKind"].as_array().cloned().unwrap_or_default();
+                let shown: Vec<String> = rows
+                    .iter()
+                    .filter(|x| x["operator"].as_u64().unwrap_or(0) > 0)
+                    .map(|x| {
+                        let sub = x["subresource"].as_str().unwrap_or_default();
+                        let what = format!(
+                            "{} {}{}",
+                            x["verb"].as_str().unwrap_or("?"),
+                            x["resource"].as_str().unwrap_or("?"),
+                            if sub.is_empty() { String::new() } else { format!("/{sub}") }
+                        );
+                        format!("{what} {}", x["operator"])
+                    })
+                    .collect();
+                if shown.is_empty() { "–".into() } else { shown.join("; ") }
+            }),
+        ),
+        (
+            "Apiserver: control plane CPU s per binding (bulk; baseline)",
+            "",
+            Box::new(|r| {
+                let n = num(r, "/bindings").unwrap_or(0.0).max(1.0);
+                let per = |p: &str| num(r, p).map(|x| x / n);
+                format!(
+                    "{}; {}",
+                    fmt(per("/bulk/cpuUntilAllReady/controlPlane").map(|x| x * 1000.0), 2),
+                    fmt(per("/baseline/cpu/controlPlane").map(|x| x * 1000.0), 2)
+                ) + " (ms)"
+            }),
+        ),
         (
             "Bulk: CPU s operator / control plane / bench+doubles / other processes",
             "",

@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
+    apiserver::{self, Requests},
     args::Args,
     backend::{Backend, BindingSpec, Layout, OpCounts},
     process::{CpuSplit, Sampler, Window, mib, round3},
@@ -117,11 +118,33 @@ fn reasons(items: &[DynamicObject]) -> BTreeMap<String, usize> {
 }
 
 /// Server-side apply, retrying what an overloaded apiserver may answer.
+/// Requests the benchmark itself sends to the binding resource, so the
+/// operator's share of what the apiserver served can be told apart (see
+/// [`super::apiserver`]): (apply attempts, LISTs, WATCHes).
+static OWN: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const OWN_APPLY: usize = 0;
+const OWN_LIST: usize = 1;
+const OWN_WATCH: usize = 2;
+
+fn own(which: usize) {
+    OWN[which].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The benchmark's own requests to `resource` so far.
+fn own_requests(resource: &str) -> Requests {
+    let mut r = Requests::default();
+    r.add("APPLY", resource, "", OWN[OWN_APPLY].load(Ordering::Relaxed));
+    r.add("LIST", resource, "", OWN[OWN_LIST].load(Ordering::Relaxed));
+    r.add("WATCH", resource, "", OWN[OWN_WATCH].load(Ordering::Relaxed));
+    r
+}
+
 async fn apply(api: &Api<DynamicObject>, doc: &Value) -> Result<DynamicObject> {
     let name = doc["metadata"]["name"].as_str().unwrap_or_default();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let mut attempt = 0;
     loop {
+        own(OWN_APPLY);
         match api.patch(name, &pp, &Patch::Apply(doc)).await {
             Ok(o) => return Ok(o),
             Err(e) if attempt < 5 && transient(&e) => {
@@ -202,6 +225,9 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
     let started = AtomicUsize::new(0);
     let applied_at: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::with_capacity(n));
     let all_bindings = Api::<DynamicObject>::all_with(env.cluster.admin.clone(), &env.binding_ar);
+    let served0 = Requests::scrape(&env.cluster.admin).await?;
+    let own0 = own_requests(&env.binding_ar.plural);
+    own(OWN_LIST);
     let start_rv =
         all_bindings.list(&ListParams::default().limit(1)).await?.metadata.resource_version.unwrap_or_default();
     let cpu0 = CpuSplit::now(op.pid(), env.control_plane_pid);
@@ -244,6 +270,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
                 if done[k] || k * per_ns >= begun {
                     continue;
                 }
+                own(OWN_LIST);
                 let list = match env.bindings(ns).list(&ListParams::default()).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -286,6 +313,9 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
     let all_ready = ready_at.values().max().map(|t| t.duration_since(t0)).unwrap_or_default();
     let drained = wait_drained(op, kind, Duration::from_secs(120)).await;
     let window = sampler.stop().await;
+    let own_bulk = own_requests(&env.binding_ar.plural).since(&own0);
+    let served = Requests::scrape(&env.cluster.admin).await?.since(&served0);
+    let apiserver = apiserver::report(&served, &own_bulk, n);
     let (total, per_target) = env.counters();
     let reconciles = completed_reconciles(op, kind).await - reconciles_before;
     let applied_at = applied_at.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -332,6 +362,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
         "reconcilesPerBinding": if n > 0 { round3(reconciles / n as f64) } else { 0.0 },
         "operator": window.to_json(),
         "cpuUntilAllReady": cpu0.until(&cpu_ready),
+        "apiserverRequests": apiserver,
         "backendExtra": env.backend.extra(),
         "quota": env.backend.bulk_extra(seconds),
     });
@@ -357,6 +388,7 @@ async fn watch_ready<B: Backend>(env: &Env<'_, B>, api: &Api<DynamicObject>, rv:
             break;
         }
         watches += 1;
+        own(OWN_WATCH);
         let stream = match api.watch(&WatchParams::default().timeout(290), &rv).await {
             Ok(s) => s,
             Err(e) => {
@@ -389,6 +421,7 @@ async fn watch_ready<B: Backend>(env: &Env<'_, B>, api: &Api<DynamicObject>, rv:
                 WatchEvent::Error(e) => {
                     // 410 Gone: too old; start over from a fresh LIST.
                     eprintln!("bench: watch: {}; re-listing", e.message);
+                    own(OWN_LIST);
                     if let Ok(l) = api.list(&ListParams::default()).await {
                         let now = Instant::now();
                         for o in l.items.iter().filter(|o| ready_at_generation(o)) {
@@ -411,6 +444,7 @@ async fn watch_ready<B: Backend>(env: &Env<'_, B>, api: &Api<DynamicObject>, rv:
     let mut not_ready = Vec::new();
     let mut ready = 0;
     for ns in env.layout.namespaces() {
+        own(OWN_LIST);
         match env.bindings(&ns).list(&ListParams::default()).await {
             Ok(l) => {
                 for o in l.items {
