@@ -14,6 +14,7 @@ mod faults_common;
 mod faults_cosmos;
 mod faults_mongo;
 mod faults_mongo_model;
+mod finalizer_policy;
 mod mongo;
 mod mongo_hostile;
 mod mongo_operator_oidc;

@@ -112,6 +112,48 @@ impl Cluster {
         Ok(())
     }
 
+    /// Install the chart's finalizer policy (`finalizerPolicy.enabled`) on a
+    /// control plane started with
+    /// [`crate::controlplane::MUTATING_ADMISSION_POLICY`], and wait until it
+    /// acts: a server-side dry-run create of `probe` (a binding in an
+    /// existing namespace) comes back with the finalizer. Until the
+    /// apiserver has loaded the CRD's schema for the policy, creates are
+    /// refused with 503; those are retried here.
+    pub async fn install_finalizer_policy(&self, probe: &Value, finalizer: &str) -> Result<()> {
+        let started = Instant::now();
+        let docs = chart::template_for(
+            &self.operator_namespace,
+            &["finalizerPolicy.enabled=true"],
+            &["admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"],
+        )?;
+        let policy: Vec<Value> =
+            docs.into_iter().filter(|d| manifests::kind(d).starts_with("MutatingAdmissionPolicy")).collect();
+        if policy.len() != 2 {
+            bail!(
+                "the chart rendered {} MutatingAdmissionPolicy objects, want the policy and its binding",
+                policy.len()
+            );
+        }
+        self.apply_all(&self.admin, &policy, None).await?;
+        let (ar, _) = self.resource(&self.admin, probe).await?;
+        let ns = probe["metadata"]["namespace"].as_str().unwrap_or_default();
+        let api = Api::<DynamicObject>::namespaced_with(self.admin.clone(), ns, &ar);
+        let obj: DynamicObject = serde_json::from_value(probe.clone())?;
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(60) {
+            match api.create(&PostParams { dry_run: true, ..Default::default() }, &obj).await {
+                Ok(o) if o.metadata.finalizers.iter().flatten().any(|f| f == finalizer) => {
+                    eprintln!("harness: finalizer policy active in {:.1}s", started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Ok(_) => last = "created without the finalizer".into(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("the finalizer policy did not act within 60s (last: {last})")
+    }
+
     /// Create a namespace if it does not exist.
     pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});

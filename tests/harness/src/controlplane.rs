@@ -14,6 +14,11 @@ use serde::Deserialize;
 
 use crate::paths;
 
+/// kube-apiserver flags that serve MutatingAdmissionPolicy on 1.34/1.35,
+/// where it is beta and off by default (the chart's `finalizerPolicy`).
+pub const MUTATING_ADMISSION_POLICY: [&str; 2] =
+    ["--feature-gates=MutatingAdmissionPolicy=true", "--runtime-config=admissionregistration.k8s.io/v1beta1=true"];
+
 /// What the control plane prints once `/readyz` answers ok.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,11 +52,18 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Start a new control plane and wait until it is ready.
     pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Start a new control plane with extra kube-apiserver flags (e.g.
+    /// [`MUTATING_ADMISSION_POLICY`]) and wait until it is ready.
+    pub fn start_with(apiserver_args: &[&str]) -> Result<Self> {
         let bin = paths::tool("controlplane")?;
         let logs = paths::run_dir("controlplane")?;
         let stderr = std::fs::File::create(logs.join("controlplane.stderr"))?;
         let started = Instant::now();
         let mut child = Command::new(&bin)
+            .args(apiserver_args.iter().map(|a| format!("--apiserver-arg={a}")))
             .arg("--exit-on-stdin-eof")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -81,17 +81,21 @@ impl Requests {
 }
 
 /// Served requests attributed: `served` minus the benchmark's `own`, as
-/// rows by kind and as operator writes and reads per binding. Watches are
+/// rows by kind and as operator writes and reads per binding (leader
+/// election's Lease renewals depend on time, not on bindings: they are
+/// counted apart). Watches are
 /// counted by the apiserver when they end, so a watch still open at the
 /// second reading is not in it (reads are a lower bound; writes are
 /// exact).
 pub fn report(served: &Requests, own: &Requests, bindings: usize) -> Value {
-    let (mut writes, mut reads) = (0u64, 0u64);
+    let (mut writes, mut reads, mut leases) = (0u64, 0u64, 0u64);
     let mut rows = Vec::new();
     for ((verb, resource, sub), &total) in &served.0 {
         let bench = own.0.get(&(verb.clone(), resource.clone(), sub.clone())).copied().unwrap_or(0).min(total);
         let operator = total - bench;
-        if WRITES.contains(&verb.as_str()) {
+        if resource == "leases" {
+            leases += operator;
+        } else if WRITES.contains(&verb.as_str()) {
             writes += operator;
         } else {
             reads += operator;
@@ -105,6 +109,7 @@ pub fn report(served: &Requests, own: &Requests, bindings: usize) -> Value {
     json!({
         "operatorWrites": writes,
         "operatorReads": reads,
+        "operatorLeaseRequests": leases,
         "operatorWritesPerBinding": per(writes),
         "operatorReadsPerBinding": per(reads),
         "byKind": rows,
@@ -147,6 +152,7 @@ apiserver_request_duration_seconds_bucket{verb="GET",le="0.1"} 99
         after.add("PATCH", "mongorolebindings", "", 100);
         after.add("APPLY", "mongorolebindings", "status", 100);
         after.add("WATCH", "mongorolebindings", "", 2);
+        after.add("PUT", "leases", "", 3);
         let served = after.since(&before);
         let mut own = Requests::default();
         own.add("APPLY", "mongorolebindings", "", 100);
@@ -155,6 +161,7 @@ apiserver_request_duration_seconds_bucket{verb="GET",le="0.1"} 99
         assert_eq!(r["operatorWrites"], 200);
         assert_eq!(r["operatorWritesPerBinding"], 2.0);
         assert_eq!(r["operatorReads"], 1);
-        assert_eq!(r["byKind"].as_array().unwrap().len(), 4);
+        assert_eq!(r["operatorLeaseRequests"], 3);
+        assert_eq!(r["byKind"].as_array().unwrap().len(), 5);
     }
 }

@@ -53,6 +53,9 @@ pub struct Args {
     /// Whether the bulk scenario observes Ready by LISTing namespaces
     /// (instead of one watch).
     pub observe_by_list: bool,
+    /// Whether the control plane serves MutatingAdmissionPolicy and the
+    /// chart's finalizer policy is installed (after the baseline).
+    pub finalizer_policy: bool,
     /// How often the bulk scenario LISTs the namespaces still in progress.
     pub poll: Duration,
     /// Extra arguments to `dbgrant run` (e.g. `--concurrency=64`).
@@ -85,6 +88,7 @@ impl Default for Args {
             operator_args: Vec::new(),
             operator_env: Vec::new(),
             observe_by_list: false,
+            finalizer_policy: false,
             poll: Duration::from_millis(500),
             command: String::new(),
         }
@@ -117,6 +121,9 @@ Options:
   --single-cosmos N        Cosmos DB creates, updates, deletes measured [default: 20]
   --resync-secs S          resync interval for restart/steady [default: 20]
   --timeout-secs S         give up on bulk after this long [default: 1800]
+  --finalizer-policy       serve MutatingAdmissionPolicy and install the chart's
+                           finalizer policy after the baseline (one operator
+                           write less per new binding)
   --bulk-observe HOW       bulk: `watch` (one watch of the kind) or `list` (LIST the
                            unfinished namespaces every --poll-ms) [default: watch]
   --poll-ms MS             bulk with `list`: how often [default: 500]
@@ -189,6 +196,7 @@ pub fn parse_from(argv: impl IntoIterator<Item = String>) -> Result<Args> {
             "--single" => a.single = value()?.parse().context("--single")?,
             "--single-cosmos" => a.single_cosmos = value()?.parse().context("--single-cosmos")?,
             "--resync-secs" => a.resync = Duration::from_secs(value()?.parse().context("--resync-secs")?),
+            "--finalizer-policy" => a.finalizer_policy = true,
             "--bulk-observe" => {
                 a.observe_by_list = match value()?.as_str() {
                     "watch" => false,

@@ -44,7 +44,12 @@ use self::{
     mongo::MongoBackend,
     scenarios::Env,
 };
-use crate::{Cluster, Operator, cluster::API_VERSION, controlplane::ControlPlane, operator::Options};
+use crate::{
+    Cluster, Operator,
+    cluster::API_VERSION,
+    controlplane::{ControlPlane, MUTATING_ADMISSION_POLICY},
+    operator::Options,
+};
 
 /// Run every backend at every binding count; write the reports after each
 /// run (so a late failure keeps the earlier results). Returns the report.
@@ -98,7 +103,11 @@ fn options(args: &Args, label: &str, resync: Duration, env: Vec<(String, String)
 
 async fn run_size<B: Backend>(args: &Args, backend: B, targets: usize, n: usize) -> Result<Value> {
     eprintln!("\nbench: ===== {} × {n} bindings, {targets} targets =====", backend.name());
-    let cp = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    let policy = args.finalizer_policy;
+    let cp = tokio::task::spawn_blocking(move || {
+        ControlPlane::start_with(if policy { &MUTATING_ADMISSION_POLICY[..] } else { &[] })
+    })
+    .await??;
     let result = measure(args, backend, targets, n, &cp).await;
     tokio::task::spawn_blocking(move || cp.stop()).await??;
     result
@@ -135,6 +144,10 @@ async fn measure<B: Backend>(
     };
 
     let baseline = if args.wants("baseline") { Some(scenarios::baseline(&env).await?) } else { None };
+    if args.finalizer_policy {
+        let probe = env.backend.binding(&env.layout.binding(0));
+        env.cluster.install_finalizer_policy(&probe, "dbgrant.io/revoke").await?;
+    }
     let mut op = Operator::start(
         &cluster,
         options(args, &format!("bench-{name}-{n}"), Duration::from_secs(300), env_vars.clone()),
@@ -151,6 +164,7 @@ async fn measure<B: Backend>(
         "groups": layout.groups,
         "namespaces": layout.namespaces().len(),
         "bindingsPerGroup": args.bindings_per_group,
+        "finalizerPolicy": args.finalizer_policy,
     });
     if let Some(b) = baseline {
         out["baseline"] = b;
