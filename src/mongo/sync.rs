@@ -505,7 +505,7 @@ pub async fn roles_info(
         let r = client.run(ROLE_DB, doc! { "rolesInfo": list, "showPrivileges": true }).await;
         metrics.backend_op(BACKEND, "rolesInfo", r.is_ok());
         let reply = r.map_err(|e| connection::classify(target, "rolesInfo", &e))?;
-        for role in reply.get_array("roles").map(|a| a.to_vec()).unwrap_or_default() {
+        for role in reply.get_array("roles").into_iter().flatten() {
             if let Some(d) = role.as_document()
                 && let Ok(name) = d.get_str("role")
             {
@@ -520,14 +520,14 @@ pub async fn roles_info(
 /// skipped, never a panic.
 pub fn parse_role(d: &Document) -> ActualRole {
     let mut grant = MongoGrant::default();
-    for r in d.get_array("roles").map(|a| a.to_vec()).unwrap_or_default() {
+    for r in d.get_array("roles").into_iter().flatten() {
         if let Some(r) = r.as_document()
             && let (Ok(role), Ok(db)) = (r.get_str("role"), r.get_str("db"))
         {
             grant.roles.insert((role.to_string(), db.to_string()));
         }
     }
-    for p in d.get_array("privileges").map(|a| a.to_vec()).unwrap_or_default() {
+    for p in d.get_array("privileges").into_iter().flatten() {
         let Some(p) = p.as_document() else { continue };
         let Ok(res) = p.get_document("resource") else { continue };
         let resource = if res.get_bool("cluster") == Ok(true) {
@@ -562,7 +562,7 @@ pub async fn users_info(
         let r = client.run(USER_DB, doc! { "usersInfo": list }).await;
         metrics.backend_op(BACKEND, "usersInfo", r.is_ok());
         let reply = r.map_err(|e| connection::classify(target, "usersInfo", &e))?;
-        for u in reply.get_array("users").map(|a| a.to_vec()).unwrap_or_default() {
+        for u in reply.get_array("users").into_iter().flatten() {
             if let Some((name, user)) = u.as_document().and_then(parse_user) {
                 out.insert(name, user);
             }
