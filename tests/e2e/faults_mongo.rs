@@ -72,7 +72,8 @@ async fn backend_outage_mid_churn_converges_without_a_hot_loop() -> Result<()> {
         &ns.name,
     );
     let doubles = [&down, &up];
-    // The chart's default concurrency: four reconciles at once per kind.
+    // Four reconciles at once per kind (the default is 64): with few slots,
+    // changes queued on the dead target would hold up the healthy one first.
     let mut options = Options::new(env!("CARGO_BIN_EXE_dbgrant"), "outage");
     options.resync = Duration::from_secs(20);
     options.args = vec!["--concurrency".into(), "4".into()];
