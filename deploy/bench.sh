@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # dbgrant benchmark: builds what it needs (the local control plane from Go
-# modules, the release operator, the benchmark driver), then measures bulk
+# modules, the operator as the image ships it — the static musl binary of
+# deploy/build-binary.sh, which needs musl-gcc: apt-get install musl-tools —
+# and the benchmark driver), then measures bulk
 # apply, single-change latency, steady-state backend cost, footprint and
 # restart at each binding count against a real local control plane, the
 # operator process and the MongoDB double. Reports land in target/bench/
@@ -22,8 +24,9 @@ done
 
 echo "==> building the local control plane and helm from Go modules (several minutes the first time)"
 tests/controlplane/build.sh
-echo "==> building dbgrant and dbgrant-bench (release)"
-cargo build --release --locked --bin dbgrant
+echo "==> building dbgrant as the image ships it (static, musl) and dbgrant-bench"
+deploy/build-binary.sh
 cargo build --release --locked -p dbgrant-harness --bin dbgrant-bench
 echo "==> running the benchmark"
-DBGRANT_BENCH_COMMAND="deploy/bench.sh${*:+ $*}" exec target/release/dbgrant-bench --dbgrant target/release/dbgrant "$@"
+DBGRANT_BENCH_COMMAND="deploy/bench.sh${*:+ $*}" exec target/release/dbgrant-bench \
+  --dbgrant "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/dbgrant" "$@"
