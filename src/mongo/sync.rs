@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bson::{Bson, Document, doc};
 
-use super::{BACKEND, BATCH, api::MongoApi, connection, ledger};
+use super::{BACKEND, INFO_BATCH, api::MongoApi, connection, ledger};
 use crate::{
     Error, Failure, Result,
     api::SubjectKey,
@@ -500,7 +500,7 @@ pub async fn roles_info(
     names: &[String],
 ) -> Result<BTreeMap<String, ActualRole>> {
     let mut out = BTreeMap::new();
-    for chunk in names.chunks(BATCH) {
+    for chunk in names.chunks(INFO_BATCH) {
         let list: Vec<Bson> = chunk.iter().map(|n| Bson::Document(doc! { "role": n, "db": ROLE_DB })).collect();
         let r = client.run(ROLE_DB, doc! { "rolesInfo": list, "showPrivileges": true }).await;
         metrics.backend_op(BACKEND, "rolesInfo", r.is_ok());
@@ -557,7 +557,7 @@ pub async fn users_info(
     names: &[String],
 ) -> Result<BTreeMap<String, ActualUser>> {
     let mut out = BTreeMap::new();
-    for chunk in names.chunks(BATCH) {
+    for chunk in names.chunks(INFO_BATCH) {
         let list: Vec<Bson> = chunk.iter().map(|n| Bson::Document(doc! { "user": n, "db": USER_DB })).collect();
         let r = client.run(USER_DB, doc! { "usersInfo": list }).await;
         metrics.backend_op(BACKEND, "usersInfo", r.is_ok());
