@@ -95,6 +95,13 @@ impl BackendContext for MongoContext {
 }
 
 impl MongoContext {
+    /// Drop and close `target`'s connection, if one is open (the next
+    /// reconcile connects afresh).
+    pub async fn disconnect(&self, target: &str) {
+        let conn = self.connections.lock().await.remove(target);
+        connection::close(conn).await;
+    }
+
     /// Subjects `key`'s last pass changed but did not finish, taken for
     /// this pass.
     pub fn take_pending(&self, key: &str) -> Affected {

@@ -48,7 +48,7 @@ impl Lifecycle<MongoTarget> for MongoContext {
             Err(e) => {
                 ctx.shared.metrics.reconcile_failed(&<MongoTarget as kube::Resource>::kind(&()), &e);
                 tracing::warn!(target = %name, error = %e, "target not ready");
-                connection::close(ctx.connections.lock().await.remove(&name)).await;
+                ctx.disconnect(&name).await;
                 (target_outcome(&e), lifecycle::NOT_READY_RETRY)
             }
         };
@@ -66,13 +66,13 @@ impl Lifecycle<MongoTarget> for MongoContext {
             users.map(|b| (super::binding_key(&*b), b.metadata.deletion_timestamp.is_some())),
         );
         let release = async || {
-            connection::close(ctx.connections.lock().await.remove(&name)).await;
+            ctx.disconnect(&name).await;
             connection::remove_private_files(&name);
         };
         let probe = async |st: &mut MongoTargetStatus| match connect_and_resync(&target, ctx, st).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                connection::close(ctx.connections.lock().await.remove(&name)).await;
+                ctx.disconnect(&name).await;
                 Err(target_outcome(&e))
             }
         };
