@@ -437,7 +437,7 @@ impl<'e> Operator<'e> {
     /// subjects and the binding's own.
     async fn apply(&mut self, b: &MongoRoleBinding) -> Applied {
         let eval = binding_controller::evaluate(b, Some(&self.target), self.now);
-        let key = binding_controller::key(b);
+        let key = dbgrant::runtime::object::key(b);
         let own: BTreeSet<SubjectKey> = eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
         let affected = match eval.contribution.clone() {
             Some(c) => self.index.upsert(&key, c),
@@ -471,7 +471,7 @@ impl<'e> Operator<'e> {
     /// Put a binding in the index without syncing (as priming does).
     fn index(&mut self, b: &MongoRoleBinding) {
         let c = binding_controller::evaluate(b, Some(&self.target), self.now).contribution.expect("allowed");
-        self.index.upsert(&binding_controller::key(b), c);
+        self.index.upsert(&dbgrant::runtime::object::key(b), c);
     }
 
     /// Apply several bindings, expecting each to be allowed and applied.
@@ -483,7 +483,7 @@ impl<'e> Operator<'e> {
             assert!(
                 report.results.values().all(|r| *r == SubjectResult::Applied),
                 "{}: {:?}",
-                binding_controller::key(*b),
+                dbgrant::runtime::object::key(*b),
                 report.results
             );
         }
@@ -492,7 +492,7 @@ impl<'e> Operator<'e> {
     /// binding_controller::cleanup: take the binding out of the index and
     /// sync its subjects (and those it affected).
     async fn delete(&mut self, b: &MongoRoleBinding) -> SyncReport {
-        let affected = self.index.remove(&binding_controller::key(b));
+        let affected = self.index.remove(&dbgrant::runtime::object::key(b));
         let mut subjects: BTreeSet<SubjectKey> = affected.into_iter().map(|(_, s)| s).collect();
         subjects.extend(b.spec.subjects.iter().map(|s| canonical(&self.target.spec.oidc, s.key())));
         // Retain only where the target allows it, and never once expired.
@@ -523,7 +523,7 @@ impl<'e> Operator<'e> {
         next.now = self.now;
         for b in live {
             if let Some(c) = binding_controller::evaluate(b, Some(&next.target), next.now).contribution {
-                next.index.upsert(&binding_controller::key(*b), c);
+                next.index.upsert(&dbgrant::runtime::object::key(*b), c);
             }
         }
         next
@@ -868,7 +868,7 @@ async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
     // One sync with all three: the bad ones sort around the good one.
     let report = op.resync().await;
     let rejected = |s: &Subject, b: &MongoRoleBinding| match report.rejected.get(&s.key()) {
-        Some(refused) => refused.get(&binding_controller::key(b)).cloned().unwrap_or_else(|| panic!("{refused:?}")),
+        Some(refused) => refused.get(&dbgrant::runtime::object::key(b)).cloned().unwrap_or_else(|| panic!("{refused:?}")),
         other => panic!("{s:?}: {other:?}"),
     };
     let m = rejected(&ghost, &b_ghost);
@@ -886,7 +886,7 @@ async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
     op.apply_all(&[&b5, &b4]).await;
     let b5 = binding("five", &[&g5]).roles(&[role("read", "orders"), role("ghost", "orders")]).on(&t);
     let report = op.apply(&b5).await.report.unwrap();
-    let m = &report.rejected[&g5.key()][&binding_controller::key(&b5)];
+    let m = &report.rejected[&g5.key()][&dbgrant::runtime::object::key(&b5)];
     assert!(m.contains("code 31"), "{m}");
     assert!(report.drifted.is_empty(), "a refused update corrected nothing: {:?}", report.drifted);
     let state = env.state().await;
@@ -914,7 +914,7 @@ async fn a_refused_role_leaves_no_user_behind() {
     let b_bad = binding("bad", &[&bad]).roles(&[role("ghost", "orders")]).on(&t);
     let b_ok = binding("ok", &[&ok]).roles(&[role("read", "orders")]).on(&t);
     let report = op.apply(&b_bad).await.report.unwrap();
-    let refused = &report.rejected[&bad.key()][&binding_controller::key(&b_bad)];
+    let refused = &report.rejected[&bad.key()][&dbgrant::runtime::object::key(&b_bad)];
     assert!(refused.contains("code 31"), "{report:?}");
     op.apply_all(&[&b_ok]).await;
     let expected = env.roles(&[(&ok, grant(&[role("read", "orders")], &[]))]).with_user(&env, &ok);
@@ -946,8 +946,8 @@ async fn a_refused_binding_is_isolated_and_the_others_on_its_group_are_applied()
     // the contributions one by one and writes the union of the others.
     let report = op.resync().await;
     let refused = &report.rejected[&g.key()];
-    assert_eq!(refused.keys().collect::<Vec<_>>(), [&binding_controller::key(&bad)], "{refused:?}");
-    assert!(refused[&binding_controller::key(&bad)].contains("code 31"), "{refused:?}");
+    assert_eq!(refused.keys().collect::<Vec<_>>(), [&dbgrant::runtime::object::key(&bad)], "{refused:?}");
+    assert!(refused[&dbgrant::runtime::object::key(&bad)].contains("code 31"), "{refused:?}");
     assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
     let want = grant(&[role("read", "orders")], &[privilege("orders", "audit", &["insert"])]);
     assert_eq!(env.state().await, env.roles(&[(&g, want)]));
@@ -979,7 +979,7 @@ async fn a_refused_binding_is_isolated_and_the_others_on_its_group_are_applied()
     let worse = binding("d-teleport", &[&g]).privileges(&[privilege("orders", "x", &["teleport"])]).on(&t);
     let report = op.apply(&worse).await.report.unwrap();
     let refused: Vec<&String> = report.rejected[&g.key()].keys().collect();
-    assert_eq!(refused, [&binding_controller::key(&bad), &binding_controller::key(&worse)], "{report:?}");
+    assert_eq!(refused, [&dbgrant::runtime::object::key(&bad), &dbgrant::runtime::object::key(&worse)], "{report:?}");
     if let Some(log) = env.log() {
         let name = sync::scratch_role(&env.name(&g));
         let scratch = log.iter().filter(|r| r.body.get_str("createRole") == Ok(name.as_str())).count();
@@ -999,7 +999,7 @@ async fn a_bad_binding_on_a_shared_group_does_not_block_another_bindings_revocat
     let bad = binding("b-ghost", &[&g]).roles(&[role("ghost", "orders")]).on(&t);
     op.apply_all(&[&a]).await;
     let report = op.apply(&bad).await.report.unwrap();
-    assert!(report.rejected[&g.key()].contains_key(&binding_controller::key(&bad)), "{report:?}");
+    assert!(report.rejected[&g.key()].contains_key(&dbgrant::runtime::object::key(&bad)), "{report:?}");
     assert_eq!(env.state().await, env.roles(&[(&g, grant(&[role("read", "orders")], &[]))]));
 
     // Deleting A revokes read@orders although B's refused grant still
@@ -1007,7 +1007,7 @@ async fn a_bad_binding_on_a_shared_group_does_not_block_another_bindings_revocat
     let report = op.delete(&a).await;
     assert!(report.unconfirmed.is_empty(), "{:?}", report.unconfirmed);
     assert_eq!(env.state().await, State::default(), "A's read@orders is gone");
-    assert!(report.rejected[&g.key()].contains_key(&binding_controller::key(&bad)), "B still refused");
+    assert!(report.rejected[&g.key()].contains_key(&dbgrant::runtime::object::key(&bad)), "B still refused");
     op.delete(&bad).await;
     assert!(env.ledger(&t).await.is_empty());
 }
@@ -1337,7 +1337,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     // Crash after dropRole, before the ledger delete: the next sync cleans
     // the ledger entry up.
     double.drop_after_apply_next(1, Some("dropRole"));
-    op.index.remove(&binding_controller::key(&b));
+    op.index.remove(&dbgrant::runtime::object::key(&b));
     let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
     assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());

@@ -28,23 +28,17 @@ use kube::{
 
 pub use super::binding_status::{Evaluation, Stuck, confirm, covers, evaluate, keys_of, outcome_from, to_revoke};
 use super::{
-    CosmosContext, Freshness, account_of, binding_key,
+    CosmosContext, Freshness, account_of,
     binding_status::sort_assignments,
     sync::{PENDING_RETRY, SyncReport},
 };
-use crate::{
-    Error, Result,
-    api::{
-        CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget,
-        conditions::{self, Outcome, reason},
-        target,
-    },
-    plan::{cosmos::AssignmentKey, expiry, policy},
-    runtime::{
-        lifecycle::{self, Lifecycle, Role},
-        status,
-    },
-};
+use crate::api::conditions::{self, Outcome, reason};
+use crate::api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, target};
+use crate::plan::{cosmos::AssignmentKey, expiry, policy};
+use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::object::key;
+use crate::runtime::status;
+use crate::{Error, Result};
 
 fn definition_of(ctx: &CosmosContext, b: &CosmosRoleBinding) -> Option<Arc<CosmosRoleDefinition>> {
     b.spec.role_definition.name.as_ref().and_then(|n| ctx.definitions.get(&ObjectRef::new(n)))
@@ -59,7 +53,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         let target = ctx.target(&b.spec.target_ref.name);
         let definition = definition_of(ctx, &b);
         let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
-        let key = binding_key(&*b);
+        let key = key(&*b);
         let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
         // What it contributed until now: what is dropped from it must be seen
         // gone before the status says so.
@@ -191,7 +185,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
     }
 
     async fn cleanup(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
-        let key = binding_key(&*b);
+        let key = key(&*b);
         let (previous, removed) = {
             let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
             (idx.get(&key).map(keys_of).unwrap_or_default(), idx.remove(&key))

@@ -23,19 +23,12 @@ use super::{
     BACKEND, CosmosContext, Freshness, account_of,
     sync::{PENDING_RETRY, SyncReport, WriteResult},
 };
-use crate::{
-    Error, Result,
-    api::{
-        CosmosRoleDefinition, CosmosTarget,
-        conditions::{self, Outcome, reason},
-        target,
-    },
-    plan::cosmos::{DEFINITION_LIMIT, DefinitionState},
-    runtime::{
-        lifecycle::{self, Lifecycle, Role},
-        status,
-    },
-};
+use crate::api::conditions::{self, Outcome, reason};
+use crate::api::{CosmosRoleDefinition, CosmosTarget, target};
+use crate::plan::cosmos::{DEFINITION_LIMIT, DefinitionState};
+use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::status;
+use crate::{Error, Result};
 
 /// The definition's Ready outcome from an account report, and whether it
 /// is in place.

@@ -52,6 +52,7 @@ use crate::{
         cache::wait_ready,
         context::Context,
         lifecycle::{self, BackendContext},
+        object::key,
         secrets,
     },
 };
@@ -302,7 +303,7 @@ impl CosmosContext {
             }
             let recorded = b.status.iter().flat_map(|s| &s.assignments).filter(|a| a.ownership == "Managed");
             d.previous.assignments.extend(recorded.map(|a| a.name.to_ascii_lowercase()));
-            priority.push((b.metadata.creation_timestamp.as_ref().map(|t| t.0), binding_key(&*b)));
+            priority.push((b.metadata.creation_timestamp.as_ref().map(|t| t.0), key(&*b)));
         }
         priority.sort();
         d.binding_priority = priority.into_iter().map(|(_, k)| k).collect();
@@ -453,8 +454,6 @@ pub fn definition_spec(role_name: &str, data_actions: &[String], scopes: &[Cosmo
         assignable_scopes: if scopes.contains("") { BTreeSet::new() } else { scopes },
     }
 }
-
-pub use crate::runtime::object::key as binding_key;
 
 impl BackendContext for CosmosContext {
     const BACKEND: &'static str = BACKEND;

@@ -21,19 +21,13 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError};
-use crate::{
-    Error, Result,
-    api::{
-        CosmosTarget, CosmosTargetStatus,
-        conditions::{self, Outcome, reason},
-        target,
-    },
-    plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT},
-    runtime::{
-        lifecycle::{self, Lifecycle, Role},
-        status,
-    },
-};
+use crate::api::conditions::{self, Outcome, reason};
+use crate::api::{CosmosTarget, CosmosTargetStatus, target};
+use crate::plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT};
+use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::object::key;
+use crate::runtime::status;
+use crate::{Error, Result};
 
 /// The CosmosTarget controller: reach the account, resync, report counts
 /// (see the module docs); a deleted target waits for its bindings and
@@ -42,9 +36,6 @@ impl Lifecycle<CosmosTarget> for CosmosContext {
     const ROLE: Role = Role::Target;
 
     async fn apply(target: Arc<CosmosTarget>, ctx: &CosmosContext) -> Result<Action> {
-        let name = target.name_any();
-        let mut st = target.status.clone().unwrap_or_default();
-        let before = st.conditions.clone();
         let was_ready = target::is_ready(&target);
         // A spec, finalizer or deletion change, and the requeue, bring the
         // target here (its own status writes do not: see runtime::watch). A
@@ -53,49 +44,29 @@ impl Lifecycle<CosmosTarget> for CosmosContext {
         if was_ready && let Some(left) = resync_left(&target, ctx.shared.resync) {
             return Ok(Action::requeue(left));
         }
-        let result = match duplicate_of(ctx, &target) {
-            Some(other) => Err(other),
-            None => Ok(probe_and_resync(&target, ctx, &mut st).await),
+        let resync = async |st: &mut CosmosTargetStatus| match duplicate_of(ctx, &target) {
+            Some(other) => {
+                let message = format!(
+                    "account {} is already managed by CosmosTarget {other}; use one CosmosTarget per account (dbgrant's assignment names are per account)",
+                    account_of(&target).id()
+                );
+                Ok((Outcome::stalled(reason::CONFLICT, message), lifecycle::NOT_READY_RETRY))
+            }
+            None => probe_and_resync(&target, ctx, st)
+                .await
+                .map(|(message, requeue)| (Outcome::ready(reason::CONNECTED, message), requeue)),
         };
-        let (outcome, requeue) = match result {
-            Err(other) => (
-                Outcome::stalled(
-                    reason::CONFLICT,
-                    format!(
-                        "account {} is already managed by CosmosTarget {other}; use one CosmosTarget per account (dbgrant's assignment names are per account)",
-                        account_of(&target).id()
-                    ),
-                ),
-                lifecycle::NOT_READY_RETRY,
-            ),
-            Ok(r) => match r {
-                Ok((message, requeue)) => (Outcome::ready(reason::CONNECTED, message), requeue),
-                Err(e) => {
-                    ctx.shared.metrics.reconcile_failed(&<CosmosTarget as kube::Resource>::kind(&()), &e);
-                    tracing::warn!(target = %name, error = %e, "cosmos target not ready");
-                    match (&e, was_ready) {
-                        // Throttling says nothing about the target's health: stay
-                        // Ready and come back when Azure says.
-                        (
-                            Error::Azure { source: s @ (ArmError::Throttled { .. } | ArmError::Locked { .. }), .. },
-                            true,
-                        ) => {
-                            let wait = s.retry_after().unwrap_or(lifecycle::NOT_READY_RETRY);
-                            let msg = conditions::ready(&before).map(|c| c.message.clone()).unwrap_or_default();
-                            (Outcome::ready(reason::CONNECTED, msg), wait)
-                        }
-                        _ => (target_outcome(&e), lifecycle::NOT_READY_RETRY),
-                    }
-                }
-            },
+        let failed = async |e: &Error| match e {
+            // Throttling says nothing about the target's health: stay Ready
+            // and come back when Azure says.
+            Error::Azure { source: s @ (ArmError::Throttled { .. } | ArmError::Locked { .. }), .. } if was_ready => {
+                let before = target.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                let message = conditions::ready(before).map(|c| c.message.clone()).unwrap_or_default();
+                (Outcome::ready(reason::CONNECTED, message), s.retry_after().unwrap_or(lifecycle::NOT_READY_RETRY))
+            }
+            _ => (target_outcome(e), lifecycle::NOT_READY_RETRY),
         };
-        // Every resync changes the status (lastResyncTime), and the binding
-        // controller watches targets: each binding on this target is
-        // reconciled after the resync and reads its assignments from the
-        // report the resync left, so a resync that changed what grants a
-        // binding's access shows on that binding's status.
-        status::finish(&ctx.shared, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-        Ok(Action::requeue(requeue))
+        lifecycle::run_target(ctx, target.as_ref(), target.status.as_ref(), resync, failed).await
     }
 
     /// A deleted target: kept while bindings or role definitions use it,
@@ -119,7 +90,7 @@ fn users_of(ctx: &CosmosContext, target: &str) -> lifecycle::Dependants {
     let deleting = |m: &kube::api::ObjectMeta| m.deletion_timestamp.is_some();
     let bindings = ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == target);
     let definitions = ctx.definitions.state().into_iter().filter(|d| d.spec.target_ref.name == target);
-    let bindings = bindings.map(|b| (format!("CosmosRoleBinding {}", super::binding_key(&*b)), deleting(&b.metadata)));
+    let bindings = bindings.map(|b| (format!("CosmosRoleBinding {}", key(&*b)), deleting(&b.metadata)));
     let definitions = definitions.map(|d| (format!("CosmosRoleDefinition {}", d.name_any()), deleting(&d.metadata)));
     lifecycle::Dependants::new(WAITING_FOR, bindings.chain(definitions))
 }

@@ -24,24 +24,15 @@ use super::{
     sync::{self, SubjectResult, SubjectWork},
     target_controller,
 };
-use crate::{
-    Error, Failure, Result,
-    api::{
-        MongoRoleBinding, MongoTarget, SubjectKey,
-        conditions::{self, Outcome, reason},
-        target,
-    },
-    plan::{
-        expiry, gate,
-        index::{Affected, BindingIndex, Rejection},
-        mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for},
-        policy,
-    },
-    runtime::{
-        lifecycle::{self, Lifecycle, Role},
-        status,
-    },
-};
+use crate::api::conditions::{self, Outcome, reason};
+use crate::api::{MongoRoleBinding, MongoTarget, SubjectKey, target};
+use crate::plan::index::{Affected, BindingIndex, Rejection};
+use crate::plan::mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for};
+use crate::plan::{expiry, gate, policy};
+use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::object::key;
+use crate::runtime::status;
+use crate::{Error, Failure, Result};
 
 /// How long a contribution the server refused stays out of its subjects'
 /// unions before its binding tries it again by itself (a spec change, or a
@@ -87,9 +78,6 @@ pub fn evaluate(b: &MongoRoleBinding, target: Option<&MongoTarget>, now: jiff::T
         Evaluation::granting(target_name, subjects, invalid, grant, exp)
     })
 }
-
-/// The index key of a binding (`namespace/name`).
-pub use super::binding_key as key;
 
 fn target_of(ctx: &MongoContext, b: &MongoRoleBinding) -> Option<Arc<MongoTarget>> {
     ctx.targets.get(&kube::runtime::reflector::ObjectRef::new(&b.spec.target_ref.name))

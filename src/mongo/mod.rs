@@ -70,8 +70,6 @@ pub struct MongoContext {
     pub showing_rejected: Mutex<BTreeSet<String>>,
 }
 
-pub use crate::runtime::object::key as binding_key;
-
 impl BackendContext for MongoContext {
     const BACKEND: &'static str = BACKEND;
 

@@ -16,21 +16,14 @@ use super::{
     connection::{self, TargetConnection},
     sync::{self, SubjectResult, SubjectWork},
 };
-use crate::{
-    Error, Failure, Result,
-    api::{
-        MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind,
-        conditions::{Outcome, reason},
-    },
-    plan::{
-        index::BindingIndex,
-        mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB, objects_for},
-    },
-    runtime::{
-        lifecycle::{self, Lifecycle, Role},
-        status,
-    },
-};
+use crate::api::conditions::{Outcome, reason};
+use crate::api::{MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind};
+use crate::plan::index::BindingIndex;
+use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB, objects_for};
+use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::object::key;
+use crate::runtime::status;
+use crate::{Error, Failure, Result};
 
 /// The MongoTarget controller: connect, prove dbgrant's rights, resync
 /// (see the module docs); a deleted target waits for its bindings.
@@ -38,22 +31,16 @@ impl Lifecycle<MongoTarget> for MongoContext {
     const ROLE: Role = Role::Target;
 
     async fn apply(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
-        let name = target.name_any();
-        let mut st = target.status.clone().unwrap_or_default();
-        let (outcome, requeue) = match connect_and_resync(&target, ctx, &mut st).await {
-            Ok(()) => (
-                Outcome::ready(reason::CONNECTED, "reachable, authenticated and authorised to manage roles and users"),
-                ctx.shared.resync,
-            ),
-            Err(e) => {
-                ctx.shared.metrics.reconcile_failed(&<MongoTarget as kube::Resource>::kind(&()), &e);
-                tracing::warn!(target = %name, error = %e, "target not ready");
-                ctx.disconnect(&name).await;
-                (target_outcome(&e), lifecycle::NOT_READY_RETRY)
-            }
+        let resync = async |st: &mut MongoTargetStatus| {
+            connect_and_resync(&target, ctx, st).await?;
+            let ready = "reachable, authenticated and authorised to manage roles and users";
+            Ok((Outcome::ready(reason::CONNECTED, ready), ctx.shared.resync))
         };
-        status::finish(&ctx.shared, target.as_ref(), target.status.as_ref(), st, &outcome).await?;
-        Ok(Action::requeue(requeue))
+        let failed = async |e: &Error| {
+            ctx.disconnect(&target.name_any()).await;
+            (target_outcome(e), lifecycle::NOT_READY_RETRY)
+        };
+        lifecycle::run_target(ctx, target.as_ref(), target.status.as_ref(), resync, failed).await
     }
 
     /// A deleted target: kept while bindings use it, so they can still
@@ -63,7 +50,7 @@ impl Lifecycle<MongoTarget> for MongoContext {
         let users = ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name);
         let users = lifecycle::Dependants::new(
             WAITING_FOR,
-            users.map(|b| (super::binding_key(&*b), b.metadata.deletion_timestamp.is_some())),
+            users.map(|b| (key(&*b), b.metadata.deletion_timestamp.is_some())),
         );
         let release = async || {
             ctx.disconnect(&name).await;

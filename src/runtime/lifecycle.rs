@@ -300,6 +300,35 @@ impl Dependants {
     }
 }
 
+/// A live target's pass, on every backend: `resync` (reach, prove rights,
+/// resync, fill the status) says what Ready is and when to look again; a
+/// failure is counted and logged, and `failed` maps it to Ready and the
+/// wait. The status is finished once, either way.
+pub async fn run_target<C, T, S>(
+    ctx: &C,
+    target: &T,
+    current: Option<&S>,
+    resync: impl AsyncFnOnce(&mut S) -> Result<(Outcome, Duration)>,
+    failed: impl AsyncFnOnce(&Error) -> (Outcome, Duration),
+) -> Result<Action>
+where
+    C: BackendContext,
+    T: Managed,
+    S: ObjectStatus + Serialize + PartialEq + Clone + Default,
+{
+    let mut st = current.cloned().unwrap_or_default();
+    let (outcome, requeue) = match resync(&mut st).await {
+        Ok(done) => done,
+        Err(e) => {
+            ctx.shared().metrics.reconcile_failed(&T::kind(&()), &e);
+            tracing::warn!(target = %key(target), error = %e, backend = C::BACKEND, "target not ready");
+            failed(&e).await
+        }
+    };
+    status::finish(ctx.shared(), target, current, st, &outcome).await?;
+    Ok(Action::requeue(requeue))
+}
+
 /// A deleted target's cleanup, on every backend: it stays while `users`
 /// use it, so each can revoke through it, and goes (after `release`) once
 /// the last one is gone. While it stays it is Ready=False `Terminating`,
