@@ -367,7 +367,9 @@ impl Drop for Env {
                         }
                     }
                 }
-                let ledger = client.database(sync::LEDGER_DB).collection::<Document>(sync::LEDGER_COLLECTION);
+                let ledger = client
+                    .database(dbgrant::plan::mongo::LEDGER_DB)
+                    .collection::<Document>(dbgrant::plan::mongo::LEDGER_COLLECTION);
                 let _ = ledger.delete_many(doc! { "target": { "$in": targets } }).await;
             });
         });
@@ -451,7 +453,7 @@ impl<'e> Operator<'e> {
             return Applied { eval, report: None };
         }
         let confirm = eval.blocked.is_some();
-        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, false, confirm);
+        let work = dbgrant::mongo::sync::subject_work(&self.target, &self.index, &subjects, false, confirm);
         let report = self.sync(&work).await;
         self.record_rejections(&report);
         Applied { eval, report: Some(report) }
@@ -502,7 +504,7 @@ impl<'e> Operator<'e> {
             Err(_) => true,
         };
         let retain = policy::retains(b.spec.deletion_policy, self.target.spec.policy.allow_retain, expired);
-        let work = binding_controller::subject_work(&self.target, &self.index, &subjects, retain, true);
+        let work = dbgrant::mongo::sync::subject_work(&self.target, &self.index, &subjects, retain, true);
         let report = self.sync(&work).await;
         self.record_rejections(&report);
         report
@@ -868,7 +870,9 @@ async fn bad_input_is_reported_with_the_servers_code_and_others_proceed() {
     // One sync with all three: the bad ones sort around the good one.
     let report = op.resync().await;
     let rejected = |s: &Subject, b: &MongoRoleBinding| match report.rejected.get(&s.key()) {
-        Some(refused) => refused.get(&dbgrant::runtime::object::key(b)).cloned().unwrap_or_else(|| panic!("{refused:?}")),
+        Some(refused) => {
+            refused.get(&dbgrant::runtime::object::key(b)).cloned().unwrap_or_else(|| panic!("{refused:?}"))
+        }
         other => panic!("{s:?}: {other:?}"),
     };
     let m = rejected(&ghost, &b_ghost);
@@ -1316,7 +1320,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     let g = group(1);
     let b = binding("team", &[&g]).roles(&[role("read", "orders")]).on(&t);
     op.index(&b);
-    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
+    let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
 
     // The ledger write fails: createRole is never sent.
     double.fail_next(1, 8, Some("update"));
@@ -1338,7 +1342,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     // the ledger entry up.
     double.drop_after_apply_next(1, Some("dropRole"));
     op.index.remove(&dbgrant::runtime::object::key(&b));
-    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
+    let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
     assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     op.resync().await;
@@ -1420,7 +1424,7 @@ impl<'e> Identity<'e> {
                     { "resource": { "db": "admin", "collection": "" }, "actions": ["createRole", "dropRole", "viewRole"] },
                     { "resource": { "db": "", "collection": "" }, "actions": ["grantRole", "revokeRole"] },
                     { "resource": { "db": "$external", "collection": "" }, "actions": ["createUser", "dropUser", "viewUser"] },
-                    { "resource": { "db": sync::LEDGER_DB, "collection": sync::LEDGER_COLLECTION },
+                    { "resource": { "db": dbgrant::plan::mongo::LEDGER_DB, "collection": dbgrant::plan::mongo::LEDGER_COLLECTION },
                       "actions": ["find", "insert", "update", "remove"] },
                 ],
                 "roles": [],
@@ -1557,7 +1561,7 @@ async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missi
     let mut op = old.operator(&t).await;
     let g = group(15);
     op.index(&binding("readers", &[&g]).roles(&[role("read", "orders")]).on(&t));
-    let work = binding_controller::subject_work(&t, &op.index, &[g.key()].into(), false, false);
+    let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
     // A refusal on one database is that grant's, not the target's: the
     // binding is rejected naming the database, other subjects go on.
     let report = sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.expect("the sync goes on");
@@ -1593,7 +1597,7 @@ async fn identity_scoped_to_a_targets_databases_is_enough_for_that_target() {
                 { "resource": { "db": "admin", "collection": "" }, "actions": ["createRole", "dropRole", "viewRole"] },
                 { "resource": { "db": "", "collection": "" }, "actions": ["revokeRole"] },
                 { "resource": { "db": "orders", "collection": "" }, "actions": ["grantRole"] },
-                { "resource": { "db": sync::LEDGER_DB, "collection": sync::LEDGER_COLLECTION },
+                { "resource": { "db": dbgrant::plan::mongo::LEDGER_DB, "collection": dbgrant::plan::mongo::LEDGER_COLLECTION },
                   "actions": ["find", "insert", "update", "remove"] },
             ],
             "roles": [],

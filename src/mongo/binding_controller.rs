@@ -21,12 +21,12 @@ use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
     MongoContext,
-    sync::{self, SubjectResult, SubjectWork},
+    sync::{self, SubjectResult},
     target_controller,
 };
 use crate::api::conditions::{self, Outcome, reason};
 use crate::api::{MongoRoleBinding, MongoTarget, SubjectKey, target};
-use crate::plan::index::{Affected, BindingIndex, Rejection};
+use crate::plan::index::{Affected, Rejection};
 use crate::plan::mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for};
 use crate::plan::{expiry, gate, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
@@ -369,7 +369,7 @@ async fn sync_subjects(
     // older union after a newer one.
     let work = {
         let idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
-        let mut work = subject_work(target, &idx, subjects, retain, false);
+        let mut work = sync::subject_work(target, &idx, subjects, retain, false);
         for w in &mut work {
             w.confirm = confirm.contains(&w.subject);
         }
@@ -378,37 +378,6 @@ async fn sync_subjects(
     let result = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await;
     conn.record(&result);
     result
-}
-
-/// The sync work for `subjects` on `target`: each subject's objects and the
-/// union of its live, accepted bindings in `idx` (None revokes; `retain`
-/// then leaves the objects in place), read back afterwards if `confirm`.
-/// Subjects the target cannot name are skipped. Pure.
-pub fn subject_work(
-    target: &MongoTarget,
-    idx: &BindingIndex<MongoGrant>,
-    subjects: &BTreeSet<SubjectKey>,
-    retain: bool,
-    confirm: bool,
-) -> Vec<SubjectWork> {
-    let name = target.name_any();
-    subjects
-        .iter()
-        .filter_map(|s| {
-            let objects = objects_for(&target.spec.oidc, s).ok()?;
-            let desired = idx.desired(&name, s);
-            Some(SubjectWork {
-                subject: s.clone(),
-                // Only used when nothing remains to grant (also after the
-                // server refuses what remains).
-                retain,
-                contributions: target_controller::contributions(idx, &name, s),
-                desired,
-                objects,
-                confirm,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

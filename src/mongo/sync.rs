@@ -11,16 +11,14 @@ use bson::{Bson, Document, doc};
 use super::{BACKEND, INFO_BATCH, api::MongoApi, connection, ledger};
 use crate::{
     Error, Failure, Result,
-    api::SubjectKey,
+    api::{MongoTarget, SubjectKey},
+    plan::index::BindingIndex,
     plan::mongo::{
         Action, Actual, ActualRole, ActualUser, MongoGrant, Plan, ROLE_DB, Resource, SubjectObjects, USER_DB,
+        objects_for,
     },
     runtime::metrics::Metrics,
 };
-
-/// Database of the ownership ledger; defined with the pure code, whose
-/// policy keeps it out of every tenant's reach.
-pub use crate::plan::mongo::{LEDGER_COLLECTION, LEDGER_DB};
 
 /// The result of syncing one subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +71,33 @@ pub struct SubjectWork {
     /// Read the objects back after the writes and report in
     /// [`SyncReport::unconfirmed`] if they still differ (revocation).
     pub confirm: bool,
+}
+
+/// The sync work for `subjects` on `target`: each subject's objects and the
+/// union of its live, accepted bindings in `idx` (None revokes; `retain`
+/// then leaves the objects in place), read back afterwards if `confirm`.
+/// Subjects the target cannot name are skipped. Pure.
+pub fn subject_work<'a>(
+    target: &MongoTarget,
+    idx: &BindingIndex<MongoGrant>,
+    subjects: impl IntoIterator<Item = &'a SubjectKey>,
+    retain: bool,
+    confirm: bool,
+) -> Vec<SubjectWork> {
+    let name = kube::ResourceExt::name_any(target);
+    let work = |s: &SubjectKey| {
+        Some(SubjectWork {
+            subject: s.clone(),
+            objects: objects_for(&target.spec.oidc, s).ok()?,
+            desired: idx.desired(&name, s),
+            contributions: idx.contributions(&name, s).into_iter().map(|(k, g)| (k.clone(), g.clone())).collect(),
+            // Only used when nothing remains to grant (also after the server
+            // refuses what remains).
+            retain,
+            confirm,
+        })
+    };
+    subjects.into_iter().filter_map(work).collect()
 }
 
 /// The scratch role a refused union's contributions are tried on, one at a
@@ -391,73 +416,54 @@ fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
 }
 
 async fn apply(target: &str, client: &dyn MongoApi, metrics: &Metrics, action: &Action) -> Result<(), ApplyError> {
-    let (op, result) = match action {
-        Action::CreateRole { name, grant } => {
-            ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
-            let cmd =
-                doc! { "createRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
-            ("createRole", client.run(ROLE_DB, cmd).await)
+    let put = async |entry: &str, kind| ledger::put(target, client, metrics, entry, kind).await.map_err(Failed);
+    let remove = async |entry: &str| ledger::remove(target, client, metrics, entry).await.map_err(Failed);
+    let (op, db, name, cmd) = match action {
+        Action::CreateRole { name, grant } | Action::UpdateRole { name, grant } => {
+            let op = if matches!(action, Action::CreateRole { .. }) { "createRole" } else { "updateRole" };
+            (
+                op,
+                ROLE_DB,
+                name,
+                doc! { op: name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) },
+            )
         }
-        Action::UpdateRole { name, grant } => {
-            // Adopted roles enter the ledger on their first update.
-            ledger::put(target, client, metrics, &format!("{ROLE_DB}.{name}"), "role").await.map_err(Failed)?;
-            let cmd =
-                doc! { "updateRole": name, "roles": roles_bson(&grant.0), "privileges": privileges_bson(&grant.1) };
-            ("updateRole", client.run(ROLE_DB, cmd).await)
+        Action::CreateUser { name, role } | Action::UpdateUser { name, role } => {
+            let op = if matches!(action, Action::CreateUser { .. }) { "createUser" } else { "updateUser" };
+            (op, USER_DB, name, doc! { op: name, "roles": [ { "role": role, "db": ROLE_DB } ] })
         }
-        Action::CreateUser { name, role } => {
-            ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
-            let cmd = doc! { "createUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
-            ("createUser", client.run(USER_DB, cmd).await)
-        }
-        Action::UpdateUser { name, role } => {
-            ledger::put(target, client, metrics, &format!("{USER_DB}.{name}"), "user").await.map_err(Failed)?;
-            let cmd = doc! { "updateUser": name, "roles": [ { "role": role, "db": ROLE_DB } ] };
-            ("updateUser", client.run(USER_DB, cmd).await)
-        }
-        Action::DropUser { name } => {
-            let r = client.run(USER_DB, doc! { "dropUser": name }).await;
-            let r = ignore_code(r, 11);
-            if r.is_ok() {
-                ledger::remove(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
-            }
-            ("dropUser", r)
-        }
-        Action::DropRole { name } => {
-            let r = client.run(ROLE_DB, doc! { "dropRole": name }).await;
-            let r = ignore_code(r, 31);
-            if r.is_ok() {
-                ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
-            }
-            ("dropRole", r)
-        }
-        Action::Release { name } => {
-            ledger::remove(target, client, metrics, name).await.map_err(Failed)?;
-            return Ok(());
-        }
+        Action::DropRole { name } => ("dropRole", ROLE_DB, name, doc! { "dropRole": name }),
+        Action::DropUser { name } => ("dropUser", USER_DB, name, doc! { "dropUser": name }),
+        Action::Release { name } => return remove(name).await,
         Action::Adopt { name } => {
-            let kind = if name.starts_with(&format!("{USER_DB}.")) { "user" } else { "role" };
-            ledger::put(target, client, metrics, name, kind).await.map_err(Failed)?;
-            return Ok(());
+            return put(name, if name.starts_with(&format!("{USER_DB}.")) { "user" } else { "role" }).await;
         }
     };
-    metrics.backend_op(BACKEND, op, result.is_ok());
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let refused = refusal(target, op, &e);
-            // A refused create made nothing: its ledger entry (written
-            // first) must not claim the name, or an object someone creates
-            // under it later would count as dbgrant's.
-            if let (Rejected(_), Action::CreateRole { name, .. }) = (&refused, action) {
-                ledger::remove(target, client, metrics, &format!("{ROLE_DB}.{name}")).await.map_err(Failed)?;
-            }
-            if let (Rejected(_), Action::CreateUser { name, .. }) = (&refused, action) {
-                ledger::remove(target, client, metrics, &format!("{USER_DB}.{name}")).await.map_err(Failed)?;
-            }
-            Err(refused)
-        }
+    let entry = format!("{db}.{name}");
+    let dropping = matches!(action, Action::DropRole { .. } | Action::DropUser { .. });
+    // The ledger claims a name before the command creates it (adopted
+    // objects enter it on their first update), and lets it go only after
+    // the object is gone.
+    if !dropping {
+        put(&entry, if db == USER_DB { "user" } else { "role" }).await?;
     }
+    let mut result = client.run(db, cmd).await;
+    if dropping {
+        // UserNotFound (11) and RoleNotFound (31): already gone.
+        result = ignore_code(result, if db == USER_DB { 11 } else { 31 });
+    }
+    metrics.backend_op(BACKEND, op, result.is_ok());
+    let Err(e) = result else {
+        return if dropping { remove(&entry).await } else { Ok(()) };
+    };
+    let refused = refusal(target, op, &e);
+    // A refused create made nothing: its ledger entry (written first) must
+    // not claim the name, or an object someone creates under it later would
+    // count as dbgrant's.
+    if matches!(refused, Rejected(_)) && matches!(action, Action::CreateRole { .. } | Action::CreateUser { .. }) {
+        remove(&entry).await?;
+    }
+    Err(refused)
 }
 
 fn ignore_code(r: mongodb::error::Result<Document>, code: i32) -> mongodb::error::Result<Document> {

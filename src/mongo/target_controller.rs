@@ -19,7 +19,7 @@ use super::{
 use crate::api::conditions::{Outcome, reason};
 use crate::api::{MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind};
 use crate::plan::index::BindingIndex;
-use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB, objects_for};
+use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::object::key;
 use crate::runtime::status;
@@ -48,10 +48,8 @@ impl Lifecycle<MongoTarget> for MongoContext {
     async fn cleanup(target: Arc<MongoTarget>, ctx: &MongoContext) -> Result<Action> {
         let name = target.name_any();
         let users = ctx.bindings.state().into_iter().filter(|b| b.spec.target_ref.name == name);
-        let users = lifecycle::Dependants::new(
-            WAITING_FOR,
-            users.map(|b| (key(&*b), b.metadata.deletion_timestamp.is_some())),
-        );
+        let users =
+            lifecycle::Dependants::new(WAITING_FOR, users.map(|b| (key(&*b), b.metadata.deletion_timestamp.is_some())));
         let release = async || {
             ctx.disconnect(&name).await;
             connection::remove_private_files(&name);
@@ -136,57 +134,34 @@ pub fn resync_work(
     idx: &BindingIndex<MongoGrant>,
     ledger: &BTreeSet<String>,
 ) -> Vec<SubjectWork> {
-    let name = target.name_any();
-    let mut work = Vec::new();
-    let mut covered = BTreeSet::new();
-    for subject in idx.subjects(&name) {
-        if let Ok(objects) = objects_for(&target.spec.oidc, subject) {
-            covered.insert(format!("{ROLE_DB}.{}", objects.role));
-            if let Some(u) = &objects.user {
-                covered.insert(format!("{USER_DB}.{u}"));
-            }
-            work.push(SubjectWork {
-                subject: subject.clone(),
-                desired: idx.desired(&name, subject),
-                contributions: contributions(idx, &name, subject),
-                objects,
-                retain: false,
-                confirm: false,
-            });
-        }
-    }
+    let mut work = sync::subject_work(target, idx, idx.subjects(&target.name_any()), false, false);
+    let covered: BTreeSet<String> = work
+        .iter()
+        .flat_map(|w| {
+            [Some(format!("{ROLE_DB}.{}", w.objects.role)), w.objects.user.as_ref().map(|u| format!("{USER_DB}.{u}"))]
+        })
+        .flatten()
+        .collect();
     for id in ledger.difference(&covered) {
-        if let Some(role) = id.strip_prefix("admin.") {
-            let user_id = format!("{USER_DB}.{role}");
-            let user = ledger.contains(&user_id).then(|| role.to_string());
-            work.push(SubjectWork {
-                subject: SubjectKey { kind: SubjectKind::Group, id: role.to_string() },
-                objects: SubjectObjects { role: role.to_string(), user },
-                desired: None,
-                contributions: Vec::new(),
-                retain: false,
-                confirm: false,
-            });
+        let (kind, role, user) = if let Some(role) = id.strip_prefix("admin.") {
+            (SubjectKind::Group, role, ledger.contains(&format!("{USER_DB}.{role}")).then(|| role.to_string()))
         } else if let Some(user) = id.strip_prefix("$external.")
             && !ledger.contains(&format!("admin.{user}"))
         {
-            work.push(SubjectWork {
-                subject: SubjectKey { kind: SubjectKind::User, id: user.to_string() },
-                objects: SubjectObjects { role: user.to_string(), user: Some(user.to_string()) },
-                desired: None,
-                contributions: Vec::new(),
-                retain: false,
-                confirm: false,
-            });
-        }
+            (SubjectKind::User, user, Some(user.to_string()))
+        } else {
+            continue;
+        };
+        work.push(SubjectWork {
+            subject: SubjectKey { kind, id: role.to_string() },
+            objects: SubjectObjects { role: role.to_string(), user },
+            desired: None,
+            contributions: Vec::new(),
+            retain: false,
+            confirm: false,
+        });
     }
     work
-}
-
-/// The accepted contributions to `subject` on `target`, owned, by binding
-/// key. Pure.
-pub fn contributions(idx: &BindingIndex<MongoGrant>, target: &str, subject: &SubjectKey) -> Vec<(String, MongoGrant)> {
-    idx.contributions(target, subject).into_iter().map(|(k, g)| (k.clone(), g.clone())).collect()
 }
 
 /// The cached connection for `target`, built anew when its spec changed.
