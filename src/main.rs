@@ -7,34 +7,22 @@ use dbgrant::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     dbgrant::install_crypto_provider();
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Version => {
             println!("dbgrant {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Crdgen(args) => match dbgrant::runtime::crdgen::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("dbgrant crdgen: {e:#}");
-                ExitCode::FAILURE
-            }
+        Command::Crdgen(args) => exit("dbgrant crdgen", dbgrant::runtime::crdgen::run(&args)),
+        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => exit("dbgrant", rt.block_on(dbgrant::operator::run(args))),
+            Err(e) => exit("dbgrant", Err(anyhow::anyhow!("cannot start the async runtime: {e}"))),
         },
-        Command::Run(args) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("dbgrant: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(dbgrant::operator::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("dbgrant: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
     }
+}
+
+/// Success, or `who: error` (with its causes) on standard error.
+fn exit(who: &str, result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else { return ExitCode::SUCCESS };
+    eprintln!("{who}: {e:#}");
+    ExitCode::FAILURE
 }

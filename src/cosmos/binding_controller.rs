@@ -21,10 +21,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{
-    ResourceExt,
-    runtime::{controller::Action, reflector::ObjectRef},
-};
+use kube::{ResourceExt, runtime::controller::Action};
 
 pub use super::binding_status::{Evaluation, Stuck, confirm, covers, evaluate, keys_of, outcome_from, to_revoke};
 use super::{
@@ -33,16 +30,12 @@ use super::{
     sync::{PENDING_RETRY, SyncReport},
 };
 use crate::api::conditions::{self, Outcome, reason};
-use crate::api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, target};
+use crate::api::{CosmosRoleBinding, CosmosTarget, target};
 use crate::plan::{cosmos::AssignmentKey, expiry, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::object::key;
 use crate::runtime::status;
 use crate::{Error, Result};
-
-fn definition_of(ctx: &CosmosContext, b: &CosmosRoleBinding) -> Option<Arc<CosmosRoleDefinition>> {
-    b.spec.role_definition.name.as_ref().and_then(|n| ctx.definitions.get(&ObjectRef::new(n)))
-}
 
 /// The CosmosRoleBinding controller.
 impl Lifecycle<CosmosRoleBinding> for CosmosContext {
@@ -51,7 +44,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
     async fn apply(b: Arc<CosmosRoleBinding>, ctx: &CosmosContext) -> Result<Action> {
         let now = jiff::Timestamp::now();
         let target = ctx.target(&b.spec.target_ref.name);
-        let definition = definition_of(ctx, &b);
+        let definition = ctx.definition_of(&b);
         let eval = evaluate(&b, target.as_deref(), definition.as_deref(), now, false);
         let key = key(&*b);
         let own: BTreeSet<AssignmentKey> = eval.contribution.as_ref().map(keys_of).unwrap_or_default();
@@ -110,9 +103,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
             (Some(blocked), _) => blocked.clone(),
             (None, None) => Outcome::stalled(reason::TARGET_NOT_FOUND, "target not found"),
             (None, Some(t)) if let Some((why, wait)) = lifecycle::target_unusable("CosmosTarget", t) => {
-                if let Some(wait) = wait {
-                    requeue = requeue.min(wait);
-                }
+                requeue = wait.map_or(requeue, |w| requeue.min(w));
                 why
             }
             (None, Some(t)) if affected.is_empty() && already_applied => {
@@ -129,9 +120,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                             st.last_applied_time = Some(status::now());
                         }
                         st.assignments = assignments;
-                        if let Some(r) = retry {
-                            requeue = requeue.min(r);
-                        }
+                        requeue = retry.map_or(requeue, |r| requeue.min(r));
                         outcome
                     }
                     None => conditions::ready(&current.conditions)
@@ -150,9 +139,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
                         st.assignments = assignments;
-                        if let Some(r) = retry {
-                            requeue = requeue.min(r);
-                        }
+                        requeue = retry.map_or(requeue, |r| requeue.min(r));
                         match confirm(&report, &account, &dropped) {
                             Ok(()) => {
                                 if outcome.ready {
@@ -207,7 +194,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         ctx.bump(&target.name_any());
         // What it would contribute if it were live: a binding deleted while the
         // operator was down never entered the index.
-        let definition = definition_of(ctx, &b);
+        let definition = ctx.definition_of(&b);
         let wanted = evaluate(&b, Some(&target), definition.as_deref(), jiff::Timestamp::now(), true)
             .contribution
             .map(|c| keys_of(&c))
@@ -219,11 +206,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         // assignments stay managed and shrink to the remaining bindings); only
         // where the target allows it now, and never once expired.
         let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
-            Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
-            // An expiry that cannot be worked out never keeps access.
-            Err(_) => true,
-        };
+        let expired = expiry::has_ended(created, &b.spec.expiry, jiff::Timestamp::now());
         let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
         let release: BTreeSet<AssignmentKey> = if retain {
             let still = ctx.desired(&target.name_any()).assignments;
@@ -248,8 +231,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         };
         // Say what is stuck, keep the finalizer, retry with backoff.
         tracing::warn!(binding = %key, target = %target.name_any(), stuck = %stuck.message, "revocation not confirmed");
-        let current = b.status.clone().unwrap_or_default();
-        let mut st = current.clone();
+        let mut st = b.status.clone().unwrap_or_default();
         st.assignments = stuck.assignments.clone();
         let outcome = Outcome::progressing(reason::REVOCATION_PENDING, stuck.message.clone());
         status::finish(&ctx.shared, b.as_ref(), b.status.as_ref(), st, &outcome).await?;

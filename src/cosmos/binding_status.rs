@@ -43,6 +43,7 @@ pub fn evaluate(
     let target_name = &b.spec.target_ref.name;
     let gated = gate::Binding::of(&b.metadata, &b.spec.expiry, "CosmosTarget", target_name, ignore_deletion);
     gated.evaluate(target, now, |target, exp| {
+        let stalled = |reason, why: String| Evaluation::blocked(Outcome::stalled(reason, why), exp);
         let rd = &b.spec.role_definition;
         let (role, data_actions, assignable): (RoleKey, Vec<String>, Vec<String>) = match (&rd.built_in, &rd.name) {
             (Some(r), None) => (
@@ -52,44 +53,32 @@ pub fn evaluate(
             ),
             (None, Some(n)) => {
                 let Some(def) = definition.filter(|d| &d.spec.target_ref.name == target_name) else {
-                    return Evaluation::blocked(
-                        Outcome::stalled(
-                            reason::ROLE_DEFINITION_NOT_FOUND,
-                            format!(
-                                "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
-                            ),
+                    return stalled(
+                        reason::ROLE_DEFINITION_NOT_FOUND,
+                        format!(
+                            "CosmosRoleDefinition {n} does not exist on CosmosTarget {target_name}; nothing applied"
                         ),
-                        exp,
                     );
                 };
                 if def.metadata.deletion_timestamp.is_some() {
-                    return Evaluation::blocked(
-                        Outcome::stalled(
-                            reason::ROLE_DEFINITION_NOT_FOUND,
-                            format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
-                        ),
-                        exp,
+                    return stalled(
+                        reason::ROLE_DEFINITION_NOT_FOUND,
+                        format!("CosmosRoleDefinition {n} is being deleted; its access was revoked"),
                     );
                 }
                 let scopes: Vec<String> = def.spec.assignable_scopes.iter().map(|s| s.relative_path()).collect();
                 (RoleKey::Custom(n.clone()), def.spec.data_actions.clone(), scopes)
             }
             _ => {
-                return Evaluation::blocked(
-                    Outcome::stalled(
-                        reason::INVALID_SPEC,
-                        "set exactly one of roleDefinition.builtIn and roleDefinition.name",
-                    ),
-                    exp,
+                return stalled(
+                    reason::INVALID_SPEC,
+                    "set exactly one of roleDefinition.builtIn and roleDefinition.name".into(),
                 );
             }
         };
         let denials = policy::evaluate_cosmos(&target.spec.policy, &ns, target_name, &b.spec, &data_actions);
         if !denials.is_empty() {
-            return Evaluation::blocked(
-                Outcome::stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; "))),
-                exp,
-            );
+            return stalled(reason::GRANT_DENIED, format!("nothing applied: {}", denials.join("; ")));
         }
         let mut invalid = Vec::new();
         if !assignable.is_empty() && !assignable.iter().any(|s| s.is_empty()) {
@@ -119,16 +108,7 @@ pub fn evaluate(
 
 /// The assignments a contribution wants.
 pub fn keys_of(c: &Contribution<CosmosGrant>) -> BTreeSet<AssignmentKey> {
-    c.subjects
-        .iter()
-        .flat_map(|s| {
-            c.grant.0.iter().map(move |(role, scope)| AssignmentKey {
-                principal_id: s.id.to_ascii_lowercase(),
-                role: role.clone(),
-                scope: scope.clone(),
-            })
-        })
-        .collect()
+    c.subjects.iter().flat_map(|s| c.grant.keys(&s.id)).collect()
 }
 
 /// Whether a report planned every assignment in `own` (it is from a sync
@@ -154,15 +134,8 @@ pub fn outcome_from(
     for k in own {
         match report.assignment(k) {
             AssignmentOutcome::Applied { name, managed } => {
-                if !managed {
-                    pre_existing += 1;
-                }
-                assignments.push(CosmosAssignmentStatus {
-                    name,
-                    principal_id: k.principal_id.clone(),
-                    scope: k.scope.clone(),
-                    ownership: if managed { "Managed".into() } else { "PreExisting".into() },
-                });
+                pre_existing += usize::from(!managed);
+                assignments.push(status_entry(name, k, if managed { "Managed" } else { "PreExisting" }));
             }
             AssignmentOutcome::Conflict(name) => conflicts.push(format!("{name} ({k})")),
             AssignmentOutcome::Rejected(m) => rejected.push(format!("{k}: {m}")),
@@ -182,55 +155,45 @@ pub fn outcome_from(
     principals.sort();
     principals.dedup();
     let t = target.name_any();
+    let mut retry = None;
     let outcome = if let Some(why) = report.plan.refused.get(key) {
-        (Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {why}")), None)
+        Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {why}"))
     } else if !conflicts.is_empty() {
-        (
-            Outcome::stalled(
-                reason::CONFLICT,
-                format!(
-                    "role assignment name(s) {} are taken by assignments dbgrant did not create; left untouched",
-                    conflicts.join(", ")
-                ),
+        Outcome::stalled(
+            reason::CONFLICT,
+            format!(
+                "role assignment name(s) {} are taken by assignments dbgrant did not create; left untouched",
+                conflicts.join(", ")
             ),
-            None,
         )
     } else if !rejected.is_empty() {
-        (Outcome::stalled(reason::REJECTED, format!("Azure refused: {}", rejected.join("; "))), None)
+        Outcome::stalled(reason::REJECTED, format!("Azure refused: {}", rejected.join("; ")))
     } else if !limits.is_empty() {
-        (Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {}", limits.join("; "))), None)
+        Outcome::stalled(reason::LIMIT_EXCEEDED, format!("CosmosTarget {t}: {}", limits.join("; ")))
     } else if !failed.is_empty() {
-        let wait = report.retry_after().unwrap_or(PENDING_RETRY);
-        (
-            Outcome::progressing(
-                reason::BACKEND_ERROR,
-                format!("Azure failed to write {}; retrying in {}s", failed.join("; "), wait.as_secs()),
-            ),
-            Some(wait),
+        let wait = *retry.insert(report.retry_after().unwrap_or(PENDING_RETRY));
+        Outcome::progressing(
+            reason::BACKEND_ERROR,
+            format!("Azure failed to write {}; retrying in {}s", failed.join("; "), wait.as_secs()),
         )
     } else if !principals.is_empty() {
-        let wait = principal_backoff(attempts);
-        (
-            Outcome::progressing(
-                reason::PRINCIPAL_NOT_FOUND,
-                format!(
-                    "Microsoft Entra ID does not know principal(s) {} yet (new identities take minutes to replicate); attempt {attempts}, retrying in {}s",
-                    principals.join(", "),
-                    wait.as_secs()
-                ),
+        let wait = *retry.insert(principal_backoff(attempts));
+        Outcome::progressing(
+            reason::PRINCIPAL_NOT_FOUND,
+            format!(
+                "Microsoft Entra ID does not know principal(s) {} yet (new identities take minutes to replicate); attempt {attempts}, retrying in {}s",
+                principals.join(", "),
+                wait.as_secs()
             ),
-            Some(wait),
         )
     } else if !unavailable.is_empty() {
-        (
-            Outcome::progressing(
-                reason::ROLE_DEFINITION_NOT_READY,
-                format!(
-                    "{} is not applied on the account yet; see its status",
-                    unavailable.into_iter().collect::<Vec<_>>().join(", ")
-                ),
+        retry = Some(crate::runtime::lifecycle::NOT_READY_RETRY);
+        Outcome::progressing(
+            reason::ROLE_DEFINITION_NOT_READY,
+            format!(
+                "{} is not applied on the account yet; see its status",
+                unavailable.into_iter().collect::<Vec<_>>().join(", ")
             ),
-            Some(crate::runtime::lifecycle::NOT_READY_RETRY),
         )
     } else if in_progress > 0 {
         let (why, wait) = match &report.stopped {
@@ -241,7 +204,8 @@ pub fn outcome_from(
             Some((super::sync::Stop::Pending(_), _)) | None => reason::PROGRESSING,
             Some(_) => reason::THROTTLED,
         };
-        (Outcome::progressing(reason, format!("{in_progress} assignment(s) still being written: {why}")), Some(wait))
+        retry = Some(wait);
+        Outcome::progressing(reason, format!("{in_progress} assignment(s) still being written: {why}"))
     } else {
         let mut msg = format!("{} role assignment(s) in place on CosmosTarget {t}", assignments.len());
         if pre_existing > 0 {
@@ -249,9 +213,18 @@ pub fn outcome_from(
                 " ({pre_existing} granted by identical assignments dbgrant does not manage, left untouched)"
             ));
         }
-        (Outcome::ready(reason::APPLIED, msg), None)
+        Outcome::ready(reason::APPLIED, msg)
     };
-    (outcome.0, assignments, outcome.1)
+    (outcome, assignments, retry)
+}
+
+fn status_entry(name: String, k: &AssignmentKey, ownership: &str) -> CosmosAssignmentStatus {
+    CosmosAssignmentStatus {
+        name,
+        principal_id: k.principal_id.clone(),
+        scope: k.scope.clone(),
+        ownership: ownership.into(),
+    }
 }
 
 pub(super) fn sort_assignments(list: &mut Vec<CosmosAssignmentStatus>) {
@@ -280,12 +253,7 @@ pub fn to_revoke(
         out.insert(a.name.to_ascii_lowercase(), a.clone());
     }
     for k in previous {
-        out.entry(name(k)).or_insert_with(|| CosmosAssignmentStatus {
-            name: name(k),
-            principal_id: k.principal_id.clone(),
-            scope: k.scope.clone(),
-            ownership: "Managed".into(),
-        });
+        out.entry(name(k)).or_insert_with(|| status_entry(name(k), k, "Managed"));
     }
     out.retain(|n, _| !kept.contains(n));
     out
@@ -309,10 +277,19 @@ const STUCK_SHOWN: usize = 5;
 impl Stuck {
     /// Nothing is confirmed: the sync failed with `e`.
     pub fn from_error(e: &Error, pending: &BTreeMap<String, CosmosAssignmentStatus>) -> Self {
-        let retry = e.retry_after().unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
+        Self::unconfirmed(e, pending, e.retry_after())
+    }
+
+    /// Nothing is confirmed (`why`): all of `pending` may still be in place.
+    fn unconfirmed(
+        why: impl std::fmt::Display,
+        pending: &BTreeMap<String, CosmosAssignmentStatus>,
+        retry: Option<Duration>,
+    ) -> Self {
+        let retry = retry.unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
         Self {
             message: format!(
-                "revocation not confirmed: {e}; {} role assignment(s) may still be in place; retrying in {}s",
+                "revocation not confirmed: {why}; {} role assignment(s) may still be in place; retrying in {}s",
                 pending.len(),
                 retry.as_secs()
             ),
@@ -332,19 +309,11 @@ pub fn confirm(
     if pending.is_empty() {
         return Ok(());
     }
-    let retry = report.retry_after().unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
     let Some(left) = report.left_behind(account, pending.keys().map(String::as_str)) else {
         let why = report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "no answer".into());
-        return Err(Stuck {
-            message: format!(
-                "revocation not confirmed: the account was not read ({why}); {} role assignment(s) may still be in place; retrying in {}s",
-                pending.len(),
-                retry.as_secs()
-            ),
-            assignments: pending.values().cloned().collect(),
-            retry,
-        });
+        return Err(Stuck::unconfirmed(format!("the account was not read ({why})"), pending, report.retry_after()));
     };
+    let retry = report.retry_after().unwrap_or(PENDING_RETRY).max(Duration::from_secs(1));
     if left.is_empty() {
         return Ok(());
     }

@@ -33,64 +33,49 @@ use crate::{Error, Result};
 /// The definition's Ready outcome from an account report, and whether it
 /// is in place.
 pub fn outcome_from(report: &SyncReport, source: &str, target: &CosmosTarget) -> (Outcome, Option<String>) {
-    let account = account_of(target);
     let Some((state, result)) = report.definition(source) else {
         return (Outcome::progressing(reason::PROGRESSING, "not planned yet"), None);
     };
-    match (state, result) {
-        (DefinitionState::Managed { name }, None | Some(WriteResult::Done)) => (
-            Outcome::ready(
-                reason::APPLIED,
-                format!("role definition {name} is in place on CosmosTarget {}", target.name_any()),
-            ),
-            Some(account.definition_id(name)),
-        ),
+    let outcome = match (state, result) {
+        (DefinitionState::Managed { name }, None | Some(WriteResult::Done)) => {
+            let message = format!("role definition {name} is in place on CosmosTarget {}", target.name_any());
+            return (Outcome::ready(reason::APPLIED, message), Some(account_of(target).definition_id(name)));
+        }
         (DefinitionState::Managed { .. }, Some(WriteResult::Rejected(m))) => {
-            (Outcome::stalled(reason::REJECTED, format!("Azure refused the role definition: {m}")), None)
+            Outcome::stalled(reason::REJECTED, format!("Azure refused the role definition: {m}"))
         }
         (DefinitionState::Managed { .. }, Some(WriteResult::LimitExceeded(m))) => {
-            (Outcome::stalled(reason::LIMIT_EXCEEDED, m.clone()), None)
+            Outcome::stalled(reason::LIMIT_EXCEEDED, m.clone())
         }
-        (DefinitionState::Managed { .. }, Some(WriteResult::Failed(m))) => (
-            Outcome::progressing(
-                reason::BACKEND_ERROR,
-                format!("Azure failed to write the role definition: {m}; retrying"),
-            ),
-            None,
+        (DefinitionState::Managed { .. }, Some(WriteResult::Failed(m))) => Outcome::progressing(
+            reason::BACKEND_ERROR,
+            format!("Azure failed to write the role definition: {m}; retrying"),
         ),
         (DefinitionState::Managed { .. } | DefinitionState::Pending { .. }, _) => {
             let why = report.stopped.as_ref().map(|(s, _)| s.describe()).unwrap_or_else(|| "writing".into());
-            (Outcome::progressing(reason::PROGRESSING, format!("role definition not in place yet: {why}")), None)
+            Outcome::progressing(reason::PROGRESSING, format!("role definition not in place yet: {why}"))
         }
-        (DefinitionState::Conflict { with }, _) => (
-            Outcome::stalled(
-                reason::CONFLICT,
-                format!(
-                    "role definition {with} on the account already has this roleName and dbgrant did not create it; choose another roleName"
-                ),
+        (DefinitionState::Conflict { with }, _) => Outcome::stalled(
+            reason::CONFLICT,
+            format!(
+                "role definition {with} on the account already has this roleName and dbgrant did not create it; choose another roleName"
             ),
-            None,
         ),
-        (DefinitionState::LimitExceeded, _) => (
-            Outcome::stalled(
-                reason::LIMIT_EXCEEDED,
-                format!(
-                    "the account already has {DEFINITION_LIMIT} custom role definitions (the Azure limit); nothing applied"
-                ),
+        (DefinitionState::LimitExceeded, _) => Outcome::stalled(
+            reason::LIMIT_EXCEEDED,
+            format!(
+                "the account already has {DEFINITION_LIMIT} custom role definitions (the Azure limit); nothing applied"
             ),
-            None,
         ),
-        (DefinitionState::InUse { by, .. }, _) => (
-            Outcome::stalled(
-                reason::IN_USE,
-                format!(
-                    "{by} role assignment(s) dbgrant does not manage still use this definition; it is deleted once they are gone"
-                ),
+        (DefinitionState::InUse { by, .. }, _) => Outcome::stalled(
+            reason::IN_USE,
+            format!(
+                "{by} role assignment(s) dbgrant does not manage still use this definition; it is deleted once they are gone"
             ),
-            None,
         ),
-        (DefinitionState::Absent, _) => (Outcome::progressing(reason::REVOKING, "role definition removed"), None),
-    }
+        (DefinitionState::Absent, _) => Outcome::progressing(reason::REVOKING, "role definition removed"),
+    };
+    (outcome, None)
 }
 
 /// The CosmosRoleDefinition controller.

@@ -34,15 +34,16 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::reflector::{ObjectRef, Store},
 };
+use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use self::{
-    arm::{ArmApi, ArmClient, ArmSettings},
+    arm::{ArmApi, ArmClient, ArmError, ArmSettings},
     sync::{AccountState, SharedReport},
 };
 use crate::{
     Error, Result,
-    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget},
+    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget, SecretKeyRef},
     azure::{self, credential as azure_credential},
     plan::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
@@ -96,15 +97,14 @@ impl AccountHandle {
         }
     }
 
-    /// The current client, if built.
-    pub fn client(&self) -> Option<Arc<dyn ArmApi>> {
-        self.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, c)| c.clone())
-    }
-
-    /// Forget the client (after an authentication failure, so Secrets are
-    /// read again).
-    pub fn reset_client(&self) {
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// `e` from the account as the controllers' error; after an
+    /// authentication failure the client is forgotten, so Secrets are read
+    /// again.
+    pub fn failed(&self, target: String, e: ArmError) -> Error {
+        if matches!(e, ArmError::Credential(_) | ArmError::Unauthorized { .. }) {
+            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        Error::Azure { target, source: e }
     }
 
     /// Names dbgrant released on this account: what it last wrote, else
@@ -113,12 +113,9 @@ impl AccountHandle {
         if let Some(r) = self.released.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return r.clone();
         }
-        released_of(target)
-    }
-
-    /// The last report, if any.
-    pub fn last_report(&self) -> Option<SharedReport> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, r)| r.clone())
+        let names =
+            target.annotations().get(RELEASED_ANNOTATION).map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()));
+        names.into_iter().flatten().filter(|n| !n.is_empty()).collect()
     }
 }
 
@@ -178,6 +175,11 @@ impl CosmosContext {
         self.targets.get(&ObjectRef::new(name))
     }
 
+    /// The CosmosRoleDefinition a binding names, from the cache.
+    pub fn definition_of(&self, b: &CosmosRoleBinding) -> Option<Arc<CosmosRoleDefinition>> {
+        b.spec.role_definition.name.as_ref().and_then(|n| self.definitions.get(&ObjectRef::new(n)))
+    }
+
     /// Record that what `target` should hold changed; returns the new
     /// change number.
     pub fn bump(&self, target: &str) -> u64 {
@@ -207,34 +209,27 @@ impl CosmosContext {
     /// credential when the target or its Secrets changed (or `refresh`).
     pub async fn client(&self, target: &CosmosTarget, refresh: bool) -> Result<Arc<dyn ArmApi>> {
         let handle = self.handle(target);
-        if !refresh && let Some(c) = handle.client() {
-            return Ok(c);
+        if !refresh && let Some((_, c)) = handle.client.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(c.clone());
         }
         let name = target.name_any();
         let spec = &target.spec;
         let ns = &self.shared.namespace;
         let client_ref = &self.shared.client;
         let mut fingerprint = format!("{:?}", target.metadata.generation);
+        // Each Secret read goes into the fingerprint by its resourceVersion.
+        let mut read = async |r: &SecretKeyRef| -> Result<SecretString> {
+            let s = secrets::read(client_ref, ns, &r.name).await?;
+            fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
+            secrets::key(&s, ns, &r.name, &r.key)
+        };
         let ca = match spec.cloud.as_ref().and_then(|c| c.ca_secret_ref.as_ref()) {
-            Some(r) => {
-                let s = secrets::read(client_ref, ns, &r.name).await?;
-                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
-                Some(secrets::key(&s, ns, &r.name, &r.key)?)
-            }
+            Some(r) => Some(read(r).await?),
             None => None,
         };
         let material = match (&spec.credential.client_secret, &spec.credential.client_certificate) {
-            (Some(c), _) => {
-                let s = secrets::read(client_ref, ns, &c.secret_ref.name).await?;
-                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
-                azure_credential::Material::ClientSecret(secrets::key(&s, ns, &c.secret_ref.name, &c.secret_ref.key)?)
-            }
-            (None, Some(c)) => {
-                let r = &c.certificate_secret_ref;
-                let s = secrets::read(client_ref, ns, &r.name).await?;
-                fingerprint.push_str(&format!("/{}", s.metadata.resource_version.clone().unwrap_or_default()));
-                azure_credential::Material::Certificate(secrets::key(&s, ns, &r.name, &r.key)?)
-            }
+            (Some(c), _) => azure_credential::Material::ClientSecret(read(&c.secret_ref).await?),
+            (None, Some(c)) => azure_credential::Material::Certificate(read(&c.certificate_secret_ref).await?),
             (None, None) if spec.credential.managed_identity.is_some() => azure_credential::Material::Managed,
             (None, None) => azure_credential::Material::Workload,
         };
@@ -244,7 +239,7 @@ impl CosmosContext {
             return Ok(c.clone());
         }
         let cloud = cloud::cloud(spec, std::env::var("AZURE_AUTHORITY_HOST").ok());
-        let config_error = |m: String| Error::Azure { target: name.clone(), source: arm::ArmError::Credential(m) };
+        let config_error = |m: String| Error::Azure { target: name.clone(), source: ArmError::Credential(m) };
         let transport = azure::transport::transport(ca.as_ref().map(secrecy::ExposeSecret::expose_secret))
             .map_err(|m| config_error(format!("cloud.caSecretRef: {m}")))?;
         let env = |k: &str| std::env::var(k).ok();
@@ -267,30 +262,23 @@ impl CosmosContext {
     pub fn desired(&self, target: &str) -> Desired {
         let mut d = Desired { known_roles: RoleKey::built_ins().into_iter().collect(), ..Default::default() };
         let account = self.target(target).map(|t| account_of(&t));
-        let mut live_definitions = BTreeSet::new();
         for def in self.definitions.state() {
             if def.spec.target_ref.name != target {
                 continue;
             }
             let name = def.name_any();
+            let spec = definition_spec(&def.spec.role_name, &def.spec.data_actions, &def.spec.assignable_scopes);
             if let (Some(account), Some(st)) = (&account, &def.status)
                 && st.role_definition_id.is_some()
                 && st.observed_generation == def.metadata.generation
                 && crate::api::conditions::ready(&st.conditions).is_some_and(|c| c.status == "True")
             {
-                d.previous.definitions.insert(
-                    account.definition_name(&name),
-                    definition_spec(&def.spec.role_name, &def.spec.data_actions, &def.spec.assignable_scopes),
-                );
+                d.previous.definitions.insert(account.definition_name(&name), spec.clone());
             }
             d.known_definitions.insert(name.clone());
             d.known_roles.insert(RoleKey::Custom(name.clone()));
             if def.metadata.deletion_timestamp.is_none() {
-                live_definitions.insert(name.clone());
-                d.definitions.insert(
-                    name,
-                    definition_spec(&def.spec.role_name, &def.spec.data_actions, &def.spec.assignable_scopes),
-                );
+                d.definitions.insert(name, spec);
             }
         }
         let mut priority: Vec<(Option<jiff::Timestamp>, String)> = Vec::new();
@@ -326,7 +314,7 @@ impl CosmosContext {
         // A stale index entry may still name a role whose
         // CosmosRoleDefinition is gone or going: not wanted any more.
         d.assignments.retain(|k, _| match &k.role {
-            RoleKey::Custom(n) => live_definitions.contains(n),
+            RoleKey::Custom(n) => d.definitions.contains_key(n),
             RoleKey::BuiltIn(_) => true,
         });
         d
@@ -363,30 +351,22 @@ impl CosmosContext {
         desired.released = handle.released(target);
         let result =
             sync::sync(client.as_ref(), &mut state, desired, &self.settings.limits, &self.shared.metrics, &name).await;
-        let result = match result {
-            Ok(report) => {
-                if !report.plan.stale_released.is_empty() {
-                    let stale = report.plan.stale_released.iter().cloned().collect();
-                    self.record_released(target, &handle, BTreeSet::new(), stale).await?;
-                }
-                // Recorded under the account's lock, so the last report is
-                // always the newest.
-                let report: SharedReport = Arc::new(report);
-                *handle.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((covered, report.clone()));
-                Ok(report)
-            }
-            Err(e) => Err(e),
-        };
-        drop(state);
-        match result {
-            Ok(report) => Ok(report),
+        let report = match result {
+            Ok(report) => report,
             Err(e) => {
-                if matches!(e, arm::ArmError::Credential(_) | arm::ArmError::Unauthorized { .. }) {
-                    handle.reset_client();
-                }
-                Err(Error::Azure { target: name, source: e })
+                drop(state);
+                return Err(handle.failed(name, e));
             }
+        };
+        if !report.plan.stale_released.is_empty() {
+            let stale = report.plan.stale_released.iter().cloned().collect();
+            self.record_released(target, &handle, BTreeSet::new(), stale).await?;
         }
+        // Recorded under the account's lock, so the last report is always
+        // the newest.
+        let report: SharedReport = Arc::new(report);
+        *handle.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((covered, report.clone()));
+        Ok(report)
     }
 
     /// Add and remove names on the target's released list (an annotation,
@@ -404,11 +384,8 @@ impl CosmosContext {
         if after == before {
             return Ok(());
         }
-        let value = if after.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::Value::String(after.iter().cloned().collect::<Vec<_>>().join(","))
-        };
+        // An empty list removes the annotation (null in a merge patch).
+        let value = (!after.is_empty()).then(|| after.iter().cloned().collect::<Vec<_>>().join(","));
         let patch = serde_json::json!({ "metadata": { "annotations": { RELEASED_ANNOTATION: value } } });
         let api: Api<CosmosTarget> = Api::all(self.shared.client.clone());
         api.patch(&target.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
@@ -426,17 +403,8 @@ impl CosmosContext {
 
     /// The last report for `target`, if any sync ran.
     pub fn last_report(&self, target: &CosmosTarget) -> Option<SharedReport> {
-        self.handle(target).last_report()
+        self.handle(target).last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, r)| r.clone())
     }
-}
-
-/// The released list in a target's annotation.
-pub fn released_of(target: &CosmosTarget) -> BTreeSet<String> {
-    target
-        .annotations()
-        .get(RELEASED_ANNOTATION)
-        .map(|v| v.split(',').map(|n| n.trim().to_ascii_lowercase()).filter(|n| !n.is_empty()).collect())
-        .unwrap_or_default()
 }
 
 /// The account a target names.
@@ -472,16 +440,8 @@ impl BackendContext for CosmosContext {
             wait_ready(&self.bindings).await;
         };
         lifecycle::prime(&self.primed, caches, &self.index, &self.bindings, |b, now| {
-            let definition =
-                b.spec.role_definition.name.as_ref().and_then(|n| self.definitions.get(&ObjectRef::new(n)));
-            binding_status::evaluate(
-                b,
-                self.target(&b.spec.target_ref.name).as_deref(),
-                definition.as_deref(),
-                now,
-                false,
-            )
-            .contribution
+            let (target, definition) = (self.target(&b.spec.target_ref.name), self.definition_of(b));
+            binding_status::evaluate(b, target.as_deref(), definition.as_deref(), now, false).contribution
         })
         .await
     }

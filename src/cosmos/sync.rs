@@ -293,23 +293,17 @@ impl SyncReport {
     /// Descriptions of the writes that restored drift (see
     /// [`Plan::drifted`]) and went through.
     pub fn drift_corrected(&self) -> Vec<String> {
-        self.plan
-            .actions
-            .iter()
-            .filter(|a| self.plan.drifted.iter().any(|d| d == a.name()))
-            .filter(|a| self.results.get(a.name()) == Some(&WriteResult::Done))
-            .map(Action::describe)
-            .collect()
+        self.done_where(|a| self.plan.drifted.iter().any(|d| d == a.name()))
     }
 
     /// Descriptions of the writes that were done.
     pub fn done(&self) -> Vec<String> {
-        self.plan
-            .actions
-            .iter()
-            .filter(|a| self.results.get(a.name()) == Some(&WriteResult::Done))
-            .map(Action::describe)
-            .collect()
+        self.done_where(|_| true)
+    }
+
+    fn done_where(&self, keep: impl Fn(&Action) -> bool) -> Vec<String> {
+        let done = |a: &&Action| self.results.get(a.name()) == Some(&WriteResult::Done) && keep(a);
+        self.plan.actions.iter().filter(done).map(Action::describe).collect()
     }
 
     /// When to look again because of this report: after a stop, for a
@@ -369,11 +363,9 @@ impl SyncReport {
     }
 }
 
-/// Backoff after `attempts` principal-not-found answers: 15 s doubling,
-/// at most 10 minutes.
-pub fn principal_backoff(attempts: u32) -> Duration {
-    retry_backoff(attempts)
-}
+/// Backoff after `attempts` principal-not-found answers: the same as
+/// [`retry_backoff`].
+pub use self::retry_backoff as principal_backoff;
 
 /// Backoff after `attempts` consecutive failures of one write: 15 s
 /// doubling, at most 10 minutes.
@@ -381,16 +373,22 @@ pub fn retry_backoff(attempts: u32) -> Duration {
     Duration::from_secs(15u64.saturating_mul(1 << attempts.saturating_sub(1).min(6))).min(Duration::from_secs(600))
 }
 
-/// Whether a write's 404 says the account itself (or its resource group
-/// or subscription) is gone, rather than something the write referred to.
-fn account_missing(e: &ArmError, account: &AccountRef) -> bool {
-    let ArmError::NotFound { code, message } = e else { return false };
-    let name = account.id().rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
-    ["SubscriptionNotFound", "ResourceGroupNotFound", "ParentResourceNotFound"]
-        .iter()
-        .any(|c| code.eq_ignore_ascii_case(c))
-        || (code.eq_ignore_ascii_case("ResourceNotFound")
-            && message.to_ascii_lowercase().contains(&format!("databaseaccounts/{name}'")))
+/// Whether no write can get past `e`: no token, 401, the network down, or
+/// a 404 that says the account itself (or its resource group or
+/// subscription) is gone, rather than something the write referred to.
+fn fatal(e: &ArmError, account: &AccountRef) -> bool {
+    match e {
+        ArmError::Credential(_) | ArmError::Unauthorized { status: 401, .. } | ArmError::Transport(_) => true,
+        ArmError::NotFound { code, message } => {
+            let name = account.id().rsplit('/').next().unwrap_or_default().to_ascii_lowercase();
+            ["SubscriptionNotFound", "ResourceGroupNotFound", "ParentResourceNotFound"]
+                .iter()
+                .any(|c| code.eq_ignore_ascii_case(c))
+                || (code.eq_ignore_ascii_case("ResourceNotFound")
+                    && message.to_ascii_lowercase().contains(&format!("databaseaccounts/{name}'")))
+        }
+        _ => false,
+    }
 }
 
 fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
@@ -554,12 +552,7 @@ pub async fn sync(
             Err(ArmError::LimitExceeded { code, message }) => WriteResult::LimitExceeded(format!("{code}: {message}")),
             // No write can get past these: the pass ends, the report is
             // not used, and nothing is confirmed.
-            Err(
-                e @ (ArmError::Credential(_) | ArmError::Unauthorized { status: 401, .. } | ArmError::Transport(_)),
-            ) => {
-                return Err(e);
-            }
-            Err(e) if account_missing(&e, &account) => return Err(e),
+            Err(e) if fatal(&e, &account) => return Err(e),
             Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. })) => {
                 tracing::warn!(%target, action = %action.describe(), error = %e, "azure refused the write");
                 WriteResult::Rejected(e.to_string())
@@ -592,18 +585,12 @@ pub async fn sync(
     }
     // What the account holds of dbgrant's now.
     let mut remaining = p.ours.clone();
-    for action in &p.actions {
-        if report.results.get(action.name()) != Some(&WriteResult::Done) {
-            continue;
-        }
+    for action in p.actions.iter().filter(|a| report.results.get(a.name()) == Some(&WriteResult::Done)) {
         let name = action.name().to_ascii_lowercase();
-        match action {
-            Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. } => {
-                remaining.remove(&name);
-            }
-            Action::PutAssignment { .. } | Action::PutDefinition { .. } => {
-                remaining.insert(name);
-            }
+        if matches!(action, Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. }) {
+            remaining.remove(&name);
+        } else {
+            remaining.insert(name);
         }
     }
     remaining.extend(state.pending.keys().map(|n| n.to_ascii_lowercase()));

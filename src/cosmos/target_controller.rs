@@ -131,12 +131,7 @@ async fn probe_and_resync(
         ctx.shared.metrics.backend_op(BACKEND, "getAccount", r.is_ok());
         match r {
             Ok(id) => st.account_id = Some(id),
-            Err(e) => {
-                if matches!(e, ArmError::Credential(_) | ArmError::Unauthorized { .. }) {
-                    ctx.handle(target).reset_client();
-                }
-                return Err(Error::Azure { target: name, source: e });
-            }
+            Err(e) => return Err(ctx.handle(target).failed(name, e)),
         }
     }
     let report = ctx.sync(target, BTreeSet::new(), Freshness::Fresh).await?;
@@ -160,13 +155,10 @@ async fn probe_and_resync(
     // Writes that failed on their own (a 403 or 5xx on one object) do not
     // make the account unusable, but say so: a read-only identity shows
     // here.
-    let failed: Vec<&str> = report
+    let failed: Vec<&String> = report
         .results
         .values()
-        .filter_map(|r| match r {
-            super::sync::WriteResult::Failed(m) => Some(m.as_str()),
-            _ => None,
-        })
+        .filter_map(|r| if let super::sync::WriteResult::Failed(m) = r { Some(m) } else { None })
         .collect();
     if let Some(first) = failed.first() {
         message.push_str(&format!(

@@ -21,7 +21,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{
     MongoContext,
-    sync::{self, SubjectResult},
+    sync::{self, SubjectResult, SyncReport},
     target_controller,
 };
 use crate::api::conditions::{self, Outcome, reason};
@@ -129,7 +129,7 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
                 all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), canonical(&t.spec.oidc, s.key()))));
                 if let Err(e) = revoke(ctx, &key, t, all.clone(), false).await {
                     ctx.add_pending(&key, all);
-                    report_revocation_failure(ctx, &b, &current, &e).await;
+                    report_revocation_failure(ctx, &b, &e).await;
                     return Err(e);
                 }
                 st.roles.clear();
@@ -254,18 +254,13 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
         for s in &b.spec.subjects {
             all.insert((target.name_any(), canonical(&target.spec.oidc, s.key())));
         }
-        let current = b.status.clone().unwrap_or_default();
         // Retain only where the target allows it now, and never once expired.
         let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let expired = match expiry::expiry_instant(created, &b.spec.expiry) {
-            Ok(at) => expiry::state(jiff::Timestamp::now(), at).is_expired(),
-            // An expiry that cannot be worked out never keeps access.
-            Err(_) => true,
-        };
+        let expired = expiry::has_ended(created, &b.spec.expiry, jiff::Timestamp::now());
         let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
         if let Err(e) = revoke(ctx, &key(&*b), &target, all.clone(), retain).await {
             ctx.add_pending(&key(&*b), all);
-            report_revocation_failure(ctx, &b, &current, &e).await;
+            report_revocation_failure(ctx, &b, &e).await;
             return Err(e);
         }
         ctx.note_rejected(&key(&*b), false);
@@ -288,14 +283,11 @@ fn rejected_outcome(t: &MongoTarget, rejected: &BTreeMap<SubjectKey, Rejection>)
 }
 
 /// Say on the binding that its revocation is not done yet, and why.
-async fn report_revocation_failure(
-    ctx: &MongoContext,
-    b: &MongoRoleBinding,
-    current: &crate::api::MongoRoleBindingStatus,
-    e: &Error,
-) {
+async fn report_revocation_failure(ctx: &MongoContext, b: &MongoRoleBinding, e: &Error) {
     let outcome = Outcome::progressing(reason::REVOCATION_PENDING, format!("revocation not complete, retrying: {e}"));
-    if let Err(se) = status::finish(&ctx.shared, b, b.status.as_ref(), current.clone(), &outcome).await {
+    if let Err(se) =
+        status::finish(&ctx.shared, b, b.status.as_ref(), b.status.clone().unwrap_or_default(), &outcome).await
+    {
         tracing::warn!(binding = %key(b), error = %se, "could not report the pending revocation on status");
     }
 }
@@ -319,11 +311,7 @@ pub fn sync_failure(e: &Error) -> Option<Outcome> {
 }
 
 /// The error for a sync whose revocation of `subjects` is not confirmed.
-fn unconfirmed_error(
-    target: &MongoTarget,
-    report: &sync::SyncReport,
-    subjects: &BTreeSet<SubjectKey>,
-) -> Option<Error> {
+fn unconfirmed_error(target: &MongoTarget, report: &SyncReport, subjects: &BTreeSet<SubjectKey>) -> Option<Error> {
     let pending: Vec<String> =
         report.unconfirmed.iter().filter(|(s, _)| subjects.contains(s)).map(|(_, m)| m.clone()).collect();
     (!pending.is_empty()).then(|| Error::Backend {

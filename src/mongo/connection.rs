@@ -311,18 +311,16 @@ pub fn uri_credential_problem(credential: Option<&Credential>, tls_verification:
 pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(ClientOptions, &'static str)> {
     let name = target.metadata.name.clone().unwrap_or_default();
     let spec = &target.spec;
-    let uri = secrets::read_key(&ctx.client, &ctx.namespace, &spec.connection.uri_secret_ref).await?;
+    let uri_ref = &spec.connection.uri_secret_ref;
+    let uri = secrets::read_key(&ctx.client, &ctx.namespace, uri_ref).await?;
+    let place = format!("the connection string in Secret {}/{} key {:?}", ctx.namespace, uri_ref.name, uri_ref.key);
     if uri_sets(uri.expose_secret(), "tlsAllowInvalidHostnames") {
         // The driver's rustls backend has no such switch and calls the
         // option invalid; say what to do instead.
-        return Err(backend_error(
-            &name,
-            format!(
-                "the connection string in Secret {}/{} key {:?} sets tlsAllowInvalidHostnames, which dbgrant's TLS stack does not support: remove it (for tests, tlsInsecure=true turns off certificate and host name checks, shown as tlsVerification: Disabled)",
-                ctx.namespace, spec.connection.uri_secret_ref.name, spec.connection.uri_secret_ref.key
-            ),
-            Failure::Misconfigured,
-        ));
+        let message = format!(
+            "{place} sets tlsAllowInvalidHostnames, which dbgrant's TLS stack does not support: remove it (for tests, tlsInsecure=true turns off certificate and host name checks, shown as tlsVerification: Disabled)"
+        );
+        return Err(backend_error(&name, message, Failure::Misconfigured));
     }
     let mut opts = ClientOptions::parse(uri.expose_secret()).await.map_err(|e| {
         if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::DnsResolve { .. }) {
@@ -333,14 +331,7 @@ pub async fn client_options(ctx: &Context, target: &MongoTarget) -> Result<(Clie
             );
         }
         // The driver's parse error can quote the URI; say where it is instead.
-        backend_error(
-            &name,
-            format!(
-                "the connection string in Secret {}/{} key {:?} is not a valid MongoDB URI",
-                ctx.namespace, spec.connection.uri_secret_ref.name, spec.connection.uri_secret_ref.key
-            ),
-            Failure::Misconfigured,
-        )
+        backend_error(&name, format!("{place} is not a valid MongoDB URI"), Failure::Misconfigured)
     })?;
     opts.app_name = Some("dbgrant".into());
     opts.connect_timeout = Some(Duration::from_secs(5));

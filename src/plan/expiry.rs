@@ -64,6 +64,13 @@ pub fn state(now: Timestamp, expires: Option<Timestamp>) -> ExpiryState {
     }
 }
 
+/// Whether access with `expiry`, on an object created at `created`, has
+/// ended at `now`. An expiry that cannot be worked out counts as ended: it
+/// never keeps access.
+pub fn has_ended(created: Option<Timestamp>, expiry: &Expiry, now: Timestamp) -> bool {
+    expiry_instant(created, expiry).map_or(true, |at| state(now, at).is_expired())
+}
+
 /// When to reconcile again: the periodic resync, or the expiry instant if
 /// that comes first, so revocation happens on time without polling.
 pub fn requeue_after(now: Timestamp, state: ExpiryState, resync: Duration) -> Duration {
@@ -116,6 +123,21 @@ mod tests {
         assert_eq!(state(ts("2029-12-31T23:59:59Z"), Some(at)), ExpiryState::Until(at));
         assert_eq!(state(at, Some(at)), ExpiryState::Expired(at));
         assert_eq!(state(at, None), ExpiryState::Never);
+    }
+
+    #[test]
+    fn access_that_cannot_be_worked_out_has_ended() {
+        let created = Some(ts("2030-01-01T00:00:00Z"));
+        let hour = Expiry { expires_at: None, duration: Some("1h".into()) };
+        assert!(!has_ended(created, &hour, ts("2030-01-01T00:59:59Z")));
+        assert!(has_ended(created, &hour, ts("2030-01-01T01:00:00Z")));
+        assert!(!has_ended(None, &Expiry { expires_at: None, duration: None }, ts("2030-01-01T01:00:00Z")));
+        assert!(has_ended(None, &hour, ts("2030-01-01T00:00:00Z")), "a duration without a creation time");
+        assert!(has_ended(
+            created,
+            &Expiry { expires_at: None, duration: Some("1x".into()) },
+            ts("2000-01-01T00:00:00Z")
+        ));
     }
 
     #[test]

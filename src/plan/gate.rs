@@ -89,9 +89,7 @@ impl<'a> Binding<'a> {
             target_name,
         }
     }
-}
 
-impl Binding<'_> {
     /// Evaluate the binding at `now`: through the gate first, then
     /// `grant` with the target and the expiry that passed it.
     pub fn evaluate<T, G>(
@@ -125,13 +123,8 @@ pub fn check<'t, T>(
     }
     let Some(target) = target else {
         let (kind, name) = (binding.target_kind, binding.target_name);
-        return Err((
-            Outcome::stalled(
-                reason::TARGET_NOT_FOUND,
-                format!("{kind} {name} does not exist; create it or fix spec.targetRef"),
-            ),
-            exp,
-        ));
+        let why = format!("{kind} {name} does not exist; create it or fix spec.targetRef");
+        return Err((Outcome::stalled(reason::TARGET_NOT_FOUND, why), exp));
     };
     Ok((target, exp))
 }

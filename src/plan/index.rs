@@ -61,18 +61,12 @@ pub struct Rejection {
 }
 
 /// Index of live bindings by (target, subject).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BindingIndex<G> {
     bindings: HashMap<BindingKey, Contribution<G>>,
     by_target: HashMap<String, BTreeMap<SubjectKey, BTreeSet<BindingKey>>>,
     /// Contributions the backend refused, per (target, subject).
     rejected: HashMap<(String, SubjectKey), BTreeMap<BindingKey, Rejection>>,
-}
-
-impl<G> Default for BindingIndex<G> {
-    fn default() -> Self {
-        Self { bindings: HashMap::new(), by_target: HashMap::new(), rejected: HashMap::new() }
-    }
 }
 
 impl<G: Grant> BindingIndex<G> {

@@ -279,46 +279,23 @@ pub fn plan(
             if !p.conflicts.is_empty() {
                 return p;
             }
-            // An owned object that is missing or different was changed out
-            // of band (or a write of ours was lost): drift being corrected.
-            let role_id = format!("{ROLE_DB}.{}", objects.role);
-            match &actual.role {
-                None => {
-                    if actual.role_owned {
-                        p.drifted.push(role_id);
-                    }
-                    p.actions.push(Action::CreateRole { name: objects.role.clone(), grant: ord(want) })
-                }
-                Some(have) if &have.grant != want => {
-                    if actual.role_owned {
-                        p.drifted.push(role_id);
-                    }
-                    p.actions.push(Action::UpdateRole { name: objects.role.clone(), grant: ord(want) })
-                }
-                // Adopting an object that already matches still makes it
-                // dbgrant's, so it is managed (and dropped) from now on.
-                Some(_) if !actual.role_owned => p.actions.push(Action::Adopt { name: role_id }),
-                Some(_) => {}
-            }
+            let (name, grant) = (objects.role.clone(), ord(want));
+            let write = match &actual.role {
+                None => Some(Action::CreateRole { name, grant }),
+                Some(have) if &have.grant != want => Some(Action::UpdateRole { name, grant }),
+                Some(_) => None,
+            };
+            converge(&mut p, format!("{ROLE_DB}.{}", objects.role), actual.role_owned, write);
             if let Some(user) = &objects.user {
-                let user_id = format!("{USER_DB}.{user}");
-                let want_roles: BTreeSet<RoleName> = [(objects.role.clone(), ROLE_DB.to_string())].into();
-                match &actual.user {
-                    None => {
-                        if actual.user_owned {
-                            p.drifted.push(user_id);
-                        }
-                        p.actions.push(Action::CreateUser { name: user.clone(), role: objects.role.clone() })
+                let (name, role) = (user.clone(), objects.role.clone());
+                let write = match &actual.user {
+                    None => Some(Action::CreateUser { name, role }),
+                    Some(have) if have.roles != [(role.clone(), ROLE_DB.to_string())].into() => {
+                        Some(Action::UpdateUser { name, role })
                     }
-                    Some(have) if have.roles != want_roles => {
-                        if actual.user_owned {
-                            p.drifted.push(user_id);
-                        }
-                        p.actions.push(Action::UpdateUser { name: user.clone(), role: objects.role.clone() })
-                    }
-                    Some(_) if !actual.user_owned => p.actions.push(Action::Adopt { name: user_id }),
-                    Some(_) => {}
-                }
+                    Some(_) => None,
+                };
+                converge(&mut p, format!("{USER_DB}.{user}"), actual.user_owned, write);
             }
         }
         None => {
@@ -343,6 +320,24 @@ pub fn plan(
         }
     }
     p
+}
+
+/// Run `write` (a create or an update) on one object, or adopt it when it
+/// matches but is not dbgrant's: adopting still makes it dbgrant's, so it is
+/// managed (and dropped) from now on. An owned object that is missing or
+/// different was changed out of band (or a write of ours was lost): drift
+/// being corrected.
+fn converge(p: &mut Plan, id: String, owned: bool, write: Option<Action>) {
+    match write {
+        Some(write) => {
+            if owned {
+                p.drifted.push(id);
+            }
+            p.actions.push(write);
+        }
+        None if !owned => p.actions.push(Action::Adopt { name: id }),
+        None => {}
+    }
 }
 
 #[cfg(test)]

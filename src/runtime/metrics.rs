@@ -77,33 +77,27 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("dbgrant");
-        let reconciles = Family::<KindLabels, Counter>::default();
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
-        });
-        let backend_operations = Family::<BackendLabels, Counter>::default();
-        let drift_corrections = Family::<DriftLabels, Counter>::default();
-        let throttles = Family::<ThrottleLabels, Counter>::default();
-        let leader = Gauge::default();
-        registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register("reconcile_errors", "Reconciles that failed", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
-        registry.register("backend_operations", "Calls to MongoDB and Azure", backend_operations.clone());
-        registry.register("drift_corrections", "Out-of-band changes corrected", drift_corrections.clone());
-        registry.register("backend_throttles", "Times a backend made dbgrant wait", throttles.clone());
-        registry.register("leader", "1 while this replica leads", leader.clone());
-        Self {
-            registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            backend_operations,
-            drift_corrections,
-            throttles,
-            leader,
-        }
+        let mut m = Self {
+            registry: Registry::with_prefix("dbgrant"),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            }),
+            backend_operations: Family::default(),
+            drift_corrections: Family::default(),
+            throttles: Family::default(),
+            leader: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register("reconciles", "Reconciles started", m.reconciles.clone());
+        r.register("reconcile_errors", "Reconciles that failed", m.reconcile_errors.clone());
+        r.register("reconcile_duration_seconds", "Reconcile duration", m.reconcile_duration.clone());
+        r.register("backend_operations", "Calls to MongoDB and Azure", m.backend_operations.clone());
+        r.register("drift_corrections", "Out-of-band changes corrected", m.drift_corrections.clone());
+        r.register("backend_throttles", "Times a backend made dbgrant wait", m.throttles.clone());
+        r.register("leader", "1 while this replica leads", m.leader.clone());
+        m
     }
 }
 

@@ -74,25 +74,17 @@ where
         // after a failure, and every failure, still get one.
         return;
     }
-    let event = Event {
-        type_,
-        reason: ready.reason.clone(),
-        note: Some(truncate(&ready.message, 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not publish event");
-    }
+    publish(ctx, obj, type_, &ready.reason, &ready.message).await;
 }
 
-/// Publish a Warning Event that is not a condition transition (drift).
-pub async fn publish_warning<K>(ctx: &Context, obj: &K, reason: &str, note: &str)
+/// Publish an Event about `obj` (a Ready transition, or a Warning that is
+/// not one, such as drift).
+pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: &str)
 where
     K: Resource<DynamicType = ()>,
 {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(truncate(note, 1000)),
         action: "Reconcile".into(),

@@ -24,7 +24,6 @@ use kube::{
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
-        utils::Predicate,
         watcher,
     },
 };
@@ -118,15 +117,6 @@ macro_rules! has_conditions {
 
 has_conditions!(MongoTarget, MongoRoleBinding, CosmosTarget, CosmosRoleDefinition, CosmosRoleBinding);
 
-#[derive(Clone, Copy)]
-struct ByRelevance(Relevance);
-
-impl<K: Resource + HasConditions> Predicate<K> for ByRelevance {
-    fn hash_property(&self, obj: &K) -> Option<u64> {
-        Some(self.0.key(obj))
-    }
-}
-
 /// A watch of every `K`: the reflector cache it fills (stripped objects)
 /// and the stream of objects whose changes are `relevance`-relevant, to
 /// drive a controller with `Controller::for_stream`.
@@ -143,7 +133,7 @@ where
         .modify(strip::<K>)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(ByRelevance(relevance), Default::default());
+        .predicate_filter(move |o: &K| Some(relevance.key(o)), Default::default());
     (reader, stream)
 }
 
@@ -156,7 +146,7 @@ where
     watcher(api, watcher::Config::default())
         .default_backoff()
         .applied_objects()
-        .predicate_filter(ByRelevance(relevance), Default::default())
+        .predicate_filter(move |o: &K| Some(relevance.key(o)), Default::default())
         .boxed()
 }
 

@@ -146,20 +146,16 @@ impl ArmError {
 
 #[derive(Deserialize, Default)]
 struct ErrorBody {
-    #[serde(default)]
     error: Option<ErrorDetail>,
-    #[serde(default)]
     code: Option<String>,
-    #[serde(default)]
     message: Option<String>,
 }
 
+/// `{code, message}` of an ARM error or a failed operation's status.
 #[derive(Deserialize, Default)]
-struct ErrorDetail {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
+pub(super) struct ErrorDetail {
+    pub(super) code: Option<String>,
+    pub(super) message: Option<String>,
 }
 
 /// `code` and `message` from `{"error": {...}}` or a top-level
@@ -216,15 +212,15 @@ fn is_limit(code: &str, message: &str) -> bool {
         || m.contains("maximum allowed")
 }
 
-/// Classify an ARM error `code`/`message` that came without a meaningful
-/// HTTP status (a failed long-running operation).
-pub fn classify_code(code: &str, message: &str) -> ArmError {
+/// Classify a refused request's ARM error `code`/`message` (`status` 400
+/// or 409; a failed long-running operation counts as 400).
+pub fn classify_refusal(status: u16, code: &str, message: &str) -> ArmError {
     if is_principal_not_found(code, message) {
         ArmError::PrincipalNotFound { message: message.to_string() }
     } else if is_limit(code, message) {
         ArmError::LimitExceeded { code: code.to_string(), message: message.to_string() }
     } else {
-        ArmError::Rejected { status: 400, code: code.to_string(), message: message.to_string() }
+        ArmError::Rejected { status, code: code.to_string(), message: message.to_string() }
     }
 }
 
@@ -234,23 +230,16 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> ArmE
     let message = if message.is_empty() { format!("HTTP {status}") } else { message };
     match status {
         429 | 503 => ArmError::Throttled { status, retry_after: retry_after.unwrap_or(DEFAULT_THROTTLE_WAIT), message },
-        412 => ArmError::Locked { retry_after: retry_after.unwrap_or(DEFAULT_LOCK_WAIT), message },
-        409 if code.eq_ignore_ascii_case("AnotherOperationInProgress")
-            || message.to_ascii_lowercase().contains("another operation") =>
+        412 | 409
+            if status == 412
+                || code.eq_ignore_ascii_case("AnotherOperationInProgress")
+                || message.to_ascii_lowercase().contains("another operation") =>
         {
             ArmError::Locked { retry_after: retry_after.unwrap_or(DEFAULT_LOCK_WAIT), message }
         }
         401 | 403 => ArmError::Unauthorized { status, code, message },
         404 => ArmError::NotFound { code, message },
-        400 | 409 => {
-            if is_principal_not_found(&code, &message) {
-                ArmError::PrincipalNotFound { message }
-            } else if is_limit(&code, &message) {
-                ArmError::LimitExceeded { code, message }
-            } else {
-                ArmError::Rejected { status, code, message }
-            }
-        }
+        400 | 409 => classify_refusal(status, &code, &message),
         s if s >= 500 => ArmError::Server { status, code, message },
         _ => ArmError::Rejected { status, code, message },
     }

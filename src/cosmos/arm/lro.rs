@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::error::{ArmError, classify_code, sanitize};
+use super::error::{ArmError, ErrorDetail, classify_refusal, sanitize};
 
 /// Poll interval when the service does not say.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(2);
@@ -29,11 +29,8 @@ pub enum OperationState {
 
 #[derive(Deserialize, Default)]
 struct StatusBody {
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
-    error: Option<StatusError>,
-    #[serde(default)]
+    error: Option<ErrorDetail>,
     properties: Option<StatusProperties>,
 }
 
@@ -41,14 +38,6 @@ struct StatusBody {
 struct StatusProperties {
     #[serde(default, rename = "provisioningState")]
     provisioning_state: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct StatusError {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
 }
 
 /// Read an `Azure-AsyncOperation` status body.
@@ -62,7 +51,7 @@ pub fn parse_status(body: &[u8]) -> Result<OperationState, ArmError> {
             let e = parsed.error.unwrap_or_default();
             let code = e.code.unwrap_or_else(|| status.clone());
             let message = sanitize(e.message.as_deref().unwrap_or("the operation failed"));
-            Ok(OperationState::Failed(classify_code(&code, &message)))
+            Ok(OperationState::Failed(classify_refusal(400, &code, &message)))
         }
         "" => Err(ArmError::Protocol("operation status has no status field".into())),
         _ => Ok(OperationState::Running),

@@ -180,11 +180,6 @@ impl ArmClient {
         Ok(Self { pipeline, endpoint, account, settings })
     }
 
-    /// The client's settings.
-    pub fn settings(&self) -> &ArmSettings {
-        &self.settings
-    }
-
     fn url(&self, path: &str) -> Result<Url, ArmError> {
         let mut url = self.endpoint.clone();
         url.set_path(path);
@@ -192,10 +187,17 @@ impl ArmClient {
         Ok(url)
     }
 
-    fn same_origin(&self, url: &Url) -> bool {
-        url.scheme() == "https"
-            && url.host_str().map(str::to_ascii_lowercase) == self.endpoint.host_str().map(str::to_ascii_lowercase)
-            && url.port_or_known_default() == self.endpoint.port_or_known_default()
+    /// `url` (a `what`), parsed, if it is on the ARM endpoint: the bearer
+    /// token goes wherever dbgrant pages or polls, so only ever to ARM itself.
+    fn arm_url(&self, url: &str, what: &str) -> Result<Url, ArmError> {
+        let url = Url::parse(url).map_err(|_| ArmError::Protocol(format!("{what} is not a URL")))?;
+        if url.scheme() != "https"
+            || url.host_str().map(str::to_ascii_lowercase) != self.endpoint.host_str().map(str::to_ascii_lowercase)
+            || url.port_or_known_default() != self.endpoint.port_or_known_default()
+        {
+            return Err(ArmError::Protocol(format!("{what} points outside the ARM endpoint")));
+        }
+        Ok(url)
     }
 
     async fn send_once(&self, method: Method, url: Url, body: Option<&[u8]>) -> Result<RawResponse, ArmError> {
@@ -244,12 +246,7 @@ impl ArmClient {
             let page: ListPage<T> = self.get_json(url).await?;
             out.extend(page.value);
             match page.next_link {
-                Some(next) if !next.is_empty() => {
-                    url = Url::parse(&next).map_err(|_| ArmError::Protocol("nextLink is not a URL".into()))?;
-                    if !self.same_origin(&url) {
-                        return Err(ArmError::Protocol("nextLink points outside the ARM endpoint".into()));
-                    }
-                }
+                Some(next) if !next.is_empty() => url = self.arm_url(&next, "nextLink")?,
                 _ => return Ok(out),
             }
         }
@@ -282,11 +279,7 @@ impl ArmClient {
                     )));
                 }
             };
-        let parsed = Url::parse(url).map_err(|_| ArmError::Protocol("operation URL is not a URL".into()))?;
-        // The bearer token goes wherever we poll: only ever to ARM itself.
-        if !self.same_origin(&parsed) {
-            return Err(ArmError::Protocol(format!("operation URL for {resource} points outside the ARM endpoint")));
-        }
+        self.arm_url(url, &format!("operation URL for {resource}"))?;
         Ok(Operation { url: url.to_string(), async_operation, resource })
     }
 
@@ -313,10 +306,7 @@ impl ArmClient {
     }
 
     async fn poll_once(&self, operation: &Operation) -> Result<(OperationState, Option<Duration>), ArmError> {
-        let url = Url::parse(&operation.url).map_err(|_| ArmError::Protocol("operation URL is not a URL".into()))?;
-        if !self.same_origin(&url) {
-            return Err(ArmError::Protocol("operation URL points outside the ARM endpoint".into()));
-        }
+        let url = self.arm_url(&operation.url, "operation URL")?;
         let response = self.send_once(Method::Get, url, None).await?;
         let status = u16::from(response.status());
         let hint = retry_after(&response);
@@ -363,14 +353,12 @@ impl ArmApi for ArmClient {
     }
 
     async fn list_definitions(&self) -> Result<Vec<ActualDefinition>, ArmError> {
-        let path = format!("{}/sqlRoleDefinitions", self.account.id());
-        let list: Vec<DefinitionResource> = self.list(&path).await?;
+        let list: Vec<DefinitionResource> = self.list(&format!("{}/sqlRoleDefinitions", self.account.id())).await?;
         Ok(list.into_iter().map(DefinitionResource::into_actual).collect())
     }
 
     async fn list_assignments(&self) -> Result<Vec<ActualAssignment>, ArmError> {
-        let path = format!("{}/sqlRoleAssignments", self.account.id());
-        let list: Vec<AssignmentResource> = self.list(&path).await?;
+        let list: Vec<AssignmentResource> = self.list(&format!("{}/sqlRoleAssignments", self.account.id())).await?;
         Ok(list.into_iter().map(AssignmentResource::into_actual).collect())
     }
 
@@ -452,28 +440,22 @@ struct ListPage<T> {
 
 #[derive(Deserialize)]
 struct AccountResource {
-    #[serde(default)]
     id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct AssignmentResource {
-    #[serde(default)]
     id: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     properties: AssignmentProperties,
 }
 
 #[derive(Deserialize, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 struct AssignmentProperties {
-    #[serde(default)]
     role_definition_id: String,
-    #[serde(default)]
     scope: String,
-    #[serde(default)]
     principal_id: String,
 }
 
@@ -489,33 +471,27 @@ impl AssignmentResource {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct DefinitionResource {
-    #[serde(default)]
     id: String,
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     properties: DefinitionProperties,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 struct DefinitionProperties {
-    #[serde(default)]
     role_name: String,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     type_: String,
-    #[serde(default)]
     assignable_scopes: Vec<String>,
-    #[serde(default)]
     permissions: Vec<Permission>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 struct Permission {
-    #[serde(default)]
     data_actions: Vec<String>,
 }
 

@@ -159,6 +159,16 @@ impl CosmosGrant {
     pub fn new(role: &RoleKey, scopes: &[CosmosScope]) -> Self {
         Self(scopes.iter().map(|s| (role.clone(), s.relative_path())).collect())
     }
+
+    /// The assignments this grant wants for `principal`.
+    pub fn keys(&self, principal: &str) -> impl Iterator<Item = AssignmentKey> {
+        let principal_id = principal.to_ascii_lowercase();
+        self.0.iter().map(move |(role, scope)| AssignmentKey {
+            principal_id: principal_id.clone(),
+            role: role.clone(),
+            scope: scope.clone(),
+        })
+    }
 }
 
 /// A custom role definition as a CosmosRoleDefinition declares it.
@@ -205,9 +215,7 @@ impl Desired {
     /// its grant.
     pub fn add(&mut self, binding: &str, principals: impl IntoIterator<Item = String>, grant: &CosmosGrant) {
         for p in principals {
-            for (role, scope) in &grant.0 {
-                let key =
-                    AssignmentKey { principal_id: p.to_ascii_lowercase(), role: role.clone(), scope: scope.clone() };
+            for key in grant.keys(&p) {
                 self.assignments.entry(key).or_default().insert(binding.to_string());
             }
         }
@@ -406,8 +414,6 @@ pub enum DefinitionState {
 pub struct Counts {
     /// Role assignments on the account.
     pub assignments: usize,
-    /// Custom role definitions on the account.
-    pub definitions: usize,
     /// Role assignments dbgrant manages.
     pub managed_assignments: usize,
 }

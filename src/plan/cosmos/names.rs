@@ -51,12 +51,7 @@ impl AccountRef {
     /// a scope in this account that dbgrant understands. The account part
     /// compares case-insensitively; database and container names do not.
     pub fn relative_scope(&self, scope: &str) -> Option<String> {
-        let scope = scope.trim_end_matches('/');
-        let head = scope.get(..self.id.len())?;
-        if !head.eq_ignore_ascii_case(&self.id) {
-            return None;
-        }
-        let rest = &scope[self.id.len()..];
+        let rest = strip_prefix_ignore_case(scope.trim_end_matches('/'), &self.id)?;
         if rest.is_empty() {
             return Some(String::new());
         }
@@ -83,12 +78,7 @@ impl AccountRef {
     /// The definition name (a GUID, lower case) of a role definition id in
     /// this account, or None when the id points elsewhere.
     pub fn definition_name_of(&self, role_definition_id: &str) -> Option<String> {
-        let prefix_len = self.id.len() + "/sqlRoleDefinitions/".len();
-        let head = role_definition_id.get(..prefix_len)?;
-        if !head.eq_ignore_ascii_case(&format!("{}/sqlRoleDefinitions/", self.id)) {
-            return None;
-        }
-        let name = role_definition_id[prefix_len..].trim_end_matches('/');
+        let name = strip_prefix_ignore_case(role_definition_id, &self.definition_id(""))?.trim_end_matches('/');
         (!name.is_empty() && !name.contains('/')).then(|| name.to_ascii_lowercase())
     }
 
@@ -104,4 +94,9 @@ impl AccountRef {
         let input = format!("{}\n{cosmos_role_definition}", self.key);
         Uuid::new_v5(&DEFINITION_NAMESPACE, input.as_bytes()).to_string()
     }
+}
+
+/// `s` without `prefix`, compared case-insensitively (ARM ids are).
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    s.get(..prefix.len()).filter(|head| head.eq_ignore_ascii_case(prefix)).map(|_| &s[prefix.len()..])
 }

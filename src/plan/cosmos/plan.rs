@@ -132,6 +132,14 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
         }
     }
 
+    let put_assignment = |name: &str, key: &AssignmentKey, role_definition_id, create| Action::PutAssignment {
+        name: name.to_string(),
+        key: key.clone(),
+        principal_id: key.principal_id.clone(),
+        role_definition_id,
+        scope: account.scope(&key.scope),
+        create,
+    };
     let mut kept: BTreeSet<usize> = BTreeSet::new();
     let mut updates = Vec::new();
     // Creates wait for capacity: key -> (name, definition id).
@@ -162,14 +170,7 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
             if norms[i].definition.as_deref() != Some(definition.as_str()) {
                 // dbgrant's name, another definition: repointed out of band.
                 p.drifted.push(name.clone());
-                updates.push(Action::PutAssignment {
-                    name: name.clone(),
-                    key: key.clone(),
-                    principal_id: key.principal_id.clone(),
-                    role_definition_id,
-                    scope: account.scope(&key.scope),
-                    create: false,
-                });
+                updates.push(put_assignment(&name, key, role_definition_id, false));
             }
             p.assignments.insert(key.clone(), AssignmentState::Managed { name });
         } else if let Some(&i) = foreign.get(&(key.principal_id.as_str(), definition.as_str(), key.scope.as_str())) {
@@ -234,14 +235,7 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
             if desired.previous.assignments.contains(&name) {
                 p.drifted.push(name.clone());
             }
-            puts.push(Action::PutAssignment {
-                name: name.clone(),
-                key: key.clone(),
-                principal_id: key.principal_id.clone(),
-                role_definition_id,
-                scope: account.scope(&key.scope),
-                create: true,
-            });
+            puts.push(put_assignment(&name, key, role_definition_id, true));
             p.assignments.insert(key.clone(), AssignmentState::Managed { name });
         } else {
             p.assignments.insert(key.clone(), AssignmentState::LimitExceeded);
@@ -273,7 +267,6 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
             .count();
         if users == 0 {
             def_deletes.push(Action::DeleteDefinition { name: d.name.clone(), source: (*source).clone() });
-            customs = customs.saturating_sub(1);
             p.definitions.insert((*source).clone(), DefinitionState::Absent);
         } else {
             p.definitions.insert((*source).clone(), DefinitionState::InUse { name: lname, by: users });
@@ -283,7 +276,7 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
         p.definitions.entry(source.clone()).or_insert(DefinitionState::Absent);
     }
 
-    p.counts = Counts { assignments: total, definitions: customs, managed_assignments: kept.len() + admitted.len() };
+    p.counts = Counts { assignments: total, managed_assignments: kept.len() + admitted.len() };
     for group in [&mut def_puts, &mut deletes, &mut puts, &mut def_deletes] {
         group.sort_by(|a, b| a.name().cmp(b.name()));
     }
