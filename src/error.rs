@@ -47,7 +47,6 @@ pub enum Error {
     Backend {
         /// `mongodb` or `cosmosdb`.
         backend: &'static str,
-        /// Target name.
         target: String,
         /// Secret-free description of the failure.
         message: String,
@@ -72,7 +71,6 @@ pub enum Error {
     Wait {
         /// `mongodb` or `cosmosdb`.
         backend: &'static str,
-        /// Target name.
         target: String,
         /// What is awaited.
         message: String,

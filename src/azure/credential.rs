@@ -46,7 +46,6 @@ pub enum Material {
     Workload,
     /// Managed identity: nothing secret.
     Managed,
-    /// A client secret.
     ClientSecret(SecretString),
     /// PEM certificate chain and private key.
     Certificate(SecretString),

@@ -75,7 +75,6 @@ pub struct CosmosSettings {
 /// One account: its client and what survives between syncs. The state's
 /// mutex is the account's write lock.
 pub struct AccountHandle {
-    /// The account.
     pub account: AccountRef,
     client: Mutex<Option<(String, Arc<dyn ArmApi>)>>,
     /// Write lock and state between syncs.

@@ -193,7 +193,6 @@ pub const IN_PASS_WAIT_TOTAL: Duration = Duration::from_secs(60);
 /// What one sync did.
 #[derive(Clone, Debug, Default)]
 pub struct SyncReport {
-    /// The plan.
     pub plan: Plan,
     /// Result per written resource name.
     pub results: BTreeMap<String, WriteResult>,

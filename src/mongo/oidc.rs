@@ -120,7 +120,7 @@ pub fn resolve(target: &str, auth: &MongoOidcAuth, env: impl Fn(&str) -> Option<
             ));
         }
     }
-    let identity = match auth.credential {
+    let (tenant_id, client_id, token_file) = match auth.credential {
         MongoOidcCredential::WorkloadIdentity => {
             let tenant_id = auth.tenant_id.clone().or_else(|| env("AZURE_TENANT_ID")).ok_or_else(|| {
                 config_error(
@@ -140,25 +140,18 @@ pub fn resolve(target: &str, auth: &MongoOidcAuth, env: impl Fn(&str) -> Option<
                     "workloadIdentity needs AZURE_FEDERATED_TOKEN_FILE in the operator pod: install the chart with workloadIdentity.enabled=true and the Azure Workload Identity webhook in the cluster",
                 )
             })?;
-            Identity {
-                credential: auth.credential,
-                tenant_id: Some(tenant_id),
-                client_id: Some(client_id),
-                token_file: Some(token_file),
-                authority_host,
-                scope: auth.scope.clone(),
-            }
+            (Some(tenant_id), Some(client_id), Some(token_file))
         }
-        MongoOidcCredential::ManagedIdentity => Identity {
-            credential: auth.credential,
-            tenant_id: None,
-            client_id: auth.client_id.clone(),
-            token_file: None,
-            authority_host,
-            scope: auth.scope.clone(),
-        },
+        MongoOidcCredential::ManagedIdentity => (None, auth.client_id.clone(), None),
     };
-    Ok(identity)
+    Ok(Identity {
+        credential: auth.credential,
+        tenant_id,
+        client_id,
+        token_file,
+        authority_host,
+        scope: auth.scope.clone(),
+    })
 }
 
 /// Build the `azure_identity` credential for `identity`, trusting
@@ -202,11 +195,6 @@ pub fn credential(
 ) -> Result<Credential> {
     let identity = resolve(target, auth, env)?;
     let token_credential = token_credential(target, &identity, extra_ca_pem)?;
-    Ok(driver_credential(target, identity, token_credential))
-}
-
-/// Wrap `token_credential` in the driver's OIDC machine callback.
-pub fn driver_credential(target: &str, identity: Identity, token_credential: Arc<dyn TokenCredential>) -> Credential {
     let target = Arc::<str>::from(target);
     let identity = Arc::new(identity);
     let callback = Callback::machine(move |_context| {
@@ -228,7 +216,7 @@ pub fn driver_credential(target: &str, identity: Identity, token_credential: Arc
     });
     let mut credential = Credential::builder().mechanism(AuthMechanism::MongoDbOidc).build();
     credential.oidc_callback = callback;
-    credential
+    Ok(credential)
 }
 
 /// Get one access token: its value and when it expires.
@@ -289,20 +277,14 @@ fn describe(e: &azure_core::Error) -> String {
 /// `text` on one line, minus `Trace ID: <id>`, `Correlation ID: <id>` and
 /// `Timestamp: <date> <time>`.
 fn stable(text: &str) -> String {
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let mut out: Vec<&str> = Vec::with_capacity(words.len());
-    let mut i = 0;
-    while i < words.len() {
-        let skip = match (words[i], words.get(i + 1).copied()) {
-            ("Trace" | "Correlation", Some("ID:")) => 3,
-            ("Timestamp:", _) => 3,
-            _ => 0,
-        };
-        if skip == 0 {
-            out.push(words[i]);
-            i += 1;
-        } else {
-            i += skip;
+    let mut words = text.split_whitespace().peekable();
+    let mut out: Vec<&str> = Vec::new();
+    while let Some(w) = words.next() {
+        match (w, words.peek().copied()) {
+            ("Trace" | "Correlation", Some("ID:")) | ("Timestamp:", _) => {
+                words.nth(1);
+            }
+            _ => out.push(w),
         }
     }
     out.join(" ")

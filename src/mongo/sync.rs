@@ -56,7 +56,6 @@ pub struct SyncReport {
 
 /// One subject to sync: its objects and desired grant.
 pub struct SubjectWork {
-    /// The subject.
     pub subject: SubjectKey,
     /// Its role/user names.
     pub objects: SubjectObjects,

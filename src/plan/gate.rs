@@ -29,7 +29,6 @@ pub struct Evaluation<G> {
     pub contribution: Option<Contribution<G>>,
     /// Why there is no contribution.
     pub blocked: Option<Outcome>,
-    /// Expiry.
     pub expiry: ExpiryState,
 }
 

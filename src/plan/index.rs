@@ -39,7 +39,6 @@ pub type BindingKey = String;
 /// target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contribution<G> {
-    /// Target name.
     pub target: String,
     /// Subjects that receive the grant.
     pub subjects: BTreeSet<SubjectKey>,

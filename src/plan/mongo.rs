@@ -31,7 +31,6 @@ pub enum Resource {
     Namespace {
         /// Database.
         db: String,
-        /// Collection.
         collection: String,
     },
 }

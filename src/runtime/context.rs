@@ -14,7 +14,6 @@ pub struct Context {
     pub namespace: String,
     /// Event recorder.
     pub recorder: Recorder,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub health: Arc<Health>,

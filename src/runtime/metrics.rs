@@ -40,7 +40,6 @@ pub struct BackendLabels {
 pub struct DriftLabels {
     /// `mongodb` or `cosmosdb`.
     pub backend: String,
-    /// Target name.
     pub target: String,
 }
 
@@ -49,7 +48,6 @@ pub struct DriftLabels {
 pub struct ThrottleLabels {
     /// `mongodb` or `cosmosdb`.
     pub backend: String,
-    /// Target name.
     pub target: String,
     /// Why: `429`, `503`, `412` (account lock), `budget` (dbgrant's own
     /// per-account write budget) or `pending` (an operation still running).

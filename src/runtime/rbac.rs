@@ -23,7 +23,6 @@ pub struct Permission {
     pub group: &'static str,
     /// Resource (with `/subresource` when it is one).
     pub resource: &'static str,
-    /// Verb.
     pub verb: &'static str,
     /// Scope of the grant.
     pub scope: Where,

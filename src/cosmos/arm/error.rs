@@ -99,7 +99,6 @@ pub enum ArmError {
     /// it later instead of writing again.
     #[error("azure operation on {} still running", operation.resource)]
     Pending {
-        /// The operation.
         operation: Operation,
     },
     /// The server failed (5xx after the pipeline's retries).

@@ -85,9 +85,7 @@ pub struct AssignmentBody {
 /// A custom role definition to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DefinitionBody {
-    /// Role name.
     pub role_name: String,
-    /// Data actions.
     pub data_actions: Vec<String>,
     /// Fully qualified assignable scopes.
     pub assignable_scopes: Vec<String>,

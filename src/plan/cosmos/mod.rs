@@ -66,8 +66,6 @@ mod limits;
 mod names;
 mod observed;
 mod plan;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -176,7 +174,6 @@ impl CosmosGrant {
 pub struct DefinitionSpec {
     /// Role name shown in Azure.
     pub role_name: String,
-    /// Data actions.
     pub data_actions: BTreeSet<String>,
     /// Assignable scopes, relative; empty means the account.
     pub assignable_scopes: BTreeSet<String>,
@@ -242,7 +239,6 @@ pub struct ActualAssignment {
 pub struct ActualDefinition {
     /// Name (a GUID).
     pub name: String,
-    /// Role name.
     pub role_name: String,
     /// `BuiltInRole` or `CustomRole`.
     pub built_in: bool,
@@ -279,9 +275,7 @@ pub enum Action {
         name: String,
         /// CosmosRoleDefinition it implements.
         source: String,
-        /// Role name.
         role_name: String,
-        /// Data actions.
         data_actions: Vec<String>,
         /// Fully qualified assignable scopes.
         assignable_scopes: Vec<String>,
@@ -301,7 +295,6 @@ pub enum Action {
         name: String,
         /// What it grants.
         key: AssignmentKey,
-        /// Principal id.
         principal_id: String,
         /// Fully qualified role definition id.
         role_definition_id: String,
@@ -358,12 +351,10 @@ pub enum AssignmentState {
     /// An identical assignment dbgrant does not own grants the access; it is
     /// left alone.
     PreExisting {
-        /// Its name.
         name: String,
     },
     /// dbgrant's name is taken by an assignment it does not own.
     Conflict {
-        /// The name.
         name: String,
     },
     /// Not created: the account's assignment limit.
