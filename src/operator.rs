@@ -199,10 +199,11 @@ async fn mongo_controllers(
 
     // Targets reconcile on spec, finalizer and deletion changes (and their
     // own periodic resync), never on the status they write themselves.
-    let (target_store, target_stream) = watch::cached(targets.clone(), Relevance::SpecOrFinalizers);
+    let (target_store, target_stream) =
+        watch::cached(targets.clone(), Relevance::SpecOrFinalizers, shared.metrics.clone());
     // Bindings reconcile on spec and deletion changes, and when their
     // target's spec or readiness changes.
-    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec);
+    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec, shared.metrics.clone());
     // Bindings whose status another binding's sync changed.
     let (refresh, refreshes) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(MongoContext {
@@ -252,9 +253,11 @@ async fn cosmos_controllers(
     let definitions: Api<CosmosRoleDefinition> = Api::all(client.clone());
     let bindings: Api<CosmosRoleBinding> = Api::all(client.clone());
 
-    let (target_store, target_stream) = watch::cached(targets.clone(), Relevance::SpecOrFinalizers);
-    let (definition_store, definition_stream) = watch::cached(definitions.clone(), Relevance::SpecOrFinalizers);
-    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec);
+    let (target_store, target_stream) =
+        watch::cached(targets.clone(), Relevance::SpecOrFinalizers, shared.metrics.clone());
+    let (definition_store, definition_stream) =
+        watch::cached(definitions.clone(), Relevance::SpecOrFinalizers, shared.metrics.clone());
+    let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec, shared.metrics.clone());
     let ctx = Arc::new(CosmosContext::new(
         shared.clone(),
         target_store.clone(),

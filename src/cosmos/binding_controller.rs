@@ -33,6 +33,7 @@ use crate::api::conditions::{self, Outcome, reason};
 use crate::api::{CosmosRoleBinding, CosmosTarget, target};
 use crate::plan::{cosmos::AssignmentKey, expiry, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::metrics::Stage;
 use crate::runtime::object::key;
 use crate::runtime::status;
 use crate::{Error, Result};
@@ -135,7 +136,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let dropped = to_revoke(&account, &previous, &st.assignments, &own);
                 let freshness =
                     if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-                match ctx.sync(t, BTreeSet::new(), freshness).await {
+                match timed_sync(ctx, t, BTreeSet::new(), freshness).await {
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
                         st.assignments = assignments;
@@ -253,5 +254,19 @@ async fn revoke(
     if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
-    ctx.sync(target, release, freshness).await
+    timed_sync(ctx, target, release, freshness).await
+}
+
+/// A binding's account sync, its time recorded as the backend stage (the
+/// wait for the account's lock included).
+async fn timed_sync(
+    ctx: &CosmosContext,
+    target: &CosmosTarget,
+    release: BTreeSet<AssignmentKey>,
+    freshness: Freshness,
+) -> Result<Arc<SyncReport>> {
+    let start = std::time::Instant::now();
+    let report = ctx.sync(target, release, freshness).await;
+    ctx.shared.metrics.stage("CosmosRoleBinding", Stage::Backend, start.elapsed());
+    report
 }

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
+    time::Instant,
 };
 
 use kube::{ResourceExt, runtime::controller::Action};
@@ -30,6 +31,7 @@ use crate::plan::index::{Affected, Rejection};
 use crate::plan::mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for};
 use crate::plan::{expiry, gate, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::metrics::Stage;
 use crate::runtime::object::key;
 use crate::runtime::status;
 use crate::{Error, Failure, Result};
@@ -351,7 +353,10 @@ async fn sync_subjects(
     // (before and after waiting for the lock) rather than hold the lock and
     // a reconcile slot for the driver's whole server selection timeout.
     conn.check_available(&name)?;
+    let (metrics, kind) = (&ctx.shared.metrics, "MongoRoleBinding");
+    let start = Instant::now();
     let _guard = conn.write_lock.lock().await;
+    metrics.stage(kind, Stage::Lock, start.elapsed());
     conn.check_available(&name)?;
     // The union is read under the write lock, so no sync can apply an
     // older union after a newer one.
@@ -363,7 +368,9 @@ async fn sync_subjects(
         }
         work
     };
-    let result = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await;
+    let start = Instant::now();
+    let result = sync::sync(&name, &conn.client, metrics, target.spec.adopt, &work).await;
+    metrics.stage(kind, Stage::Backend, start.elapsed());
     conn.record(&result);
     result
 }

@@ -12,7 +12,12 @@
 //!                          other → warn, count, requeue (Retry-After, else transient/permanent backoff)
 //! ```
 
-use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
+use std::{
+    fmt::Debug,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kube::{
     Resource,
@@ -27,7 +32,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     context::Context,
-    metrics::{DriftLabels, Metrics},
+    metrics::{DriftLabels, Metrics, Stage},
     object::{self, Managed, key},
     status,
 };
@@ -134,11 +139,20 @@ where
     K: Managed,
     C: Lifecycle<K>,
 {
-    let _timer = ctx.shared().metrics.reconcile(&K::kind(&()));
+    let (kind, metrics) = (K::kind(&()), &ctx.shared().metrics);
+    let _timer = metrics.reconcile(&kind);
+    metrics.picked_up(&kind, &object::kind_key(obj.as_ref()));
     ctx.prime().await;
     let api = object::api_for(ctx.shared().client.clone(), obj.as_ref());
     let finalizer_name = C::ROLE.finalizer();
-    let obj = if C::ROLE == Role::Binding { super::finalize::ensure(&api, finalizer_name, obj).await? } else { obj };
+    let obj = if C::ROLE == Role::Binding {
+        let start = Instant::now();
+        let obj = super::finalize::ensure(&api, finalizer_name, obj).await?;
+        metrics.stage(&kind, Stage::Finalizer, start.elapsed());
+        obj
+    } else {
+        obj
+    };
     let ctx = ctx.as_ref();
     finalizer(&api, finalizer_name, obj, |event| async move {
         match event {

@@ -60,3 +60,8 @@ pub fn key<K: Resource>(obj: &K) -> String {
         None => name.to_string(),
     }
 }
+
+/// An object's key across kinds: `Kind/namespace/name`.
+pub fn kind_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}", K::kind(&()), key(obj))
+}

@@ -12,6 +12,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     context::Context,
+    metrics::Stage,
     object::{self, Managed},
 };
 use crate::{
@@ -29,12 +30,14 @@ where
     K: Managed,
     S: ObjectStatus + Serialize + PartialEq,
 {
+    let start = std::time::Instant::now();
     let api = &object::api_for(ctx.client.clone(), obj);
     let before: Vec<Condition> = current.map(|c| c.conditions().to_vec()).unwrap_or_default();
     let generation = obj.meta().generation;
     next.set_conditions(conditions::merge(&before, outcome, generation, &now()), generation);
     apply(api, obj, current, &next).await?;
     publish_transition(ctx, obj, &before, next.conditions()).await;
+    ctx.metrics.stage(&K::kind(&()), Stage::Status, start.elapsed());
     Ok(next)
 }
 

@@ -16,6 +16,7 @@ use std::{
     collections::hash_map::DefaultHasher,
     fmt::Debug,
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
 use futures::{Stream, StreamExt};
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 
+use super::{metrics::Metrics, object::kind_key};
 use crate::{
     api::RELEASED_ANNOTATION,
     api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget, conditions},
@@ -119,10 +121,13 @@ has_conditions!(MongoTarget, MongoRoleBinding, CosmosTarget, CosmosRoleDefinitio
 
 /// A watch of every `K`: the reflector cache it fills (stripped objects)
 /// and the stream of objects whose changes are `relevance`-relevant, to
-/// drive a controller with `Controller::for_stream`.
+/// drive a controller with `Controller::for_stream`. Each such change is
+/// noted in `metrics`, so the reconcile that picks it up can tell how long
+/// it waited.
 pub fn cached<K>(
     api: Api<K>,
     relevance: Relevance,
+    metrics: Arc<Metrics>,
 ) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + HasConditions + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -133,7 +138,12 @@ where
         .modify(strip::<K>)
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(move |o: &K| Some(relevance.key(o)), Default::default());
+        .predicate_filter(move |o: &K| Some(relevance.key(o)), Default::default())
+        .inspect(move |o| {
+            if let Ok(o) = o {
+                metrics.arrived(kind_key(o));
+            }
+        });
     (reader, stream)
 }
 

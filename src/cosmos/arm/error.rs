@@ -98,9 +98,7 @@ pub enum ArmError {
     /// A long-running operation did not finish in the time allowed; poll
     /// it later instead of writing again.
     #[error("azure operation on {} still running", operation.resource)]
-    Pending {
-        operation: Operation,
-    },
+    Pending { operation: Operation },
     /// The server failed (5xx after the pipeline's retries).
     #[error("azure resource manager failed (HTTP {status} {code}): {message}")]
     Server {

@@ -350,13 +350,9 @@ pub enum AssignmentState {
     },
     /// An identical assignment dbgrant does not own grants the access; it is
     /// left alone.
-    PreExisting {
-        name: String,
-    },
+    PreExisting { name: String },
     /// dbgrant's name is taken by an assignment it does not own.
-    Conflict {
-        name: String,
-    },
+    Conflict { name: String },
     /// Not created: the account's assignment limit.
     LimitExceeded,
     /// Its custom role definition is not in place.

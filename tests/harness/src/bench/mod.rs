@@ -29,6 +29,7 @@ pub mod mongo;
 pub mod process;
 pub mod report;
 pub mod scenarios;
+pub mod stages;
 pub mod stats;
 
 use std::time::Duration;

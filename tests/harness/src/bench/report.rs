@@ -334,6 +334,30 @@ fn rows() -> Vec<Row> {
                 )
             }),
         ),
+        (
+            "Single change, mean ms inside the operator, create / update / delete: queued · finalizer · lock · backend · status · rest of reconcile · outside (apiserver, watches)",
+            "",
+            Box::new(|r| {
+                ["create", "update", "delete"]
+                    .iter()
+                    .map(|p| {
+                        let base = format!("/single/{p}/operatorStages");
+                        let stage = |s: &str| fmt(num(r, &format!("{base}/stages/{s}/msPerChange")).or(Some(0.0)), 1);
+                        format!(
+                            "{} · {} · {} · {} · {} · {} · {}",
+                            stage("queued"),
+                            stage("finalizer"),
+                            stage("lock"),
+                            stage("backend"),
+                            stage("status"),
+                            fmt(num(r, &format!("{base}/reconcileOtherMs")), 1),
+                            fmt(num(r, &format!("{base}/outsideOperatorMs")), 1)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            }),
+        ),
         ("**Steady state**: backend writes over two resync intervals", "0", n("/steady/writes", 0)),
         (
             "Steady: backend reads per resync pass per target",

@@ -28,6 +28,7 @@ use super::{
     args::Args,
     backend::{Backend, BindingSpec, Layout, OpCounts},
     process::{CpuSplit, Sampler, Window, mib, round3},
+    stages::Stages,
     stats::Summary,
 };
 use crate::{Cluster, Operator, cluster::FIELD_MANAGER, operator::metric_sum};
@@ -565,6 +566,8 @@ async fn wait_watch(
 #[derive(Default)]
 struct Phase {
     latencies: Vec<Duration>,
+    /// The operator's stage metrics over the phase.
+    stages: Stages,
     writes: u64,
     reads: u64,
     mismatches: Vec<String>,
@@ -579,6 +582,8 @@ impl Phase {
         v["backendReadsPerChange"] = json!(round3(self.reads as f64 / n));
         v["backendMismatches"] = json!(self.mismatches);
         v["measuredByPollingFallback"] = json!(self.polled);
+        let mean_ms = Summary::of(&self.latencies).mean;
+        v["operatorStages"] = self.stages.to_json(self.latencies.len(), mean_ms);
         v
     }
 }
@@ -593,7 +598,10 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
     let (mut create, mut update, mut delete) = (Phase::default(), Phase::default(), Phase::default());
     eprintln!("bench: single: {count} creates, updates and deletes, one at a time");
 
+    let kind = env.backend.binding_kind();
+    let stages = async || Ok::<_, anyhow::Error>(Stages::parse(&op.metrics().await?, kind));
     for (phase, step) in [(&mut create, 0), (&mut update, 1)] {
+        let before = stages().await?;
         for spec in &specs {
             let spec = if step == 0 { spec.clone() } else { env.layout.single_updated(spec) };
             let doc = env.backend.binding(&spec);
@@ -619,7 +627,9 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
             }
             tokio::time::sleep(SINGLE_GAP).await;
         }
+        phase.stages = stages().await?.since(&before);
     }
+    let before = stages().await?;
     for spec in &specs {
         let api = env.bindings(&spec.namespace);
         env.backend.clear_counters(spec.target);
@@ -644,6 +654,7 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
         }
         tokio::time::sleep(SINGLE_GAP).await;
     }
+    delete.stages = stages().await?.since(&before);
     let window = sampler.stop().await;
     let s = |p: &Phase| Summary::of(&p.latencies);
     eprintln!(
