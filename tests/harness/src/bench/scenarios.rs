@@ -28,7 +28,7 @@ use super::{
     args::Args,
     backend::{Backend, BindingSpec, Layout, OpCounts},
     process::{CpuSplit, Sampler, Window, mib, round3},
-    stages::Stages,
+    stages::{self, Stages},
     stats::Summary,
 };
 use crate::{Cluster, Operator, cluster::FIELD_MANAGER, operator::metric_sum};
@@ -514,32 +514,47 @@ pub async fn idle(op: &Operator) -> Result<Window> {
 
 // -------------------------------------------------------- single change
 
-/// Wait for an object to be Ready at its generation, or (with `gone`) to be
-/// deleted, by a watch from `rv` on that one object; falls back to polling
-/// GET every 10 ms if the watch fails. Returns the time since `t0`.
-async fn wait_watch(
+/// A watch on one object, opened before the change it times, from the
+/// collection's current resourceVersion: the benchmark's own connection
+/// setup (a new HTTPS connection costs ~40 ms on these machines) is then
+/// not counted against the operator. None if it cannot be opened (the
+/// wait polls instead).
+async fn open_watch(api: &Api<DynamicObject>, name: &str, timeout: Duration) -> Option<EventStream> {
+    let by_name = format!("metadata.name={name}");
+    let list = api.list_metadata(&ListParams::default().fields(&by_name)).await.ok()?;
+    let rv = list.metadata.resource_version.unwrap_or_default();
+    let wp = WatchParams::default().fields(&by_name).timeout(timeout.as_secs().max(1) as u32);
+    api.watch(&wp, &rv).await.ok().map(|s| s.boxed())
+}
+
+type EventStream = futures::stream::BoxStream<'static, kube::Result<WatchEvent<DynamicObject>>>;
+
+/// Wait, through `watch`, for the object to be Ready at `generation` or
+/// later, or (with `gone`) to be deleted; polls GET every 10 ms if there
+/// is no watch or it ends. Returns the time since `t0`.
+async fn wait_for(
+    watch: Option<EventStream>,
     api: &Api<DynamicObject>,
     name: &str,
-    rv: &str,
     gone: bool,
+    generation: i64,
     t0: Instant,
     timeout: Duration,
-) -> Result<(Duration, &'static str)> {
+) -> Result<Duration> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(timeout.as_secs().max(1) as u32);
-    if let Ok(stream) = api.watch(&wp, rv).await {
-        let mut stream = std::pin::pin!(stream);
+    let done = |o: &DynamicObject| ready_at_generation(o) && o.metadata.generation.unwrap_or(0) >= generation;
+    if let Some(mut stream) = watch {
         loop {
             match tokio::time::timeout_at(deadline, stream.try_next()).await {
                 Err(_) => bail!("{name}: not {} after {timeout:?}", if gone { "gone" } else { "Ready" }),
                 Ok(Ok(Some(WatchEvent::Added(o) | WatchEvent::Modified(o)))) => {
-                    if !gone && ready_at_generation(&o) {
-                        return Ok((t0.elapsed(), "watch"));
+                    if !gone && done(&o) {
+                        return Ok(t0.elapsed());
                     }
                 }
                 Ok(Ok(Some(WatchEvent::Deleted(_)))) => {
                     if gone {
-                        return Ok((t0.elapsed(), "watch"));
+                        return Ok(t0.elapsed());
                     }
                     bail!("{name} was deleted while waiting for Ready");
                 }
@@ -551,8 +566,8 @@ async fn wait_watch(
     }
     loop {
         match api.get_opt(name).await? {
-            None if gone => return Ok((t0.elapsed(), "poll")),
-            Some(o) if !gone && ready_at_generation(&o) => return Ok((t0.elapsed(), "poll")),
+            None if gone => return Ok(t0.elapsed()),
+            Some(o) if !gone && done(&o) => return Ok(t0.elapsed()),
             None => bail!("{name} vanished while waiting for Ready"),
             Some(_) => {}
         }
@@ -566,6 +581,8 @@ async fn wait_watch(
 #[derive(Default)]
 struct Phase {
     latencies: Vec<Duration>,
+    /// How long the apply or delete request itself took.
+    requests: Vec<Duration>,
     /// The operator's stage metrics over the phase.
     stages: Stages,
     writes: u64,
@@ -583,6 +600,7 @@ impl Phase {
         v["backendMismatches"] = json!(self.mismatches);
         v["measuredByPollingFallback"] = json!(self.polled);
         let mean_ms = Summary::of(&self.latencies).mean;
+        v["requestMeanMs"] = json!(round3(Summary::of(&self.requests).mean));
         v["operatorStages"] = self.stages.to_json(self.latencies.len(), mean_ms);
         v
     }
@@ -598,25 +616,39 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
     let (mut create, mut update, mut delete) = (Phase::default(), Phase::default(), Phase::default());
     eprintln!("bench: single: {count} creates, updates and deletes, one at a time");
 
+    // Watches have a client of their own. A watch ends by dropping its
+    // connection, so with one pool each apply or delete found no idle
+    // connection and paid for a new one (~40 ms here, against ~4 ms the
+    // apiserver spends on the request): the benchmark's cost, not the
+    // operator's.
+    let watch_client = crate::cluster::client(&env.cluster.admin_kubeconfig).await?;
+    let watch_api = |ns: &str| Api::<DynamicObject>::namespaced_with(watch_client.clone(), ns, &env.binding_ar);
     let kind = env.backend.binding_kind();
     let stages = async || Ok::<_, anyhow::Error>(Stages::parse(&op.metrics().await?, kind));
+    // The apiserver's own view of the same phases: its request times.
+    let plural = env.binding_ar.plural.clone();
+    let served = async || -> Result<BTreeMap<String, (f64, u64)>> {
+        let request = http::Request::get("/metrics").body(Vec::new())?;
+        let text = env.cluster.admin.request_text(request).await?;
+        let resource = format!("resource=\"{plural}\"");
+        Ok(stages::histograms(&text, "apiserver_request_duration_seconds", &[&resource], &["verb", "subresource"]))
+    };
+    let mut seen_by_apiserver = serde_json::Map::new();
     for (phase, step) in [(&mut create, 0), (&mut update, 1)] {
-        let before = stages().await?;
+        let (before, served0) = (stages().await?, served().await?);
         for spec in &specs {
             let spec = if step == 0 { spec.clone() } else { env.layout.single_updated(spec) };
             let doc = env.backend.binding(&spec);
             let api = env.bindings(&spec.namespace);
             env.backend.clear_counters(spec.target);
+            let watch = open_watch(&watch_api(&spec.namespace), &spec.name, timeout).await;
+            phase.polled += usize::from(watch.is_none());
             let t0 = Instant::now();
             let o = apply(&api, &doc).await?;
-            let (took, how) = if ready_at_generation(&o) {
-                (t0.elapsed(), "watch")
-            } else {
-                let rv = o.metadata.resource_version.clone().unwrap_or_default();
-                wait_watch(&api, &spec.name, &rv, false, t0, timeout).await?
-            };
+            phase.requests.push(t0.elapsed());
+            let generation = o.metadata.generation.unwrap_or(0);
+            let took = wait_for(watch, &api, &spec.name, false, generation, t0, timeout).await?;
             phase.latencies.push(took);
-            phase.polled += usize::from(how == "poll");
             let c = env.backend.counters(spec.target);
             phase.writes += c.writes;
             phase.reads += c.reads;
@@ -628,22 +660,20 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
             tokio::time::sleep(SINGLE_GAP).await;
         }
         phase.stages = stages().await?.since(&before);
+        let name = if step == 0 { "create" } else { "update" };
+        seen_by_apiserver.insert(name.into(), stages::mean_ms_since(&served().await?, &served0));
     }
-    let before = stages().await?;
+    let (before, served0) = (stages().await?, served().await?);
     for spec in &specs {
         let api = env.bindings(&spec.namespace);
         env.backend.clear_counters(spec.target);
+        let watch = open_watch(&watch_api(&spec.namespace), &spec.name, timeout).await;
+        delete.polled += usize::from(watch.is_none());
         let t0 = Instant::now();
-        let r = api.delete(&spec.name, &DeleteParams::default()).await?;
-        let (took, how) = match r.left() {
-            Some(o) => {
-                let rv = o.metadata.resource_version.clone().unwrap_or_default();
-                wait_watch(&api, &spec.name, &rv, true, t0, timeout).await?
-            }
-            None => (t0.elapsed(), "watch"),
-        };
+        api.delete(&spec.name, &DeleteParams::default()).await?;
+        delete.requests.push(t0.elapsed());
+        let took = wait_for(watch, &api, &spec.name, true, 0, t0, timeout).await?;
         delete.latencies.push(took);
-        delete.polled += usize::from(how == "poll");
         let c = env.backend.counters(spec.target);
         delete.writes += c.writes;
         delete.reads += c.reads;
@@ -655,6 +685,7 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
         tokio::time::sleep(SINGLE_GAP).await;
     }
     delete.stages = stages().await?.since(&before);
+    seen_by_apiserver.insert("delete".into(), stages::mean_ms_since(&served().await?, &served0));
     let window = sampler.stop().await;
     let s = |p: &Phase| Summary::of(&p.latencies);
     eprintln!(
@@ -668,12 +699,14 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
     all.extend(&delete.latencies);
     Ok(json!({
         "count": count,
-        "method": "a watch on the one object (fieldSelector metadata.name), started from the resourceVersion the \
-                   apply/delete returned; timed from just before the apply/delete request to the event showing \
-                   Ready=True at the new generation (or DELETED). Falls back to GET every 10 ms if the watch fails.",
+        "method": "a watch on the one object (fieldSelector metadata.name), opened before the change from the \
+                   collection's resourceVersion (so the benchmark's own connection setup is not timed); timed from \
+                   just before the apply/delete request to the event showing Ready=True at the new generation (or \
+                   DELETED). Falls back to GET every 10 ms if the watch cannot be opened.",
         "create": create.to_json(),
         "update": update.to_json(),
         "delete": delete.to_json(),
+        "apiserverRequestMeanMs": seen_by_apiserver,
         "all": Summary::of(&all).to_json(),
         "operator": window.to_json(),
         "cpu": cpu0.until(&CpuSplit::now(op.pid(), env.control_plane_pid)),

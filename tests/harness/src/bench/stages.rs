@@ -93,6 +93,53 @@ impl Stages {
     }
 }
 
+/// Sums and counts of `metric`'s histogram series whose labels include
+/// every one of `require`, keyed by the values of the `keep` labels
+/// (`verb=APPLY,resource=…`).
+pub fn histograms(text: &str, metric: &str, require: &[&str], keep: &[&str]) -> BTreeMap<String, (f64, u64)> {
+    let mut out: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((name, labels)) = series.split_once('{') else { continue };
+        let field = match name.strip_prefix(metric) {
+            Some("_sum") => "sum",
+            Some("_count") => "count",
+            _ => continue,
+        };
+        if !require.iter().all(|r| labels.contains(r)) {
+            continue;
+        }
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let key: Vec<String> = keep
+            .iter()
+            .filter_map(|k| {
+                let v = labels.split(&format!("{k}=\"")).nth(1)?.split('"').next()?;
+                Some(format!("{k}={v}"))
+            })
+            .collect();
+        let entry = out.entry(key.join(",")).or_default();
+        if field == "sum" {
+            entry.0 += value;
+        } else {
+            entry.1 += value as u64;
+        }
+    }
+    out
+}
+
+/// Mean milliseconds of each series between two [`histograms`] readings.
+pub fn mean_ms_since(after: &BTreeMap<String, (f64, u64)>, before: &BTreeMap<String, (f64, u64)>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, (sum, n)) in after {
+        let (s0, n0) = before.get(k).copied().unwrap_or_default();
+        let dn = n.saturating_sub(n0);
+        if dn > 0 {
+            out.insert(k.clone(), json!({ "count": dn, "meanMs": round2((sum - s0) * 1000.0 / dn as f64) }));
+        }
+    }
+    Value::Object(out)
+}
+
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
@@ -130,5 +177,26 @@ dbgrant_reconcile_duration_seconds_count{kind="MongoTarget"} 3
         assert_eq!(j["reconcileOtherMs"], 30.0);
         assert_eq!(j["outsideOperatorMs"], 40.0, "100 - 10 queued - 50 reconcile");
         assert!(Stages::parse(BEFORE, "MongoTarget").by_stage["reconcile"] == (9.0, 3));
+    }
+
+    #[test]
+    fn apiserver_request_means_by_verb() {
+        let text = |sum: f64, n: u64| {
+            format!(
+                "apiserver_request_duration_seconds_sum{{component=\"apiserver\",resource=\"mongorolebindings\",subresource=\"\",verb=\"APPLY\",version=\"v1alpha1\"}} {sum}\n\
+                 apiserver_request_duration_seconds_count{{component=\"apiserver\",resource=\"mongorolebindings\",subresource=\"\",verb=\"APPLY\",version=\"v1alpha1\"}} {n}\n\
+                 apiserver_request_duration_seconds_count{{component=\"apiserver\",resource=\"leases\",subresource=\"\",verb=\"PUT\",version=\"v1\"}} 7\n"
+            )
+        };
+        let pick = |t: &str| {
+            histograms(
+                t,
+                "apiserver_request_duration_seconds",
+                &["resource=\"mongorolebindings\""],
+                &["verb", "subresource"],
+            )
+        };
+        let delta = mean_ms_since(&pick(&text(0.5, 20)), &pick(&text(0.3, 10)));
+        assert_eq!(delta, json!({ "verb=APPLY,subresource=": { "count": 10, "meanMs": 20.0 } }));
     }
 }
