@@ -28,7 +28,7 @@ use dbgrant::{
         transport,
     },
     cosmos::{
-        arm::{ArmApi, ArmClient, ArmError, ArmSettings},
+        arm::{ArmApi, ArmClient, ArmError, ArmSettings, AssignmentBody, pacing::WriteBucket},
         binding_controller::{confirm, to_revoke},
         cloud::{self, Cloud},
         sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport, WriteResult},
@@ -619,6 +619,45 @@ async fn throttling_and_lock_storms_end_converged_without_a_hot_loop() {
     let c = h.double().counters();
     assert!(c.throttled + c.conflicts >= 3);
     assert!(c.writes <= 3 + 3 + 3, "each refused write is retried once per pass, not in a loop: {c:?}");
+}
+
+/// `count` role assignment PUTs in a row through `h.client`; how many were
+/// refused.
+async fn put_many(h: &Harness, count: usize) -> usize {
+    let role_definition_id = h.account.definition_id(BuiltInCosmosRole::DataReader.definition_name());
+    let mut refused = 0;
+    for i in 0..count {
+        let scope = format!("/dbs/paced-{i}");
+        let body = AssignmentBody {
+            principal_id: P1.into(),
+            role_definition_id: role_definition_id.clone(),
+            scope: h.account.scope(&scope),
+        };
+        let name = h.account.assignment_name(P1, &scope, &reader());
+        refused += usize::from(h.client.put_assignment(&name, &body).await.is_err());
+    }
+    refused
+}
+
+#[tokio::test]
+async fn writes_wait_for_the_principals_write_bucket_instead_of_being_refused() {
+    // ARM's bucket for this principal: 2 writes, refilled at 2/s (ARM's
+    // own is 200 and 10/s; smaller here so the test is quick). dbgrant's
+    // copy refills at the same rate but starts believing it has 200: it
+    // learns what is left from x-ms-ratelimit-remaining-subscription-writes.
+    let config = || double_config().write_bucket(2, 2.0);
+
+    // Without the bucket (the control): writes faster than the refill are
+    // answered 429 (surfaced at once: no inline wait in these settings).
+    let h = Harness::with_double(config()).await;
+    let refused = put_many(&h, 12).await;
+    assert!(refused > 0 && h.double().counters().throttled > 0, "the double throttles unpaced writes");
+
+    let mut h = Harness::with_double(config()).await;
+    h.settings.write_bucket = Some(std::sync::Arc::new(WriteBucket::new(200.0, 2.0)));
+    h.restart();
+    assert_eq!(put_many(&h, 12).await, 0, "every paced write accepted");
+    assert_eq!(h.double().counters().throttled, 0, "and none refused on the way: {:?}", h.double().counters());
 }
 
 #[tokio::test]

@@ -38,12 +38,12 @@ use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use self::{
-    arm::{ArmApi, ArmClient, ArmError, ArmSettings},
+    arm::{ArmApi, ArmClient, ArmError, ArmSettings, pacing::WriteBuckets},
     sync::{AccountState, SharedReport},
 };
 use crate::{
     Error, Result,
-    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget, SecretKeyRef},
+    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget, CosmosTargetSpec, SecretKeyRef},
     azure::{self, credential as azure_credential},
     plan::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
@@ -136,6 +136,9 @@ pub struct CosmosContext {
     pub settings: CosmosSettings,
     accounts: Mutex<HashMap<String, Arc<AccountHandle>>>,
     changes: Mutex<HashMap<String, u64>>,
+    /// ARM write buckets, one per (subscription, identity), shared by the
+    /// accounts' clients (see [`arm::pacing`]).
+    write_buckets: WriteBuckets,
 }
 
 /// How a sync may be satisfied.
@@ -166,6 +169,7 @@ impl CosmosContext {
             settings,
             accounts: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
+            write_buckets: WriteBuckets::default(),
         }
     }
 
@@ -244,7 +248,11 @@ impl CosmosContext {
         let env = |k: &str| std::env::var(k).ok();
         let cred = azure_credential::build(&spec.credential, material, &cloud.authority_host, transport.clone(), env)
             .map_err(config_error)?;
-        let settings = ArmSettings { api_version: cloud.api_version.clone(), ..self.settings.arm.clone() };
+        let settings = ArmSettings {
+            api_version: cloud.api_version.clone(),
+            write_bucket: Some(self.write_buckets.of(&spec.subscription_id, &identity_of(spec))),
+            ..self.settings.arm.clone()
+        };
         let client =
             ArmClient::new(cred, transport, &cloud.arm_endpoint, &cloud.audience, account_of(target), settings)
                 .map_err(|e| Error::Azure { target: name.clone(), source: e })?;
@@ -403,6 +411,23 @@ impl CosmosContext {
     /// The last report for `target`, if any sync ran.
     pub fn last_report(&self, target: &CosmosTarget) -> Option<SharedReport> {
         self.handle(target).last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, r)| r.clone())
+    }
+}
+
+/// A stable name for the identity a target authenticates to ARM as, so
+/// targets with the same identity share its write bucket. Identities that
+/// come from the pod's environment share one name (they are one identity).
+fn identity_of(spec: &CosmosTargetSpec) -> String {
+    let c = &spec.credential;
+    match (&c.client_secret, &c.client_certificate, &c.managed_identity, &c.workload_identity) {
+        (Some(s), _, _, _) => format!("app/{}/{}", s.tenant_id, s.client_id).to_ascii_lowercase(),
+        (_, Some(s), _, _) => format!("app/{}/{}", s.tenant_id, s.client_id).to_ascii_lowercase(),
+        (_, _, Some(m), _) => format!("managed/{}", m.client_id.as_deref().unwrap_or("system")).to_ascii_lowercase(),
+        (_, _, _, Some(w)) => {
+            format!("workload/{}/{}", w.tenant_id.as_deref().unwrap_or("pod"), w.client_id.as_deref().unwrap_or("pod"))
+                .to_ascii_lowercase()
+        }
+        _ => "none".into(),
     }
 }
 

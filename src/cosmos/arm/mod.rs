@@ -17,6 +17,7 @@
 
 pub mod error;
 pub mod lro;
+pub mod pacing;
 
 use std::{
     sync::Arc,
@@ -44,6 +45,7 @@ use crate::plan::cosmos::{AccountRef, ActualAssignment, ActualDefinition};
 
 const AZURE_ASYNC_OPERATION: HeaderName = HeaderName::from_static("azure-asyncoperation");
 const LOCATION: HeaderName = HeaderName::from_static("location");
+const REMAINING_WRITES: HeaderName = HeaderName::from_static("x-ms-ratelimit-remaining-subscription-writes");
 
 /// Tunables of the client.
 #[derive(Clone, Debug)]
@@ -58,6 +60,9 @@ pub struct ArmSettings {
     pub inline_wait_budget: Duration,
     /// Retries of 408/5xx and transport errors inside the pipeline.
     pub max_retries: u32,
+    /// The principal's ARM write bucket, shared with every other client
+    /// of the same identity in the subscription; writes wait for it.
+    pub write_bucket: Option<Arc<pacing::WriteBucket>>,
 }
 
 impl Default for ArmSettings {
@@ -67,6 +72,7 @@ impl Default for ArmSettings {
             lro_budget: Duration::from_secs(60),
             inline_wait_budget: Duration::from_secs(10),
             max_retries: 3,
+            write_bucket: None,
         }
     }
 }
@@ -213,13 +219,28 @@ impl ArmClient {
     /// successful (2xx) response.
     async fn call(&self, method: Method, url: Url, body: Option<&[u8]>) -> Result<RawResponse, ArmError> {
         let deadline = Instant::now() + self.settings.inline_wait_budget;
+        let bucket = self.settings.write_bucket.as_deref().filter(|_| method != Method::Get);
         loop {
+            if let Some(b) = bucket {
+                b.take().await;
+            }
             let response = self.send_once(method, url.clone(), body).await?;
             let status = u16::from(response.status());
+            let remaining = response.headers().get_optional_str(&REMAINING_WRITES).and_then(|v| v.trim().parse().ok());
+            if let (Some(b), Some(n)) = (bucket, remaining) {
+                b.remaining(n, tokio::time::Instant::now());
+            }
             if (200..300).contains(&status) {
                 return Ok(response);
             }
             let error = error::classify(status, retry_after(&response), response.body().as_ref());
+            // A 429 with writes left in the principal's bucket is another
+            // limit's (the account's own budget): the bucket stays open.
+            if let (Some(b), ArmError::Throttled { status: 429, retry_after, .. }) = (bucket, &error)
+                && remaining.is_none_or(|n| n == 0)
+            {
+                b.throttled(*retry_after, tokio::time::Instant::now());
+            }
             match error.retry_after() {
                 Some(wait) if Instant::now() + wait <= deadline => {
                     tracing::debug!(%status, wait_ms = wait.as_millis() as u64, "azure asked to wait; retrying");

@@ -232,13 +232,18 @@ fn rows() -> Vec<Row> {
             }),
         ),
         (
-            "Bulk (Cosmos): 429 / 412 answers",
+            "Bulk (Cosmos): 429 / 412 answers (429 per 1,000 accepted writes)",
             "",
             Box::new(|r| {
                 if num(r, "/bulk/quota/acceptedWrites").is_none() {
                     return "–".into();
                 }
-                format!("{} / {}", fmt(num(r, "/bulk/quota/throttled429"), 0), fmt(num(r, "/bulk/quota/busy412"), 0))
+                format!(
+                    "{} / {} ({})",
+                    fmt(num(r, "/bulk/quota/throttled429"), 0),
+                    fmt(num(r, "/bulk/quota/busy412"), 0),
+                    fmt(num(r, "/bulk/quota/throttled429Per1000Writes"), 1)
+                )
             }),
         ),
         ("Baseline: the same applies with no operator (s)", "", n("/baseline/submitSeconds", 1)),
