@@ -28,7 +28,7 @@ use dbgrant::{
         transport,
     },
     cosmos::{
-        arm::{ArmApi, ArmClient, ArmError, ArmSettings, AssignmentBody, pacing::WriteBucket},
+        arm::{ArmApi, ArmClient, ArmError, ArmSettings, AssignmentBody, pacing::Bucket},
         binding_controller::{confirm, to_revoke},
         cloud::{self, Cloud},
         sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport, WriteResult},
@@ -654,7 +654,7 @@ async fn writes_wait_for_the_principals_write_bucket_instead_of_being_refused() 
     assert!(refused > 0 && h.double().counters().throttled > 0, "the double throttles unpaced writes");
 
     let mut h = Harness::with_double(config()).await;
-    h.settings.write_bucket = Some(std::sync::Arc::new(WriteBucket::new(200.0, 2.0)));
+    h.settings.write_bucket = Some(std::sync::Arc::new(Bucket::new(200.0, 2.0)));
     h.restart();
     assert_eq!(put_many(&h, 12).await, 0, "every paced write accepted");
     assert_eq!(h.double().counters().throttled, 0, "and none refused on the way: {:?}", h.double().counters());

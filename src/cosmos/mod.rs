@@ -38,7 +38,10 @@ use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use self::{
-    arm::{ArmApi, ArmClient, ArmError, ArmSettings, pacing::WriteBuckets},
+    arm::{
+        ArmApi, ArmClient, ArmError, ArmSettings,
+        pacing::{Buckets, Quota},
+    },
     sync::{AccountState, SharedReport},
 };
 use crate::{
@@ -136,9 +139,9 @@ pub struct CosmosContext {
     pub settings: CosmosSettings,
     accounts: Mutex<HashMap<String, Arc<AccountHandle>>>,
     changes: Mutex<HashMap<String, u64>>,
-    /// ARM write buckets, one per (subscription, identity), shared by the
+    /// ARM request buckets, per (subscription, identity, reads or writes), shared by the
     /// accounts' clients (see [`arm::pacing`]).
-    write_buckets: WriteBuckets,
+    buckets: Buckets,
 }
 
 /// How a sync may be satisfied.
@@ -169,7 +172,7 @@ impl CosmosContext {
             settings,
             accounts: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
-            write_buckets: WriteBuckets::default(),
+            buckets: Buckets::default(),
         }
     }
 
@@ -250,7 +253,8 @@ impl CosmosContext {
             .map_err(config_error)?;
         let settings = ArmSettings {
             api_version: cloud.api_version.clone(),
-            write_bucket: Some(self.write_buckets.of(&spec.subscription_id, &identity_of(spec))),
+            write_bucket: Some(self.buckets.of(&spec.subscription_id, &identity_of(spec), Quota::Writes)),
+            read_bucket: Some(self.buckets.of(&spec.subscription_id, &identity_of(spec), Quota::Reads)),
             ..self.settings.arm.clone()
         };
         let client =

@@ -46,6 +46,7 @@ use crate::plan::cosmos::{AccountRef, ActualAssignment, ActualDefinition};
 const AZURE_ASYNC_OPERATION: HeaderName = HeaderName::from_static("azure-asyncoperation");
 const LOCATION: HeaderName = HeaderName::from_static("location");
 const REMAINING_WRITES: HeaderName = HeaderName::from_static("x-ms-ratelimit-remaining-subscription-writes");
+const REMAINING_READS: HeaderName = HeaderName::from_static("x-ms-ratelimit-remaining-subscription-reads");
 
 /// Tunables of the client.
 #[derive(Clone, Debug)]
@@ -62,7 +63,9 @@ pub struct ArmSettings {
     pub max_retries: u32,
     /// The principal's ARM write bucket, shared with every other client
     /// of the same identity in the subscription; writes wait for it.
-    pub write_bucket: Option<Arc<pacing::WriteBucket>>,
+    pub write_bucket: Option<Arc<pacing::Bucket>>,
+    /// The same for reads (lists, GETs and operation polls).
+    pub read_bucket: Option<Arc<pacing::Bucket>>,
 }
 
 impl Default for ArmSettings {
@@ -73,6 +76,7 @@ impl Default for ArmSettings {
             inline_wait_budget: Duration::from_secs(10),
             max_retries: 3,
             write_bucket: None,
+            read_bucket: None,
         }
     }
 }
@@ -215,32 +219,41 @@ impl ArmClient {
         self.pipeline.send(&Context::new(), &mut request, Some(options)).await.map_err(core_error)
     }
 
+    /// Send once, paced by the principal's bucket for `method` (see
+    /// [`pacing`]): wait for a token, then let ARM's answer correct the
+    /// count, and a 429 of that bucket close it until its Retry-After (a
+    /// 429 while requests are left in it is another limit's, such as the
+    /// account's own write budget, and leaves the bucket open).
+    async fn paced_send(&self, method: Method, url: Url, body: Option<&[u8]>) -> Result<RawResponse, ArmError> {
+        let (bucket, header) = match method {
+            Method::Get => (self.settings.read_bucket.as_deref(), &REMAINING_READS),
+            _ => (self.settings.write_bucket.as_deref(), &REMAINING_WRITES),
+        };
+        let Some(bucket) = bucket else { return self.send_once(method, url, body).await };
+        bucket.take().await;
+        let response = self.send_once(method, url, body).await?;
+        let now = tokio::time::Instant::now();
+        let remaining: Option<u64> = response.headers().get_optional_str(header).and_then(|v| v.trim().parse().ok());
+        if let Some(n) = remaining {
+            bucket.remaining(n, now);
+        }
+        if u16::from(response.status()) == 429 && remaining.is_none_or(|n| n == 0) {
+            bucket.throttled(retry_after(&response).unwrap_or(error::DEFAULT_THROTTLE_WAIT), now);
+        }
+        Ok(response)
+    }
+
     /// Send, waiting inline for short throttling/lock answers. Returns the
     /// successful (2xx) response.
     async fn call(&self, method: Method, url: Url, body: Option<&[u8]>) -> Result<RawResponse, ArmError> {
         let deadline = Instant::now() + self.settings.inline_wait_budget;
-        let bucket = self.settings.write_bucket.as_deref().filter(|_| method != Method::Get);
         loop {
-            if let Some(b) = bucket {
-                b.take().await;
-            }
-            let response = self.send_once(method, url.clone(), body).await?;
+            let response = self.paced_send(method, url.clone(), body).await?;
             let status = u16::from(response.status());
-            let remaining = response.headers().get_optional_str(&REMAINING_WRITES).and_then(|v| v.trim().parse().ok());
-            if let (Some(b), Some(n)) = (bucket, remaining) {
-                b.remaining(n, tokio::time::Instant::now());
-            }
             if (200..300).contains(&status) {
                 return Ok(response);
             }
             let error = error::classify(status, retry_after(&response), response.body().as_ref());
-            // A 429 with writes left in the principal's bucket is another
-            // limit's (the account's own budget): the bucket stays open.
-            if let (Some(b), ArmError::Throttled { status: 429, retry_after, .. }) = (bucket, &error)
-                && remaining.is_none_or(|n| n == 0)
-            {
-                b.throttled(*retry_after, tokio::time::Instant::now());
-            }
             match error.retry_after() {
                 Some(wait) if Instant::now() + wait <= deadline => {
                     tracing::debug!(%status, wait_ms = wait.as_millis() as u64, "azure asked to wait; retrying");
@@ -326,7 +339,7 @@ impl ArmClient {
 
     async fn poll_once(&self, operation: &Operation) -> Result<(OperationState, Option<Duration>), ArmError> {
         let url = self.arm_url(&operation.url, "operation URL")?;
-        let response = self.send_once(Method::Get, url, None).await?;
+        let response = self.paced_send(Method::Get, url, None).await?;
         let status = u16::from(response.status());
         let hint = retry_after(&response);
         if operation.async_operation {

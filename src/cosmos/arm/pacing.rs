@@ -1,15 +1,16 @@
-//! ARM writes paced to the quota instead of refused.
+//! ARM requests paced to the quota instead of refused.
 //!
-//! Azure Resource Manager throttles each principal's writes in a
-//! subscription with a token bucket: 200 writes, refilled at 10 a second
-//! ("Understand how Azure Resource Manager throttles requests", token
-//! bucket algorithm). Every account one identity manages in a
-//! subscription draws on that one bucket, so dbgrant keeps a copy of it per
-//! (subscription, identity), shared by those accounts' clients, and a write
-//! waits here for a token instead of being answered 429. ARM's own count
-//! wins: each answer's `x-ms-ratelimit-remaining-subscription-writes`
-//! lowers the copy to it, and a 429 of the principal's bucket empties it
-//! until its Retry-After.
+//! Azure Resource Manager throttles each principal's requests in a
+//! subscription with token buckets: writes 200, refilled at 10 a second;
+//! reads 250, refilled at 25 ("Understand how Azure Resource Manager
+//! throttles requests", token bucket algorithm). Every account one
+//! identity manages in a subscription draws on those buckets, so dbgrant
+//! keeps a copy of each per (subscription, identity), shared by those
+//! accounts' clients, and a request waits here for a token instead of
+//! being answered 429. ARM's own count wins: each answer's
+//! `x-ms-ratelimit-remaining-subscription-{writes,reads}` lowers the copy
+//! to it, and a 429 of the principal's bucket empties it until its
+//! Retry-After.
 
 use std::{
     collections::HashMap,
@@ -21,10 +22,21 @@ use tokio::time::Instant;
 
 /// ARM's documented write bucket: capacity and refill per second.
 pub const ARM_WRITES: (f64, f64) = (200.0, 10.0);
+/// ARM's documented read bucket: capacity and refill per second.
+pub const ARM_READS: (f64, f64) = (250.0, 25.0);
 
-/// A copy of one principal's ARM write bucket.
+/// Which of a principal's buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Quota {
+    /// PUT, DELETE.
+    Writes,
+    /// GET, including lists and operation polls.
+    Reads,
+}
+
+/// A copy of one principal's ARM bucket.
 #[derive(Debug)]
-pub struct WriteBucket {
+pub struct Bucket {
     capacity: f64,
     refill_per_sec: f64,
     state: Mutex<State>,
@@ -38,7 +50,7 @@ struct State {
     closed_until: Option<Instant>,
 }
 
-impl WriteBucket {
+impl Bucket {
     /// A full bucket of `capacity`, refilled at `refill_per_sec`.
     pub fn new(capacity: f64, refill_per_sec: f64) -> Self {
         let state = State { tokens: capacity, at: Instant::now(), closed_until: None };
@@ -93,17 +105,21 @@ impl WriteBucket {
     }
 }
 
-/// One [`WriteBucket`] per (subscription, identity), made on first use.
+/// One [`Bucket`] per (subscription, identity, quota), made on first use.
 #[derive(Debug, Default)]
-pub struct WriteBuckets(Mutex<HashMap<String, Arc<WriteBucket>>>);
+pub struct Buckets(Mutex<HashMap<(String, Quota), Arc<Bucket>>>);
 
-impl WriteBuckets {
-    /// The bucket of `identity` (any stable name of the principal) in
-    /// `subscription`.
-    pub fn of(&self, subscription: &str, identity: &str) -> Arc<WriteBucket> {
-        let key = format!("{}/{identity}", subscription.to_ascii_lowercase());
+impl Buckets {
+    /// The `quota` bucket of `identity` (any stable name of the principal)
+    /// in `subscription`.
+    pub fn of(&self, subscription: &str, identity: &str, quota: Quota) -> Arc<Bucket> {
+        let key = (format!("{}/{identity}", subscription.to_ascii_lowercase()), quota);
+        let (capacity, refill) = match quota {
+            Quota::Writes => ARM_WRITES,
+            Quota::Reads => ARM_READS,
+        };
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(key).or_insert_with(|| Arc::new(WriteBucket::new(ARM_WRITES.0, ARM_WRITES.1))).clone()
+        all.entry(key).or_insert_with(|| Arc::new(Bucket::new(capacity, refill))).clone()
     }
 }
 
@@ -115,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_full_bucket_then_the_refill_rate() {
-        let b = WriteBucket::new(3.0, 10.0);
+        let b = Bucket::new(3.0, 10.0);
         let t = Instant::now();
         for _ in 0..3 {
             assert_eq!(b.try_take(t), Ok(()));
@@ -133,7 +149,7 @@ mod tests {
 
     #[test]
     fn arms_count_lowers_the_copy_and_a_429_closes_it() {
-        let b = WriteBucket::new(200.0, 10.0);
+        let b = Bucket::new(200.0, 10.0);
         let t = Instant::now();
         b.remaining(1, t);
         assert_eq!(b.try_take(t), Ok(()));
@@ -147,17 +163,21 @@ mod tests {
     }
 
     #[test]
-    fn one_bucket_per_subscription_and_identity() {
-        let all = WriteBuckets::default();
-        let a = all.of("SUB", "app/t/c");
-        assert!(Arc::ptr_eq(&a, &all.of("sub", "app/t/c")), "subscription ids compare case-insensitively");
-        assert!(!Arc::ptr_eq(&a, &all.of("sub", "app/t/other")));
-        assert!(!Arc::ptr_eq(&a, &all.of("sub2", "app/t/c")));
+    fn one_bucket_per_subscription_identity_and_quota() {
+        let all = Buckets::default();
+        let a = all.of("SUB", "app/t/c", Quota::Writes);
+        assert!(
+            Arc::ptr_eq(&a, &all.of("sub", "app/t/c", Quota::Writes)),
+            "subscription ids compare case-insensitively"
+        );
+        assert!(!Arc::ptr_eq(&a, &all.of("sub", "app/t/c", Quota::Reads)));
+        assert!(!Arc::ptr_eq(&a, &all.of("sub", "app/t/other", Quota::Writes)));
+        assert!(!Arc::ptr_eq(&a, &all.of("sub2", "app/t/c", Quota::Writes)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn take_waits_for_the_refill() {
-        let b = WriteBucket::new(1.0, 10.0);
+        let b = Bucket::new(1.0, 10.0);
         assert_eq!(b.take().await, Duration::ZERO);
         assert_eq!(b.take().await, 100 * MS, "paused clock: exactly one refill interval");
     }

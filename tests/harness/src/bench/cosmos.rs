@@ -223,6 +223,11 @@ impl Backend for CosmosBackend {
             "quotaMinimumSeconds": (quota_min * 10.0).round() / 10.0,
             "quotaEfficiency": efficiency,
             "throttled429": throttled,
+            "throttled429ByKind": {
+                "writes": records.iter().filter(|r| r.status == 429 && r.kind == RequestKind::ArmWrite).count(),
+                "reads": records.iter().filter(|r| r.status == 429 && r.kind == RequestKind::ArmRead).count(),
+                "operationPolls": records.iter().filter(|r| r.status == 429 && r.kind != RequestKind::ArmWrite && r.kind != RequestKind::ArmRead).count(),
+            },
             "throttled429Per1000Writes": if writes > 0.0 { (throttled as f64 * 1000.0 / writes * 10.0).round() / 10.0 } else { 0.0 },
             "busy412": records.iter().filter(|r| r.status == 412).count(),
         })
