@@ -267,6 +267,7 @@ async fn timed_sync(
 ) -> Result<Arc<SyncReport>> {
     let start = std::time::Instant::now();
     let report = ctx.sync(target, release, freshness).await;
-    ctx.shared.metrics.stage("CosmosRoleBinding", Stage::Backend, start.elapsed());
+    let kind = <CosmosRoleBinding as kube::Resource>::kind(&());
+    ctx.shared.metrics.stage(&kind, Stage::Backend, start.elapsed());
     report
 }

@@ -251,10 +251,11 @@ impl CosmosContext {
         let env = |k: &str| std::env::var(k).ok();
         let cred = azure_credential::build(&spec.credential, material, &cloud.authority_host, transport.clone(), env)
             .map_err(config_error)?;
+        let identity = identity_of(spec);
         let settings = ArmSettings {
             api_version: cloud.api_version.clone(),
-            write_bucket: Some(self.buckets.of(&spec.subscription_id, &identity_of(spec), Quota::Writes)),
-            read_bucket: Some(self.buckets.of(&spec.subscription_id, &identity_of(spec), Quota::Reads)),
+            write_bucket: Some(self.buckets.of(&spec.subscription_id, &identity, Quota::Writes)),
+            read_bucket: Some(self.buckets.of(&spec.subscription_id, &identity, Quota::Reads)),
             ..self.settings.arm.clone()
         };
         let client =

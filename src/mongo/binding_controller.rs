@@ -353,10 +353,10 @@ async fn sync_subjects(
     // (before and after waiting for the lock) rather than hold the lock and
     // a reconcile slot for the driver's whole server selection timeout.
     conn.check_available(&name)?;
-    let (metrics, kind) = (&ctx.shared.metrics, "MongoRoleBinding");
+    let (metrics, kind) = (&ctx.shared.metrics, <MongoRoleBinding as kube::Resource>::kind(&()));
     let start = Instant::now();
     let _guard = conn.write_lock.lock().await;
-    metrics.stage(kind, Stage::Lock, start.elapsed());
+    metrics.stage(&kind, Stage::Lock, start.elapsed());
     conn.check_available(&name)?;
     // The union is read under the write lock, so no sync can apply an
     // older union after a newer one.
@@ -370,7 +370,7 @@ async fn sync_subjects(
     };
     let start = Instant::now();
     let result = sync::sync(&name, &conn.client, metrics, target.spec.adopt, &work).await;
-    metrics.stage(kind, Stage::Backend, start.elapsed());
+    metrics.stage(&kind, Stage::Backend, start.elapsed());
     conn.record(&result);
     result
 }
