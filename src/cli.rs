@@ -1,4 +1,6 @@
-//! Command-line interface: `dbgrant run`, `dbgrant crdgen`, `dbgrant version`.
+//! Command-line interface: `dbgrant run`, `dbgrant plan`, `dbgrant crdgen`,
+//! `dbgrant version`. Installed as `kubectl-dbgrant`, the binary is also a
+//! kubectl plugin (`kubectl dbgrant plan …`).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -20,6 +22,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator.
     Run(RunArgs),
+    /// Show what applying manifests would change in the databases, before
+    /// they are applied. Exit code: 0 no change, 2 changes, 3 something
+    /// would be refused or is invalid, 1 error.
+    Plan(PlanArgs),
     /// Write the CustomResourceDefinitions as YAML, one file per kind.
     Crdgen(CrdgenArgs),
     /// Print the version and build information.
@@ -86,6 +92,64 @@ pub struct RunArgs {
     /// Full resync interval: drift detection and status refresh.
     #[arg(long, env = "DBGRANT_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+}
+
+/// Output of `dbgrant plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    /// For people; coloured on a terminal.
+    Text,
+    /// For machines: the documented `dbgrant.io/plan/v1` shape.
+    Json,
+    /// For pull-request comments.
+    Markdown,
+}
+
+/// When to colour text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set.
+    Auto,
+    Always,
+    Never,
+}
+
+/// Options for `dbgrant plan`.
+#[derive(Clone, Debug, Args)]
+pub struct PlanArgs {
+    /// Manifests: files, directories (read recursively) or `-` for
+    /// standard input, each multi-document YAML. Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub filename: Vec<PathBuf>,
+
+    /// Start from this cluster's dbgrant objects: the manifests replace the
+    /// objects with the same kind, namespace and name. Without it the plan
+    /// starts from an empty cluster.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Start from these manifests instead of a cluster (the base branch of
+    /// a pull request, say): files, directories or `-`, as for `-f`.
+    #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with = "kubeconfig")]
+    pub before: Option<Vec<PathBuf>>,
+
+    /// The manifests are the whole desired set (a GitOps sync with
+    /// pruning): objects of the cluster or `--before` they lack are
+    /// deleted. Without it they are applied on top, as `kubectl apply`.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Namespace of namespaced manifests that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: PlanOutput,
+
+    /// Colour the text output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
 }
 
 /// Options for `dbgrant crdgen`.

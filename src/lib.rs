@@ -18,6 +18,7 @@ pub mod error;
 pub mod mongo;
 pub mod operator;
 pub mod plan;
+pub mod preview;
 pub mod runtime;
 
 pub use error::{Error, Failure, Result};

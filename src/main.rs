@@ -13,11 +13,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Crdgen(args) => exit("dbgrant crdgen", dbgrant::runtime::crdgen::run(&args)),
-        Command::Run(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Run(args) => match runtime() {
             Ok(rt) => exit("dbgrant", rt.block_on(dbgrant::operator::run(args))),
-            Err(e) => exit("dbgrant", Err(anyhow::anyhow!("cannot start the async runtime: {e}"))),
+            Err(e) => exit("dbgrant", Err(e)),
+        },
+        Command::Plan(args) => match runtime().and_then(|rt| rt.block_on(dbgrant::preview::run(&args))) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                exit("dbgrant plan", Err(e));
+                ExitCode::from(dbgrant::preview::EXIT_ERROR)
+            }
         },
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
 }
 
 /// Success, or `who: error` (with its causes) on standard error.

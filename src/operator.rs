@@ -6,8 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use kube::{
-    Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
+    Api,
     runtime::{
         Controller,
         events::{Recorder, Reporter},
@@ -35,7 +34,7 @@ use crate::{
 /// Run the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_filter)?;
-    let client = client(&args).await?;
+    let client = crate::runtime::client::connect(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(http::Health::default());
     let shutdown = CancellationToken::new();
@@ -114,23 +113,6 @@ async fn finish(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("http server task failed: {e}")),
     }
-}
-
-async fn client(args: &RunArgs) -> anyhow::Result<Client> {
-    crate::install_crypto_provider();
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", path.display()))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| anyhow::anyhow!("kubeconfig {}: {e}", path.display()))?
-        }
-        None => Config::infer()
-            .await
-            .map_err(|e| anyhow::anyhow!("no in-cluster config and no usable kubeconfig: {e}; pass --kubeconfig"))?,
-    };
-    Ok(Client::try_from(config)?)
 }
 
 fn spawn_signal_handler(token: CancellationToken) {

@@ -4,6 +4,7 @@
 //! and the HTTP endpoints. Startup wiring is in [`crate::operator`].
 
 pub mod cache;
+pub mod client;
 pub mod context;
 pub mod crdgen;
 pub mod finalize;

@@ -1,0 +1,101 @@
+//! `dbgrant plan` against a corpus of manifest sets (`tests/plan/`), each
+//! with its expected output: valid changes, unions growing and shrinking,
+//! denied bindings, a tightened policy, schema and CEL violations, expiry,
+//! pruning with `deletionPolicy: Retain`, Cosmos DB names. See
+//! `tests/plan/README.md`.
+
+use std::path::{Path, PathBuf};
+
+use dbgrant::preview::{self, Baseline, Mode, manifests, render};
+
+const NOW: &str = "2030-06-01T00:00:00Z";
+
+fn read_dir(dir: &Path) -> manifests::Inputs {
+    if dir.exists() { manifests::read(&[dir.to_path_buf()]).unwrap() } else { manifests::Inputs::default() }
+}
+
+fn run_case(case: &Path) -> (String, preview::Report) {
+    let now = NOW.parse().unwrap();
+    let root = case.parent().unwrap();
+    let mut before = read_dir(&root.join("common")).documents;
+    before.extend(read_dir(&case.join("before")).documents);
+    let change = read_dir(&case.join("change"));
+    let mode = if case.join("prune").exists() { Mode::Prune } else { Mode::Apply };
+    let baseline = Baseline::of_manifests(&before, "default", now);
+    let report = preview::plan(&change.documents, change.skipped, &baseline, mode, "default", now);
+    // Paths relative to the case, so the output does not depend on the checkout.
+    let text = render::text(&report, false).replace(&format!("{}/", case.display()), "");
+    (format!("{text}exit {}\n", report.exit_code()), report)
+}
+
+fn cases() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan");
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("change").is_dir()).collect();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn every_case_prints_its_expected_plan() {
+    let bless = std::env::var_os("DBGRANT_BLESS").is_some();
+    let mut failed = Vec::new();
+    let all = cases();
+    assert!(all.len() >= 9, "the corpus is missing cases: {all:?}");
+    for case in all {
+        let (got, _) = run_case(&case);
+        let expected_path = case.join("expected.txt");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != expected {
+            failed.push(format!("== {} ==\n--- expected\n{expected}--- got\n{got}", case.display()));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn exit_codes_say_what_was_found() {
+    let code =
+        |name: &str| run_case(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan").join(name)).1.exit_code();
+    assert_eq!(code("new-grants"), preview::EXIT_CHANGES);
+    assert_eq!(code("no-change"), preview::EXIT_NO_CHANGE);
+    assert_eq!(code("expired"), preview::EXIT_CHANGES);
+    assert_eq!(code("denied"), preview::EXIT_REFUSED);
+    assert_eq!(code("invalid"), preview::EXIT_REFUSED);
+}
+
+/// The JSON shape is documented in README (`dbgrant.io/plan/v1`): its
+/// fields are pinned here so a change to them is a deliberate one.
+#[test]
+fn the_json_shape_is_the_documented_one() {
+    let (_, report) = run_case(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan/union-shrinks"));
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["apiVersion"], "dbgrant.io/plan/v1");
+    assert_eq!(v["baseline"], "manifests");
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let top = keys(&v);
+    assert_eq!(top, ["apiVersion", "baseline", "bindings", "invalid", "skippedDocuments", "summary", "targets"]);
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"create": 1, "update": 1, "delete": 0, "release": 0, "refused": 0, "invalid": 0})
+    );
+    let binding = &v["bindings"][0];
+    assert_eq!(binding["binding"], "MongoRoleBinding/team-audit/orders-audit");
+    assert_eq!(binding["reason"], "Allowed");
+    assert_eq!(binding["refused"], false);
+    let change = &v["targets"][0]["changes"][0];
+    assert_eq!(keys(change), ["action", "becauseOf", "details", "name", "object", "owner"]);
+    assert_eq!(v["targets"][0]["kind"], "MongoTarget");
+    assert_eq!(
+        change["details"][0],
+        serde_json::json!({"added": false, "what": "privilege find, insert on orders.audit"})
+    );
+}
