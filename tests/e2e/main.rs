@@ -18,6 +18,7 @@ mod finalizer_policy;
 mod mongo;
 mod mongo_hostile;
 mod mongo_operator_oidc;
+mod plan;
 mod rbac;
 mod revocation;
 mod security;
