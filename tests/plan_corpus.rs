@@ -99,3 +99,32 @@ fn the_json_shape_is_the_documented_one() {
         serde_json::json!({"added": false, "what": "privilege find, insert on orders.audit"})
     );
 }
+
+/// The binary as a kubectl plugin (`kubectl dbgrant plan` runs
+/// `kubectl-dbgrant plan`), reading `kustomize build` output from stdin,
+/// with markdown output for a pull-request comment.
+#[test]
+fn the_binary_works_as_a_kubectl_plugin_reading_stdin() {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join(format!("dbgrant-plugin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plugin = dir.join("kubectl-dbgrant");
+    let _ = std::fs::remove_file(&plugin);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dbgrant"), &plugin).unwrap();
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan/new-grants/change/mongo.yaml");
+    let common = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan/common/targets.yaml");
+    let stdin = std::fs::read_to_string(&common).unwrap() + "---\n" + &std::fs::read_to_string(&case).unwrap();
+    let mut child = std::process::Command::new(&plugin)
+        .args(["plan", "-f", "-", "-o", "markdown"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(i32::from(preview::EXIT_CHANGES)), "{text}");
+    assert!(text.starts_with("### dbgrant plan\n\n**2 to create, 0 to update, 0 to delete.**"), "{text}");
+    assert!(text.contains("```diff\n+ create role admin.entra/71b72785-7c23-4e2e-9fa7-ad62ce90a22a"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

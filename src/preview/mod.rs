@@ -87,8 +87,8 @@ pub struct Report {
     pub baseline: &'static str,
     /// Manifests the apiserver would refuse.
     pub invalid: Vec<Invalid>,
-    /// Bindings in the manifests, and bindings elsewhere whose verdict the
-    /// change turns (a target's policy tightened, say).
+    /// Bindings the manifests add or change, and bindings whose verdict the
+    /// change turns (a target's policy tightened, say; pruned).
     pub bindings: Vec<BindingVerdict>,
     /// The writes, per target.
     pub targets: Vec<TargetChanges>,
@@ -179,11 +179,11 @@ pub fn plan(
     let (before, after) = (end_state(current, now), end_state(&next, now));
     let targets = diff::diff(&before, &after, &retained(current, &next, now));
 
-    let in_manifests: std::collections::BTreeSet<String> = changes.ids().into_iter().collect();
+    let changed = changes.changed_from(current);
     let mut bindings = Vec::new();
     for (id, verdict) in &after.verdicts {
         let previously = before.verdicts.get(id).filter(|b| b.reason != verdict.reason).map(|b| b.reason.clone());
-        if in_manifests.contains(id) || previously.is_some() {
+        if changed.contains(id) || previously.is_some() {
             bindings.push(BindingVerdict { binding: id.clone(), verdict: verdict.clone(), previously });
         }
     }

@@ -1,7 +1,7 @@
 //! The set of dbgrant objects a plan reasons about, and admitting
 //! manifests into it as the apiserver would (see [`super::validate`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -42,14 +42,27 @@ impl Objects {
         }
     }
 
-    /// `Kind/namespace/name` of every object, for reports.
-    pub fn ids(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        out.extend(self.mongo_targets.keys().map(|k| format!("MongoTarget/{k}")));
-        out.extend(self.mongo_bindings.keys().map(|k| format!("MongoRoleBinding/{k}")));
-        out.extend(self.cosmos_targets.keys().map(|k| format!("CosmosTarget/{k}")));
-        out.extend(self.cosmos_definitions.keys().map(|k| format!("CosmosRoleDefinition/{k}")));
-        out.extend(self.cosmos_bindings.keys().map(|k| format!("CosmosRoleBinding/{k}")));
+    /// `Kind/namespace/name` of every object that is new or whose spec
+    /// differs from the object of the same name in `baseline`.
+    pub fn changed_from(&self, baseline: &Objects) -> BTreeSet<String> {
+        fn changed<K: Resource<DynamicType = ()> + Serialize>(
+            mine: &BTreeMap<String, K>,
+            theirs: &BTreeMap<String, K>,
+            out: &mut BTreeSet<String>,
+        ) {
+            let spec = |o: &K| serde_json::to_value(o).ok().and_then(|v| v.get("spec").cloned());
+            for (k, o) in mine {
+                if theirs.get(k).is_none_or(|t| spec(t) != spec(o)) {
+                    out.insert(format!("{}/{k}", K::kind(&())));
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        changed(&self.mongo_targets, &baseline.mongo_targets, &mut out);
+        changed(&self.mongo_bindings, &baseline.mongo_bindings, &mut out);
+        changed(&self.cosmos_targets, &baseline.cosmos_targets, &mut out);
+        changed(&self.cosmos_definitions, &baseline.cosmos_definitions, &mut out);
+        changed(&self.cosmos_bindings, &baseline.cosmos_bindings, &mut out);
         out
     }
 }
