@@ -42,6 +42,9 @@ step "helm lint and template (pinned helm built above)"
 timed "helm lint" target/tools/helm lint --strict charts/dbgrant
 timed "helm template" target/tools/helm template dbgrant charts/dbgrant --namespace dbgrant-system >/dev/null
 
+step "Argo CD health script under gopher-lua (tests/health)"
+timed "health script" bash -c 'cd tests/health && go vet ./... && go test ./...'
+
 step "cargo test: pure, contract (MongoDB and ARM doubles) and end-to-end (real kube-apiserver)"
 timed "tests" cargo test --workspace --locked
 
