@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long, env = "DBGRANT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
+    /// The audit trail: one JSON line (schema `dbgrant.io/audit/v1`) per
+    /// write to a database or ARM, appended to this file, or `-` for
+    /// standard output.
+    #[arg(long, env = "DBGRANT_AUDIT_LOG", default_value = "-", value_name = "PATH")]
+    pub audit_log: PathBuf,
+
     /// Full resync interval: drift detection and status refresh.
     #[arg(long, env = "DBGRANT_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,

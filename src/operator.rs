@@ -71,6 +71,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         health: health.clone(),
         resync: args.resync_interval,
+        audit: Arc::new(
+            crate::runtime::audit::Auditor::open(&args.audit_log)
+                .map_err(|e| anyhow::anyhow!("opening the audit log {}: {e}", args.audit_log.display()))?,
+        ),
     });
 
     if let Some(mut rx) = lost_leadership {

@@ -22,7 +22,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -46,9 +46,10 @@ use dbgrant::{
         mongo::{MongoGrant, canonical},
         policy,
     },
+    runtime::audit::{self, Auditor},
     runtime::metrics::{BackendLabels, Metrics},
 };
-use dbgrant_doubles::mongo::{CommandRecord, MongoDouble, MongoDoubleConfig, ScramUser};
+use dbgrant_doubles::mongo::{CommandRecord, MongoDouble, MongoDoubleConfig, Outcome, ScramUser};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use mongodb::{
@@ -161,6 +162,10 @@ struct Env {
     /// Target names start with this.
     base: String,
     metrics: Metrics,
+    /// The audit trail of this test's syncs, as JSON lines.
+    audit: Auditor,
+    audit_lines: Arc<Mutex<Vec<u8>>>,
+    trigger: audit::Trigger,
     /// A separate client for out-of-band changes and reading state.
     admin: Client,
     targets: Mutex<Vec<String>>,
@@ -174,7 +179,31 @@ async fn connect(uri: &str) -> Client {
     Client::with_options(options).expect("client")
 }
 
+/// A writer into a shared buffer: the audit trail as the test reads it.
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Env {
+    /// The audit scope of a sync on `target`.
+    fn scope<'a>(&'a self, target: &'a str) -> audit::Scope<'a> {
+        audit::Scope::new(&self.audit, "mongodb", target, &self.trigger)
+    }
+
+    /// The audit records written so far.
+    fn audit_records(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.audit_lines.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+    }
+
     async fn start() -> Self {
         let id = ObjectId::new().to_hex();
         let (double, uri) = match std::env::var(URI_ENV) {
@@ -193,7 +222,11 @@ impl Env {
             }
         };
         let admin = connect(&uri).await;
+        let audit_lines = Arc::new(Mutex::new(Vec::new()));
         Env {
+            audit: Auditor::to(Box::new(SharedBuffer(audit_lines.clone()))),
+            audit_lines,
+            trigger: audit::Trigger { kind: "MongoRoleBinding".into(), name: "contract".into(), ..Default::default() },
             double,
             admin,
             uri,
@@ -429,7 +462,8 @@ impl<'e> Operator<'e> {
     }
 
     async fn sync(&self, work: &[sync::SubjectWork]) -> SyncReport {
-        sync::sync(&self.name(), &self.client, &self.env.metrics, self.target.spec.adopt, work)
+        let name = self.name();
+        sync::sync(&name, &self.client, &self.env.metrics, &self.env.scope(&name), self.target.spec.adopt, work)
             .await
             .expect("sync reaches the server")
     }
@@ -1324,7 +1358,9 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
 
     // The ledger write fails: createRole is never sent.
     double.fail_next(1, 8, Some("update"));
-    let err = sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.expect_err("ledger write failed");
+    let err = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work)
+        .await
+        .expect_err("ledger write failed");
     assert!(err.to_string().contains("ownership ledger"), "{err}");
     assert!(double.commands_named("createRole").is_empty());
     assert_eq!(env.state().await, State::default());
@@ -1332,7 +1368,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     // The connection dies right after createRole ran: the role exists and
     // is already in the ledger, so the retry finishes without a conflict.
     double.drop_after_apply_next(1, Some("createRole"));
-    assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
+    assert!(sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work).await.is_err());
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     let report = op.resync().await;
     assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
@@ -1343,7 +1379,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     double.drop_after_apply_next(1, Some("dropRole"));
     op.index.remove(&dbgrant::runtime::object::key(&b));
     let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
-    assert!(sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.is_err());
+    assert!(sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work).await.is_err());
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     op.resync().await;
     assert!(env.ledger(&t).await.is_empty());
@@ -1564,7 +1600,9 @@ async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missi
     let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
     // A refusal on one database is that grant's, not the target's: the
     // binding is rejected naming the database, other subjects go on.
-    let report = sync::sync(&op.name(), &op.client, &env.metrics, false, &work).await.expect("the sync goes on");
+    let report = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work)
+        .await
+        .expect("the sync goes on");
     let refused = report.rejected[&g.key()].values().next().cloned().unwrap_or_default();
     assert!(refused.contains("createRole") && refused.contains("code 13"), "{refused}");
     assert!(refused.contains("\"orders\"") || refused.contains("\"admin\""), "names the database: {refused}");
@@ -1641,4 +1679,69 @@ async fn identity_user_admin_any_database_with_the_ledger_is_enough_end_to_end()
     let documented =
         Identity::with_roles(&env, "documented", &[("userAdminAnyDatabase", "admin"), ("readWrite", "dbgrant")]).await;
     manages_roles_and_users_end_to_end(&env, &documented).await;
+}
+
+/// Every write to a role or user produces exactly one audit record, and
+/// every record is a write the server saw: the audit trail of a churn
+/// (creates, a union growing and shrinking, a refused grant isolated on
+/// the scratch role, principals with `$external` users, deletes) matches
+/// the server's own command log one to one, in order, and holds no
+/// credential.
+#[tokio::test]
+async fn the_audit_trail_matches_the_servers_writes_one_to_one() {
+    let env = Env::start().await;
+    let groups = env.target("audit-groups", true);
+    let principals = env.target("audit-principals", false);
+    let mut op = Operator::new(&env, &groups).await;
+    let (g1, g2, u1) = (group(1), group(2), user(1));
+    let a = binding("a-readers", &[&g1]).roles(&[role("read", "orders")]).on(&groups);
+    let b = binding("b-audit", &[&g1, &g2]).privileges(&[privilege("orders", "audit", &["find"])]).on(&groups);
+    let ghost = binding("c-ghost", &[&g1]).roles(&[role("ghost", "orders")]).on(&groups);
+    op.apply_all(&[&a, &b]).await;
+    op.apply(&ghost).await;
+    op.delete(&b).await;
+    op.delete(&ghost).await;
+    op.delete(&a).await;
+    let mut op = Operator::new(&env, &principals).await;
+    let app = binding("app", &[&u1]).roles(&[role("readWrite", "orders")]).on(&principals);
+    op.apply(&app).await;
+    op.delete(&app).await;
+
+    let records = env.audit_records();
+    assert!(records.len() >= 10, "{records:#?}");
+    for r in &records {
+        assert_eq!(r["schema"], audit::SCHEMA);
+        assert!(r["time"].as_str().is_some_and(|t| t.parse::<Timestamp>().is_ok()), "{r}");
+        assert!(r["trigger"]["kind"] == "MongoRoleBinding", "{r}");
+    }
+    let text = String::from_utf8(env.audit_lines.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(PASSWORD) && !text.contains(&env.uri), "the audit trail must never carry a credential");
+    // A refused grant is recorded as refused, with the server's reason.
+    assert!(
+        records.iter().any(|r| r["outcome"] == "refused" && r["message"].as_str().is_some_and(|m| m.contains("31")))
+    );
+    assert!(records.iter().any(|r| r["action"] == "validate"), "isolation on the scratch role is audited");
+    assert!(records.iter().any(|r| r["object"]["kind"] == "user"), "$external users are audited");
+
+    let Some(log) = env.log() else { return };
+    const WRITES: [&str; 6] = ["createRole", "updateRole", "dropRole", "createUser", "updateUser", "dropUser"];
+    let server: Vec<(String, String, bool)> = log
+        .iter()
+        .filter(|c| WRITES.contains(&c.name.as_str()) && c.user.as_deref() == Some(&format!("{LOGIN}@admin")))
+        .map(|c| {
+            let name = c.body.get_str(&c.name).unwrap_or_default();
+            // dbgrant treats RoleNotFound / UserNotFound on a drop as done.
+            let gone = c.name.starts_with("drop") && matches!(c.outcome, Outcome::Failed { code: 11 | 31 });
+            let ok = matches!(c.outcome, Outcome::Ok) || gone;
+            (c.name.clone(), format!("{}.{name}", c.db), ok)
+        })
+        .collect();
+    let audited: Vec<(String, String, bool)> = records
+        .iter()
+        .map(|r| {
+            let op = r["operation"].as_str().unwrap().to_string();
+            (op, r["object"]["name"].as_str().unwrap().to_string(), r["outcome"] == "applied")
+        })
+        .collect();
+    assert_eq!(audited, server, "no write without a record, no record without a write");
 }

@@ -29,7 +29,7 @@ use dbgrant::{
         target_controller,
     },
     plan::mongo::{MongoGrant, objects_for},
-    runtime::metrics::Metrics,
+    runtime::{audit, metrics::Metrics},
 };
 use dbgrant_doubles::{
     arm::{ArmDouble, ArmDoubleConfig, FederatedCredential, Principal},
@@ -181,7 +181,16 @@ async fn workload_identity_token_logs_in_and_manages_roles() {
         retain: false,
         confirm: false,
     }];
-    let report = sync::sync("orders", &client, &Metrics::default(), false, &work).await.expect("sync");
+    let report = sync::sync(
+        "orders",
+        &client,
+        &Metrics::default(),
+        &audit::Scope::new(&audit::Auditor::discard(), "mongodb", "orders", &audit::Trigger::default()),
+        false,
+        &work,
+    )
+    .await
+    .expect("sync");
     assert_eq!(report.results.get(&subject), Some(&SubjectResult::Applied));
     let role = env.mongo.role(&format!("entra/{READERS}"), "admin").expect("role created");
     assert_eq!(role.roles.len(), 1);

@@ -56,6 +56,9 @@ pub mod reason {
     /// The finalizer stays and dbgrant retries with backoff; the message
     /// names what is stuck and why.
     pub const REVOCATION_PENDING: &str = "RevocationPending";
+    /// dbgrant wrote to the database or ARM for this object (Normal Event;
+    /// the note lists the writes, each also in the audit trail).
+    pub const ACCESS_CHANGED: &str = "AccessChanged";
     /// Out-of-band changes were restored (Warning Event, both backends).
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     /// No token (Cosmos DB): the credential is misconfigured or Entra refused it.

@@ -33,7 +33,7 @@ use crate::plan::{expiry, gate, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::metrics::Stage;
 use crate::runtime::object::key;
-use crate::runtime::status;
+use crate::runtime::{audit, status};
 use crate::{Error, Failure, Result};
 
 /// How long a contribution the server refused stays out of its subjects'
@@ -129,7 +129,7 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
                 // an unconfirmed revocation).
                 let mut all = affected;
                 all.extend(b.spec.subjects.iter().map(|s| (t.name_any(), canonical(&t.spec.oidc, s.key()))));
-                if let Err(e) = revoke(ctx, &key, t, all.clone(), false).await {
+                if let Err(e) = revoke(ctx, &b, t, all.clone(), false).await {
                     ctx.add_pending(&key, all);
                     report_revocation_failure(ctx, &b, &e).await;
                     return Err(e);
@@ -165,7 +165,7 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
                 // Subjects this binding no longer names lose its grant: that is
                 // a revocation, so it is confirmed like one.
                 let dropped: BTreeSet<SubjectKey> = subjects.difference(&own_subjects).cloned().collect();
-                let synced = sync_subjects(ctx, t, &subjects, false, &dropped)
+                let synced = sync_subjects(ctx, &b, t, &subjects, false, &dropped)
                     .await
                     .and_then(|report| unconfirmed_error(t, &report, &dropped).map_or(Ok(report), Err));
                 let report = match synced {
@@ -260,7 +260,7 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
         let created = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let expired = expiry::has_ended(created, &b.spec.expiry, jiff::Timestamp::now());
         let retain = policy::retains(b.spec.deletion_policy, target.spec.policy.allow_retain, expired);
-        if let Err(e) = revoke(ctx, &key(&*b), &target, all.clone(), retain).await {
+        if let Err(e) = revoke(ctx, &b, &target, all.clone(), retain).await {
             ctx.add_pending(&key(&*b), all);
             report_revocation_failure(ctx, &b, &e).await;
             return Err(e);
@@ -327,7 +327,13 @@ fn unconfirmed_error(target: &MongoTarget, report: &SyncReport, subjects: &BTree
 /// Revoke `key`'s contribution to `affected` subjects (the index no longer
 /// has it) and confirm it: the subjects' objects are read back, and an
 /// error says what still differs.
-async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: Affected, retain: bool) -> Result<()> {
+async fn revoke(
+    ctx: &MongoContext,
+    b: &MongoRoleBinding,
+    target: &MongoTarget,
+    affected: Affected,
+    retain: bool,
+) -> Result<()> {
     if affected.is_empty() {
         return Ok(());
     }
@@ -335,13 +341,14 @@ async fn revoke(ctx: &MongoContext, key: &str, target: &MongoTarget, affected: A
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     let subjects = affected.into_iter().map(|(_, s)| s).collect();
-    let report = sync_subjects(ctx, target, &subjects, retain, &subjects).await?;
-    ctx.after_sync(&target.name_any(), &report, key);
+    let report = sync_subjects(ctx, b, target, &subjects, retain, &subjects).await?;
+    ctx.after_sync(&target.name_any(), &report, &key(b));
     unconfirmed_error(target, &report, &subjects).map_or(Ok(()), Err)
 }
 
 async fn sync_subjects(
     ctx: &MongoContext,
+    b: &MongoRoleBinding,
     target: &MongoTarget,
     subjects: &BTreeSet<SubjectKey>,
     retain: bool,
@@ -369,9 +376,12 @@ async fn sync_subjects(
         work
     };
     let start = Instant::now();
-    let result = sync::sync(&name, &conn.client, metrics, target.spec.adopt, &work).await;
+    let trigger = audit::Trigger::of(b);
+    let audit = audit::Scope::new(&ctx.shared.audit, super::BACKEND, &name, &trigger);
+    let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, &work).await;
     metrics.stage(&kind, Stage::Backend, start.elapsed());
     conn.record(&result);
+    status::publish_writes(&ctx.shared, b, &audit.summaries()).await;
     result
 }
 

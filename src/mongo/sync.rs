@@ -17,7 +17,7 @@ use crate::{
         Action, Actual, ActualRole, ActualUser, MongoGrant, Plan, ROLE_DB, Resource, SubjectObjects, USER_DB,
         objects_for,
     },
-    runtime::metrics::Metrics,
+    runtime::{audit, metrics::Metrics},
 };
 
 /// The result of syncing one subject.
@@ -117,6 +117,7 @@ pub async fn sync(
     target: &str,
     client: &dyn MongoApi,
     metrics: &Metrics,
+    audit: &audit::Scope<'_>,
     adopt: bool,
     work: &[SubjectWork],
 ) -> Result<SyncReport> {
@@ -136,7 +137,8 @@ pub async fn sync(
         cleanup_stale_ledger(target, client, metrics, w, w.desired.as_ref(), &actual).await?;
         let mut desired = w.desired.clone();
         let mut result = SubjectResult::Applied;
-        match run(target, client, metrics, &plan.actions, &mut report.writes).await {
+        let audited = Audited { scope: audit, before: &actual, bindings: binding_keys(&w.contributions, None) };
+        match run(target, client, metrics, &audited, &plan.actions, &mut report.writes).await {
             Ok(()) => {
                 if !plan.actions.is_empty() {
                     report.written.insert(w.subject.clone());
@@ -150,7 +152,7 @@ pub async fn sync(
                 let base = actual.role.as_ref().filter(|_| actual.role_owned || adopt).map(|r| &r.grant);
                 let scratch = scratch_role(&w.objects.role);
                 let refused =
-                    isolate(target, client, metrics, &scratch, &w.contributions, base, &msg, &mut report.writes)
+                    isolate(target, client, metrics, audit, &scratch, &w.contributions, base, &msg, &mut report.writes)
                         .await
                         .map_err(|e| match e {
                             Failed(e) => e,
@@ -169,7 +171,12 @@ pub async fn sync(
                         .unwrap_or_else(|_: Vec<Actual>| [Actual::default()]);
                     let retry = crate::plan::mongo::plan(&w.objects, desired.as_ref(), &actual, adopt, w.retain);
                     cleanup_stale_ledger(target, client, metrics, w, desired.as_ref(), &actual).await?;
-                    match run(target, client, metrics, &retry.actions, &mut report.writes).await {
+                    let audited = Audited {
+                        scope: audit,
+                        before: &actual,
+                        bindings: binding_keys(&w.contributions, Some(&refused)),
+                    };
+                    match run(target, client, metrics, &audited, &retry.actions, &mut report.writes).await {
                         Ok(()) => {
                             report.written.insert(w.subject.clone());
                         }
@@ -281,17 +288,80 @@ async fn cleanup_stale_ledger(
     Ok(())
 }
 
+/// What a subject's writes are audited with: the scope, the objects as
+/// read before the writes, and the bindings whose union they carry.
+struct Audited<'a> {
+    scope: &'a audit::Scope<'a>,
+    before: &'a Actual,
+    bindings: Vec<String>,
+}
+
+/// The binding keys of `contributions`, less those the server refused.
+fn binding_keys(contributions: &[(String, MongoGrant)], refused: Option<&BTreeMap<String, String>>) -> Vec<String> {
+    contributions.iter().map(|(k, _)| k.clone()).filter(|k| refused.is_none_or(|r| !r.contains_key(k))).collect()
+}
+
+/// A grant as the audit trail shows it: MongoDB's own `roles` and
+/// `privileges` shapes.
+fn grant_json(roles: &[(String, String)], privileges: &[(Resource, Vec<String>)]) -> serde_json::Value {
+    serde_json::json!({
+        "roles": Bson::Array(roles_bson(roles)).into_relaxed_extjson(),
+        "privileges": Bson::Array(privileges_bson(privileges)).into_relaxed_extjson(),
+    })
+}
+
+/// A user's roles as the audit trail shows them.
+fn user_json(roles: &[(String, String)]) -> serde_json::Value {
+    serde_json::json!({ "roles": Bson::Array(roles_bson(roles)).into_relaxed_extjson() })
+}
+
+impl Audited<'_> {
+    /// Record `op` on `name` in `db` (the action's object) with its result.
+    fn record(&self, op: &'static str, db: &str, name: &str, action: &Action, outcome: Result<(), &ApplyError>) {
+        let (kind, before) = if db == USER_DB {
+            let roles: Option<Vec<(String, String)>> =
+                self.before.user.as_ref().map(|u| u.roles.iter().cloned().collect());
+            ("user", roles.map(|r| user_json(&r)))
+        } else {
+            ("role", self.before.role.as_ref().map(|r| grant_json(&ord_roles(&r.grant), &ord_privileges(&r.grant))))
+        };
+        let (verb, after) = match action {
+            Action::CreateRole { grant, .. } => ("create", Some(grant_json(&grant.0, &grant.1))),
+            Action::UpdateRole { grant, .. } => ("update", Some(grant_json(&grant.0, &grant.1))),
+            Action::CreateUser { role, .. } => ("create", Some(user_json(&[(role.clone(), ROLE_DB.to_string())]))),
+            Action::UpdateUser { role, .. } => ("update", Some(user_json(&[(role.clone(), ROLE_DB.to_string())]))),
+            _ => ("delete", None),
+        };
+        let outcome = match outcome {
+            Ok(()) => Ok("applied"),
+            Err(Rejected(m)) => Err(("refused", m.clone())),
+            Err(Failed(e)) => Err(("failed", e.to_string())),
+        };
+        let object = audit::BackendObject { kind, name: format!("{db}.{name}") };
+        self.scope.record(object, verb, op, before, after, self.bindings.clone(), outcome);
+    }
+}
+
+fn ord_roles(g: &MongoGrant) -> Vec<(String, String)> {
+    g.roles.iter().cloned().collect()
+}
+
+fn ord_privileges(g: &MongoGrant) -> Vec<(Resource, Vec<String>)> {
+    g.privileges.iter().map(|(r, a)| (r.clone(), a.iter().cloned().collect())).collect()
+}
+
 /// Run a subject's writes in order, stopping at the first refusal.
 async fn run(
     target: &str,
     client: &dyn MongoApi,
     metrics: &Metrics,
+    audited: &Audited<'_>,
     actions: &[Action],
     writes: &mut usize,
 ) -> Result<(), ApplyError> {
     for action in actions {
         *writes += 1;
-        apply(target, client, metrics, action).await?;
+        apply(target, client, metrics, audited, action).await?;
     }
     Ok(())
 }
@@ -310,6 +380,7 @@ async fn isolate(
     target: &str,
     client: &dyn MongoApi,
     metrics: &Metrics,
+    audit: &audit::Scope<'_>,
     scratch: &str,
     contributions: &[(String, MongoGrant)],
     base: Option<&MongoGrant>,
@@ -333,7 +404,7 @@ async fn isolate(
         }
         let mut candidate = accepted.clone();
         candidate.merge(grant);
-        match try_on_scratch(target, client, metrics, scratch, &candidate, writes).await {
+        match try_on_scratch(target, client, metrics, audit, scratch, &candidate, key, writes).await {
             Ok(()) => accepted = candidate,
             Err(Rejected(reason)) => {
                 refused.insert(key.clone(), reason);
@@ -346,25 +417,37 @@ async fn isolate(
 
 /// Create the `scratch` role with `grant` and drop it again. `Rejected`
 /// when the server refuses the grant.
+#[allow(clippy::too_many_arguments)]
 async fn try_on_scratch(
     target: &str,
     client: &dyn MongoApi,
     metrics: &Metrics,
+    audit: &audit::Scope<'_>,
     scratch: &str,
     grant: &MongoGrant,
+    candidate: &str,
     writes: &mut usize,
 ) -> Result<(), ApplyError> {
     let (roles, privileges) = grant_bson(grant);
     let create = doc! { "createRole": scratch, "roles": roles, "privileges": privileges };
+    let object = || audit::BackendObject { kind: "role", name: format!("{ROLE_DB}.{scratch}") };
+    let outcome = |r: &mongodb::error::Result<Document>| match r {
+        Ok(_) => Ok("applied"),
+        Err(e) => Err(("refused", connection::classify(target, "createRole", e).to_string())),
+    };
     let drop = || async {
         let r = ignore_code(client.run(ROLE_DB, doc! { "dropRole": scratch }).await, 31);
         metrics.backend_op(BACKEND, "dropRole", r.is_ok());
+        let after = None;
+        audit.record(object(), "validate", "dropRole", None, after, vec![candidate.to_string()], outcome(&r));
         r.map(|_| ()).map_err(|e| Failed(connection::classify(target, "dropRole", &e)))
     };
     for attempt in 0..2 {
         *writes += 1;
         let r = client.run(ROLE_DB, create.clone()).await;
         metrics.backend_op(BACKEND, "createRole", r.is_ok());
+        let after = Some(grant_json(&ord_roles(grant), &ord_privileges(grant)));
+        audit.record(object(), "validate", "createRole", None, after, vec![candidate.to_string()], outcome(&r));
         match r {
             Ok(_) => {
                 *writes += 1;
@@ -414,7 +497,13 @@ fn refusal(target: &str, op: &str, e: &mongodb::error::Error) -> ApplyError {
     }
 }
 
-async fn apply(target: &str, client: &dyn MongoApi, metrics: &Metrics, action: &Action) -> Result<(), ApplyError> {
+async fn apply(
+    target: &str,
+    client: &dyn MongoApi,
+    metrics: &Metrics,
+    audited: &Audited<'_>,
+    action: &Action,
+) -> Result<(), ApplyError> {
     let put = async |entry: &str, kind| ledger::put(target, client, metrics, entry, kind).await.map_err(Failed);
     let remove = async |entry: &str| ledger::remove(target, client, metrics, entry).await.map_err(Failed);
     let (op, db, name, cmd) = match action {
@@ -453,9 +542,11 @@ async fn apply(target: &str, client: &dyn MongoApi, metrics: &Metrics, action: &
     }
     metrics.backend_op(BACKEND, op, result.is_ok());
     let Err(e) = result else {
+        audited.record(op, db, name, action, Ok(()));
         return if dropping { remove(&entry).await } else { Ok(()) };
     };
     let refused = refusal(target, op, &e);
+    audited.record(op, db, name, action, Err(&refused));
     // A refused create made nothing: its ledger entry (written first) must
     // not claim the name, or an object someone creates under it later would
     // count as dbgrant's.
@@ -594,6 +685,12 @@ pub fn parse_user(u: &Document) -> Option<(String, ActualUser)> {
 
 #[cfg(test)]
 mod tests {
+    fn discard_audit() -> audit::Scope<'static> {
+        static AUDITOR: std::sync::LazyLock<audit::Auditor> = std::sync::LazyLock::new(audit::Auditor::discard);
+        static TRIGGER: std::sync::LazyLock<audit::Trigger> = std::sync::LazyLock::new(audit::Trigger::default);
+        audit::Scope::new(&AUDITOR, "mongodb", "t", &TRIGGER)
+    }
+
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -674,7 +771,7 @@ mod tests {
             retain: false,
             confirm: false,
         }];
-        let report = sync("t", &api, &Metrics::default(), false, &work).await.expect("sync");
+        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, &work).await.expect("sync");
         assert_eq!(report.results[&subject], SubjectResult::Applied);
         assert_eq!(report.rejected[&subject].keys().collect::<Vec<_>>(), ["ns/b"]);
         let creates: Vec<(String, Vec<String>)> = api
@@ -716,7 +813,7 @@ mod tests {
             retain: false,
             confirm: false,
         }];
-        let report = sync("t", &api, &Metrics::default(), false, &work).await.expect("sync");
+        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, &work).await.expect("sync");
         assert!(report.rejected[&subject].contains_key("ns/b"));
         assert_eq!(api.commands("createRole").len(), 1, "only the refused create; nothing else is written");
     }

@@ -22,7 +22,7 @@ use crate::plan::index::BindingIndex;
 use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::object::key;
-use crate::runtime::status;
+use crate::runtime::{audit, status};
 use crate::{Error, Failure, Result};
 
 /// The MongoTarget controller: connect, prove dbgrant's rights, resync
@@ -109,7 +109,11 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
         }
         resync_work(target, &idx, &ledger)
     };
-    let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, target.spec.adopt, &work).await?;
+    let trigger = audit::Trigger::of(target);
+    let audit = audit::Scope::new(&ctx.shared.audit, BACKEND, &name, &trigger);
+    let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, &audit, target.spec.adopt, &work).await;
+    status::publish_writes(&ctx.shared, target, &audit.summaries()).await;
+    let report = report?;
     // Refusals found here (a custom role dropped out of band) are recorded
     // and their bindings told; drift corrections change no binding's status.
     ctx.after_sync(&name, &report, "");

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use kube::{Client, runtime::events::Recorder};
 
-use super::{http::Health, metrics::Metrics};
+use super::{audit::Auditor, http::Health, metrics::Metrics};
 
 /// What every reconcile gets.
 pub struct Context {
@@ -19,4 +19,6 @@ pub struct Context {
     pub health: Arc<Health>,
     /// Full resync interval.
     pub resync: Duration,
+    /// The audit trail of every backend write.
+    pub audit: Arc<Auditor>,
 }

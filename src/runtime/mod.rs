@@ -3,6 +3,7 @@
 //! context, metrics, telemetry, leader election, watches, status writing
 //! and the HTTP endpoints. Startup wiring is in [`crate::operator`].
 
+pub mod audit;
 pub mod cache;
 pub mod client;
 pub mod context;

@@ -80,6 +80,20 @@ where
     publish(ctx, obj, type_, &ready.reason, &ready.message).await;
 }
 
+/// Publish one Normal `AccessChanged` Event on `obj` listing the backend
+/// writes its reconcile made (`summaries`, from the audit trail), if any:
+/// the audit trail as `kubectl describe` and `kubectl events` show it.
+pub async fn publish_writes<K>(ctx: &Context, obj: &K, summaries: &[String])
+where
+    K: Resource<DynamicType = ()>,
+{
+    if summaries.is_empty() {
+        return;
+    }
+    let note = format!("{}: {}", if summaries.len() == 1 { "1 write" } else { "writes" }, summaries.join("; "));
+    publish(ctx, obj, EventType::Normal, conditions::reason::ACCESS_CHANGED, &note).await;
+}
+
 /// Publish an Event about `obj` (a Ready transition, or a Warning that is
 /// not one, such as drift).
 pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, note: &str)

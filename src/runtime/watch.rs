@@ -3,7 +3,8 @@
 //! Two things `Controller::new` does not do, and that matter at thousands
 //! of bindings:
 //!
-//! - objects are stripped of what dbgrant never reads (`managedFields`, the
+//! - objects are stripped of what dbgrant never reads (`managedFields`
+//!   but the names of the spec's managers, for the audit trail; the
 //!   `kubectl apply` annotation) before they reach the reflector cache:
 //!   about 4 KB per binding;
 //! - only changes that can alter what a reconcile does pass through
@@ -30,7 +31,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ManagedFieldsEntry, ObjectMeta};
 
 use super::{metrics::Metrics, object::kind_key};
 use crate::{
@@ -42,10 +43,18 @@ use crate::{
 /// manifest, which dbgrant never reads.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Drop what dbgrant never reads from an object before it is cached.
+/// Drop what dbgrant never reads from an object before it is cached. Of
+/// `managedFields` only the names of the spec's managers stay (no field
+/// sets), for the audit trail's trigger.
 pub fn strip<K: Resource>(obj: &mut K) {
     let meta = obj.meta_mut();
-    meta.managed_fields = None;
+    meta.managed_fields = meta.managed_fields.take().map(|entries| {
+        entries
+            .into_iter()
+            .filter(|m| m.subresource.is_none() && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").is_some()))
+            .map(|m| ManagedFieldsEntry { manager: m.manager, operation: m.operation, ..Default::default() })
+            .collect()
+    });
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
         if annotations.is_empty() {
@@ -175,8 +184,26 @@ mod tests {
             "spec": {"targetRef": {"name": "t"}, "subjects": [], "roles": [{"role": "read", "db": "app"}]},
         }))
         .unwrap();
-        b.metadata.managed_fields =
-            Some(vec![ManagedFieldsEntry { manager: Some("kubectl".into()), ..Default::default() }]);
+        let fields = |v: serde_json::Value| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(v));
+        b.metadata.managed_fields = Some(vec![
+            ManagedFieldsEntry {
+                manager: Some("kubectl".into()),
+                operation: Some("Apply".into()),
+                fields_v1: fields(serde_json::json!({"f:spec": {"f:roles": {}}})),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("dbgrant".into()),
+                subresource: Some("status".into()),
+                fields_v1: fields(serde_json::json!({"f:status": {}})),
+                ..Default::default()
+            },
+            ManagedFieldsEntry {
+                manager: Some("kubectl-annotate".into()),
+                fields_v1: fields(serde_json::json!({"f:metadata": {"f:annotations": {}}})),
+                ..Default::default()
+            },
+        ]);
         b.metadata.annotations =
             Some([(LAST_APPLIED.to_string(), "{...}".to_string()), ("team".to_string(), "a".to_string())].into());
         b
@@ -194,10 +221,15 @@ mod tests {
     }
 
     #[test]
-    fn strip_drops_managed_fields_and_last_applied_only() {
+    fn strip_keeps_only_the_spec_managers_names_and_drops_last_applied() {
         let mut b = binding();
         strip(&mut b);
-        assert_eq!(b.metadata.managed_fields, None);
+        let kept = ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            operation: Some("Apply".into()),
+            ..Default::default()
+        };
+        assert_eq!(b.metadata.managed_fields, Some(vec![kept]), "no field sets, no status or metadata managers");
         let annotations = b.metadata.annotations.unwrap();
         assert!(!annotations.contains_key(LAST_APPLIED));
         assert_eq!(annotations.get("team").map(String::as_str), Some("a"));

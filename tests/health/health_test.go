@@ -50,6 +50,7 @@ var expected = map[string]map[string]string{
 	"Revoking":               {"progressing": "Progressing"},
 	"RevocationPending":      {"progressing": "Progressing"},
 	"DriftCorrected":         {},
+	"AccessChanged":          {},
 	"CredentialUnavailable":  {"stalled": "Degraded"},
 	"AccountNotFound":        {"stalled": "Degraded"},
 	"RoleDefinitionNotFound": {"stalled": "Degraded"},
