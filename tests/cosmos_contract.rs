@@ -15,6 +15,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -34,6 +35,7 @@ use dbgrant::{
         sync::{self, AccountState, AssignmentOutcome, Stop, SyncReport, WriteResult},
     },
     plan::cosmos::{AccountRef, AssignmentKey, DefinitionSpec, Desired, Limits, RoleKey},
+    runtime::audit::{self, Auditor},
     runtime::metrics::Metrics,
 };
 use dbgrant_doubles::arm::{
@@ -76,6 +78,29 @@ struct Harness {
     state: AccountState,
     limits: Limits,
     metrics: Metrics,
+    /// The audit trail of this harness's syncs, as JSON lines.
+    audit: Auditor,
+    audit_lines: Arc<Mutex<Vec<u8>>>,
+    trigger: audit::Trigger,
+}
+
+/// A writer into a shared buffer: the audit trail as the test reads it.
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An auditor into a fresh buffer, and the buffer.
+fn auditor() -> (Auditor, Arc<Mutex<Vec<u8>>>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    (Auditor::to(Box::new(SharedBuffer(lines.clone()))), lines)
 }
 
 fn secret_spec(tenant: &str, client: &str) -> AzureCredential {
@@ -158,6 +183,7 @@ impl Harness {
             |_| None,
         )
         .expect("client");
+        let (audit, audit_lines) = auditor();
         Self {
             double: Some(double),
             account,
@@ -170,6 +196,9 @@ impl Harness {
             state: AccountState::default(),
             limits: Limits::default(),
             metrics: Metrics::default(),
+            audit,
+            audit_lines,
+            trigger: audit::Trigger { kind: "CosmosRoleBinding".into(), name: "contract".into(), ..Default::default() },
         }
     }
 
@@ -194,6 +223,7 @@ impl Harness {
         let settings = ArmSettings { lro_budget: Duration::from_secs(180), ..ArmSettings::default() };
         let client = build_client(&cloud, &spec.credential, real_material(), None, &account, &settings, |_| None)
             .expect("client for the real account");
+        let (audit, audit_lines) = auditor();
         Some(Self {
             double: None,
             account,
@@ -206,6 +236,9 @@ impl Harness {
             state: AccountState::default(),
             limits: Limits::default(),
             metrics: Metrics::default(),
+            audit,
+            audit_lines,
+            trigger: audit::Trigger { kind: "CosmosRoleBinding".into(), name: "contract".into(), ..Default::default() },
         })
     }
 
@@ -229,7 +262,9 @@ impl Harness {
     }
 
     async fn sync(&mut self, desired: &Desired) -> Result<SyncReport, ArmError> {
-        sync::sync(&self.client, &mut self.state, desired.clone(), &self.limits, &self.metrics, "contract").await
+        let scope = audit::Scope::new(&self.audit, "cosmosdb", "contract", &self.trigger);
+        sync::sync(&self.client, &mut self.state, desired.clone(), &self.limits, &self.metrics, &scope, "contract")
+            .await
     }
 
     /// Sync until nothing is left to do, as the controllers would, but
@@ -905,6 +940,7 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
         desired(&[("ns/a", P1, reader(), "")], &[]),
         &Limits::default(),
         &Metrics::default(),
+        &audit::Scope::new(&Auditor::discard(), "cosmosdb", "t", &audit::Trigger::default()),
         "t",
     )
     .await
@@ -1036,4 +1072,75 @@ async fn own_object_id(h: &Harness) -> String {
     let claims: serde_json::Value =
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
     claims["oid"].as_str().expect("oid claim").to_ascii_lowercase()
+}
+
+// === The audit trail ===
+
+/// Every ARM write produces exactly one audit record and every record is
+/// a write ARM answered: definitions created, updated and deleted,
+/// assignments created, moved and deleted, and a storm of 429s, matched
+/// one to one, in order, with the double's request log; no credential in
+/// the trail.
+#[tokio::test]
+async fn the_audit_trail_matches_arms_writes_one_to_one() {
+    let mut h = Harness::start().await;
+    let items = RoleKey::Custom("items-reader".into());
+    let v1: &[(&str, &str, &[&str], &str)] = &[("items-reader", "Items Reader (audit)", &[READ_METADATA], "")];
+    let v2: &[(&str, &str, &[&str], &str)] =
+        &[("items-reader", "Items Reader (audit)", &[READ_METADATA, ITEMS_READ], "")];
+    let steps = [
+        desired(&[("ns/a", P1, reader(), "/dbs/orders"), ("ns/b", P2, items.clone(), "")], v1),
+        desired(&[("ns/a", P1, reader(), "/dbs/billing"), ("ns/b", P2, items.clone(), "")], v2),
+        {
+            let mut gone = desired(&[], &[]);
+            gone.known_roles.insert(items.clone());
+            gone.known_definitions.insert("items-reader".into());
+            gone
+        },
+    ];
+    h.double().clear_log();
+    for d in &steps {
+        h.converge(d).await;
+    }
+    // Throttled writes are writes ARM answered too.
+    h.double().inject(
+        dbgrant_doubles::arm::Fault::respond(dbgrant_doubles::arm::FaultTarget::ArmWrites, 2, 429, "TooManyRequests")
+            .retry_after(1),
+    );
+    h.converge(&desired(&[("ns/c", P3, reader(), "")], &[])).await;
+
+    let text = String::from_utf8(h.audit_lines.lock().unwrap().clone()).unwrap();
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!text.contains(DEFAULT_CLIENT_SECRET), "the audit trail must never carry a credential");
+    for r in &records {
+        assert_eq!(r["schema"], audit::SCHEMA);
+        assert_eq!(r["backend"], "cosmosdb");
+    }
+    let update = records.iter().find(|r| r["object"]["kind"] == "definition" && r["action"] == "update").unwrap();
+    assert_eq!(update["before"]["dataActions"].as_array().map(Vec::len), Some(1), "{update}");
+    assert_eq!(update["after"]["dataActions"].as_array().map(Vec::len), Some(2), "{update}");
+    assert!(records.iter().any(|r| r["outcome"] == "throttled"), "429s are recorded");
+    let created = records.iter().find(|r| r["object"]["kind"] == "assignment" && r["action"] == "create").unwrap();
+    assert_eq!(created["bindings"], serde_json::json!(["ns/a"]), "{created}");
+
+    let arm: Vec<(String, String, u16)> = h
+        .double()
+        .arm_requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::ArmWrite)
+        .map(|r| (r.method.clone(), r.path.rsplit('/').next().unwrap_or_default().to_string(), r.status))
+        .collect();
+    let audited: Vec<(String, String, u16)> = records
+        .iter()
+        .map(|r| {
+            let method = if r["operation"].as_str().unwrap().starts_with("put") { "PUT" } else { "DELETE" };
+            // ARM answers 202 to every write here; dbgrant polls the
+            // operation and records `applied` once it has succeeded.
+            let status = if r["outcome"] == "throttled" { 429 } else { 0 };
+            (method.to_string(), r["object"]["name"].as_str().unwrap().to_string(), status)
+        })
+        .collect();
+    let arm_status: Vec<(String, String, u16)> =
+        arm.into_iter().map(|(m, n, s)| (m, n, if s == 429 { s } else { 0 })).collect();
+    assert_eq!(audited, arm_status, "no write without a record, no record without a write");
 }

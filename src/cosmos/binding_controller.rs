@@ -78,7 +78,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let account = account_of(t);
                 let pending = to_revoke(&account, &previous, &st.assignments, &BTreeSet::new());
                 let freshness = if affected.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-                let confirmed = match revoke(ctx, t, BTreeSet::new(), freshness).await {
+                let confirmed = match revoke(ctx, &b, t, BTreeSet::new(), freshness).await {
                     Ok(report) => confirm(&report, &account, &pending),
                     Err(e) => {
                         tracing::warn!(binding = %key, target = %t.name_any(), error = %e, "revocation failed");
@@ -136,7 +136,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let dropped = to_revoke(&account, &previous, &st.assignments, &own);
                 let freshness =
                     if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-                match timed_sync(ctx, t, BTreeSet::new(), freshness).await {
+                match timed_sync(ctx, &b, t, BTreeSet::new(), freshness).await {
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
                         st.assignments = assignments;
@@ -222,7 +222,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         let recorded = b.status.as_ref().map(|s| s.assignments.as_slice()).unwrap_or_default();
         let contributed: BTreeSet<AssignmentKey> = previous.union(&wanted).cloned().collect();
         let pending = to_revoke(&account, &contributed, recorded, &BTreeSet::new());
-        let (stuck, error) = match revoke(ctx, &target, release, Freshness::Coalesce).await {
+        let (stuck, error) = match revoke(ctx, &b, &target, release, Freshness::Coalesce).await {
             Ok(report) => (confirm(&report, &account, &pending).err(), None),
             Err(e) => (Some(Stuck::from_error(&e, &pending)), Some(e)),
         };
@@ -247,6 +247,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
 
 async fn revoke(
     ctx: &CosmosContext,
+    b: &CosmosRoleBinding,
     target: &CosmosTarget,
     release: BTreeSet<AssignmentKey>,
     freshness: Freshness,
@@ -254,19 +255,20 @@ async fn revoke(
     if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
-    timed_sync(ctx, target, release, freshness).await
+    timed_sync(ctx, b, target, release, freshness).await
 }
 
 /// A binding's account sync, its time recorded as the backend stage (the
 /// wait for the account's lock included).
 async fn timed_sync(
     ctx: &CosmosContext,
+    b: &CosmosRoleBinding,
     target: &CosmosTarget,
     release: BTreeSet<AssignmentKey>,
     freshness: Freshness,
 ) -> Result<Arc<SyncReport>> {
     let start = std::time::Instant::now();
-    let report = ctx.sync(target, release, freshness).await;
+    let report = ctx.sync(b, target, release, freshness).await;
     let kind = <CosmosRoleBinding as kube::Resource>::kind(&());
     ctx.shared.metrics.stage(&kind, Stage::Backend, start.elapsed());
     report

@@ -112,7 +112,7 @@ impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
                     format!("waiting for CosmosTarget {target_name} to be Ready"),
                 )
             }
-            Some(t) => match sync_after_change(ctx, t).await {
+            Some(t) => match sync_after_change(ctx, &d, t).await {
                 Ok(report) => {
                     let (outcome, id) = outcome_from(&report, &d.name_any(), t);
                     if id.is_some() {
@@ -157,7 +157,7 @@ impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
                 failure: crate::Failure::Transient,
             });
         }
-        let report = ctx.sync(&target, BTreeSet::new(), Freshness::Coalesce).await?;
+        let report = ctx.sync(d.as_ref(), &target, BTreeSet::new(), Freshness::Coalesce).await?;
         // Confirmed on the account's state after the pass, not on the plan.
         let account = account_of(&target);
         let name = account.definition_name(&d.name_any());
@@ -191,9 +191,13 @@ impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
     }
 }
 
-async fn sync_after_change(ctx: &CosmosContext, target: &CosmosTarget) -> Result<Arc<SyncReport>> {
+async fn sync_after_change(
+    ctx: &CosmosContext,
+    d: &CosmosRoleDefinition,
+    target: &CosmosTarget,
+) -> Result<Arc<SyncReport>> {
     ctx.bump(&target.name_any());
-    ctx.sync(target, BTreeSet::new(), Freshness::Coalesce).await
+    ctx.sync(d, target, BTreeSet::new(), Freshness::Coalesce).await
 }
 
 #[cfg(test)]

@@ -53,11 +53,12 @@ use crate::{
         index::BindingIndex,
     },
     runtime::{
+        audit,
         cache::wait_ready,
         context::Context,
         lifecycle::{self, BackendContext},
         object::key,
-        secrets,
+        secrets, status,
     },
 };
 
@@ -335,8 +336,11 @@ impl CosmosContext {
     /// Converge `target`'s account. `release` lists assignments to release
     /// (`deletionPolicy: Retain`): recorded on the target before anything
     /// else, then left in place and never managed again.
-    pub async fn sync(
+    /// The pass runs for `trigger`'s reconcile: its writes are audited as
+    /// `trigger`'s, and listed in one Event on it.
+    pub async fn sync<K: kube::Resource<DynamicType = ()>>(
         &self,
+        trigger: &K,
         target: &CosmosTarget,
         release: BTreeSet<AssignmentKey>,
         freshness: Freshness,
@@ -361,8 +365,19 @@ impl CosmosContext {
         let covered = self.change(&name);
         let mut desired = self.desired(&name);
         desired.released = handle.released(target);
-        let result =
-            sync::sync(client.as_ref(), &mut state, desired, &self.settings.limits, &self.shared.metrics, &name).await;
+        let audit_trigger = audit::Trigger::of(trigger);
+        let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
+        let result = sync::sync(
+            client.as_ref(),
+            &mut state,
+            desired,
+            &self.settings.limits,
+            &self.shared.metrics,
+            &audit,
+            &name,
+        )
+        .await;
+        status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
         let report = match result {
             Ok(report) => report,
             Err(e) => {
@@ -400,7 +415,8 @@ impl CosmosContext {
         let value = (!after.is_empty()).then(|| after.iter().cloned().collect::<Vec<_>>().join(","));
         let patch = serde_json::json!({ "metadata": { "annotations": { RELEASED_ANNOTATION: value } } });
         let api: Api<CosmosTarget> = Api::all(self.shared.client.clone());
-        api.patch(&target.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let params = PatchParams { field_manager: Some(crate::MANAGER.into()), ..Default::default() };
+        api.patch(&target.name_any(), &params, &Patch::Merge(&patch)).await?;
         tracing::info!(target = %target.name_any(), added = ?add, removed = ?remove, "released assignments updated");
         *handle.released.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
         Ok(())

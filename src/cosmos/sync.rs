@@ -34,10 +34,10 @@ use super::{
 };
 use crate::{
     plan::cosmos::{
-        AccountRef, Action, Actual, AssignmentKey, AssignmentState, DefinitionState, Desired, Limits, Observed, Plan,
-        RoleKey, plan,
+        AccountRef, Action, Actual, ActualAssignment, ActualDefinition, AssignmentKey, AssignmentState,
+        DefinitionState, Desired, Limits, Observed, Plan, RoleKey, plan,
     },
-    runtime::metrics::Metrics,
+    runtime::{audit, metrics::Metrics},
 };
 
 /// Control-plane writes dbgrant allows itself per account per window.
@@ -407,6 +407,7 @@ pub async fn sync(
     mut desired: Desired,
     limits: &Limits,
     metrics: &Metrics,
+    audit: &audit::Scope<'_>,
     target: &str,
 ) -> Result<SyncReport, ArmError> {
     let mut report = SyncReport::default();
@@ -502,6 +503,7 @@ pub async fn sync(
         let result = loop {
             let (op, result) = execute(api, action, &mut report.writes).await;
             metrics.backend_op(BACKEND, op, result.is_ok());
+            record(audit, op, action, &actual, &desired, &result);
             match &result {
                 Err(ArmError::Throttled { retry_after, .. })
                     if *retry_after <= IN_PASS_WAIT && waited + *retry_after <= IN_PASS_WAIT_TOTAL =>
@@ -629,11 +631,79 @@ async fn execute(api: &dyn ArmApi, action: &Action, writes: &mut usize) -> (&'st
     }
 }
 
+/// The audit record of one ARM write: the object as listed before the
+/// pass, what the write asks for, the bindings (or role definition) that
+/// want it, and how ARM answered.
+fn record(
+    audit: &audit::Scope<'_>,
+    op: &'static str,
+    action: &Action,
+    actual: &Actual,
+    desired: &Desired,
+    result: &Result<(), ArmError>,
+) {
+    let name = action.name();
+    let assignment = |a: &ActualAssignment| serde_json::json!({"principalId": a.principal_id, "roleDefinitionId": a.role_definition_id, "scope": a.scope});
+    let definition = |d: &ActualDefinition| serde_json::json!({"roleName": d.role_name, "dataActions": d.data_actions, "assignableScopes": d.assignable_scopes});
+    let (kind, before, after, bindings, verb) = match action {
+        Action::PutAssignment { key, principal_id, role_definition_id, scope, create, .. } => (
+            "assignment",
+            actual.assignments.iter().find(|a| a.name.eq_ignore_ascii_case(name)).map(assignment),
+            Some(
+                serde_json::json!({"principalId": principal_id, "roleDefinitionId": role_definition_id, "scope": scope}),
+            ),
+            desired.assignments.get(key).map(|b| b.iter().cloned().collect()).unwrap_or_default(),
+            if *create { "create" } else { "update" },
+        ),
+        Action::DeleteAssignment { .. } => (
+            "assignment",
+            actual.assignments.iter().find(|a| a.name.eq_ignore_ascii_case(name)).map(assignment),
+            None,
+            Vec::new(),
+            "delete",
+        ),
+        Action::PutDefinition { source, role_name, data_actions, assignable_scopes, create, .. } => (
+            "definition",
+            actual.definitions.iter().find(|d| d.name.eq_ignore_ascii_case(name)).map(definition),
+            Some(
+                serde_json::json!({"roleName": role_name, "dataActions": data_actions, "assignableScopes": assignable_scopes}),
+            ),
+            vec![format!("CosmosRoleDefinition/{source}")],
+            if *create { "create" } else { "update" },
+        ),
+        Action::DeleteDefinition { .. } => (
+            "definition",
+            actual.definitions.iter().find(|d| d.name.eq_ignore_ascii_case(name)).map(definition),
+            None,
+            Vec::new(),
+            "delete",
+        ),
+    };
+    let outcome = match result {
+        Ok(()) => Ok("applied"),
+        Err(ArmError::Pending { .. }) => Ok("accepted"),
+        Err(e @ (ArmError::Throttled { .. } | ArmError::Locked { .. })) => Err(("throttled", e.to_string())),
+        Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. } | ArmError::LimitExceeded { .. })) => {
+            Err(("refused", e.to_string()))
+        }
+        Err(e @ ArmError::PrincipalNotFound { .. }) => Err(("refused", e.to_string())),
+        Err(e) => Err(("failed", e.to_string())),
+    };
+    let object = audit::BackendObject { kind, name: name.to_string() };
+    audit.record(object, verb, op, before, after, bindings, outcome);
+}
+
 /// A shared, cheaply cloned report.
 pub type SharedReport = Arc<SyncReport>;
 
 #[cfg(test)]
 mod tests {
+    fn discard_audit() -> audit::Scope<'static> {
+        static AUDITOR: std::sync::LazyLock<audit::Auditor> = std::sync::LazyLock::new(audit::Auditor::discard);
+        static TRIGGER: std::sync::LazyLock<audit::Trigger> = std::sync::LazyLock::new(audit::Trigger::default);
+        audit::Scope::new(&AUDITOR, "cosmosdb", "t", &TRIGGER)
+    }
+
     use std::sync::Mutex;
 
     use async_trait::async_trait;
@@ -777,7 +847,7 @@ mod tests {
     }
 
     async fn run(fake: &Fake, state: &mut AccountState, d: Desired) -> SyncReport {
-        sync(fake, state, d, &Limits::default(), &Metrics::default(), "t").await.unwrap()
+        sync(fake, state, d, &Limits::default(), &Metrics::default(), &discard_audit(), "t").await.unwrap()
     }
 
     #[tokio::test]
@@ -1025,7 +1095,9 @@ mod tests {
         ];
         for e in account_wide {
             fake.state.lock().unwrap().broken.insert(n1.clone(), e.clone());
-            let got = sync(&fake, &mut state, d.clone(), &Limits::default(), &Metrics::default(), "t").await;
+            let got =
+                sync(&fake, &mut state, d.clone(), &Limits::default(), &Metrics::default(), &discard_audit(), "t")
+                    .await;
             assert_eq!(got.unwrap_err(), e);
         }
     }

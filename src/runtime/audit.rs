@@ -38,7 +38,9 @@ pub struct Trigger {
     pub generation: Option<i64>,
     pub resource_version: Option<String>,
     /// Managers of the object's spec, from its managedFields (`kubectl`,
-    /// `argocd-controller`, `kustomize-controller`, …).
+    /// `argocd-controller`, `kustomize-controller`, …). dbgrant itself is
+    /// left out: it never writes a spec, but the apiserver credits spec
+    /// defaults filled in during its finalizer patch to it.
     pub field_managers: Vec<String>,
     /// The object is being deleted (its access is being revoked).
     pub deleting: bool,
@@ -48,8 +50,13 @@ impl Trigger {
     /// The trigger `obj`, as dbgrant's cache holds it.
     pub fn of<K: Resource<DynamicType = ()>>(obj: &K) -> Self {
         let meta = obj.meta();
-        let mut field_managers: Vec<String> =
-            meta.managed_fields.iter().flatten().filter_map(|m| m.manager.clone()).collect();
+        let mut field_managers: Vec<String> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .filter(|m| m != crate::MANAGER)
+            .collect();
         field_managers.sort();
         field_managers.dedup();
         Trigger {

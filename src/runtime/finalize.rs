@@ -42,7 +42,14 @@ where
         let patch = serde_json::json!({
             "metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()},
         });
-        match api.patch(&obj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch(
+                &obj.name_any(),
+                &PatchParams { field_manager: Some(crate::MANAGER.into()), ..Default::default() },
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(updated) => return Ok(Arc::new(updated)),
             Err(kube::Error::Api(e)) if e.code == 409 && attempt < CONFLICT_RETRIES => {
                 tracing::debug!(object = %obj.name_any(), "finalizer patch conflicted; retrying on a fresh copy");

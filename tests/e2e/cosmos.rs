@@ -877,3 +877,108 @@ async fn a_failing_cosmos_revocation_keeps_the_binding_until_azure_confirms_it()
     dump.passed();
     Ok(())
 }
+
+/// The Cosmos DB audit trail end to end: a churn (a custom definition and
+/// two bindings created, a scope moved, the definition's actions changed,
+/// everything deleted) leaves exactly one audit record per ARM write the
+/// double answered, in order, each naming what triggered it, with no
+/// credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_arm_write_has_one_audit_record() -> Result<()> {
+    let _lock = operator_lock().await;
+    let (cluster, ns, mut dump) = setup("cosmos-audit").await?;
+    let cosmos = arm_double(&cluster).await?;
+    let n = suffix(&ns.name);
+    let account = new_account(&cosmos, &format!("e2e-audit-{n}"));
+    let target = cosmos_target(&format!("audit-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    let tname = manifests::name(&target).to_string();
+    let mut definition = json!({
+        "apiVersion": "dbgrant.io/v1alpha1", "kind": "CosmosRoleDefinition",
+        "metadata": {"name": format!("audit-items-{n}")},
+        "spec": {
+            "targetRef": {"name": tname},
+            "roleName": format!("Audit Items {n}"),
+            "dataActions": ["Microsoft.DocumentDB/databaseAccounts/readMetadata"],
+            "assignableScopes": [{"database": "orders"}]
+        }
+    });
+    let readers = in_ns(
+        cosmos_binding("readers", &tname, READERS, json!({"builtIn": "DataReader"}), json!([{"database": "orders"}])),
+        &ns.name,
+    );
+    let writers = in_ns(
+        cosmos_binding(
+            "writers",
+            &tname,
+            WRITERS,
+            json!({"name": manifests::name(&definition)}),
+            json!([{"database": "orders", "container": "items"}]),
+        ),
+        &ns.name,
+    );
+    let mut op = operator(&cluster, &cosmos, "cosmos-audit", Duration::from_secs(300), &mut dump).await?;
+    cluster.apply(&cluster.admin, &target, None).await?;
+    cluster.apply(&cluster.admin, &definition, None).await?;
+    cluster.apply_all(&cluster.admin, &[readers.clone(), writers.clone()], None).await?;
+    for o in [&target, &definition, &readers, &writers] {
+        let reason = if o == &target { "Connected" } else { "Applied" };
+        cluster.wait_condition(o, None, "Ready", "True", Some(reason), SETTLE).await?;
+    }
+    let mut moved = readers.clone();
+    moved["spec"]["scopes"] = json!([{"database": "catalog"}]);
+    cluster.apply(&cluster.admin, &moved, None).await?;
+    definition["spec"]["dataActions"] = json!([
+        "Microsoft.DocumentDB/databaseAccounts/readMetadata",
+        "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers/items/read"
+    ]);
+    cluster.apply(&cluster.admin, &definition, None).await?;
+    cluster.wait_condition(&moved, None, "Ready", "True", Some("Applied"), SETTLE).await?;
+    for o in [&moved, &writers] {
+        cluster.delete(&cluster.admin, o, None).await?;
+        cluster.wait_gone(o, None, SETTLE).await?;
+    }
+    cluster.delete(&cluster.admin, &definition, None).await?;
+    cluster.wait_gone(&definition, None, SETTLE).await?;
+    assert!(cosmos.double.role_assignments(&account).is_empty());
+
+    let records: Vec<Value> = op.audit_records()?.into_iter().filter(|r| r["target"] == tname.as_str()).collect();
+    let text = std::fs::read_to_string(&op.audit_log)?;
+    // The operator signs in with a federated token (a JWT) and gets ARM
+    // access tokens (JWTs): none may reach the trail.
+    assert!(!text.contains("eyJ"), "the audit trail must never carry a token");
+    for (_, v) in cosmos.operator_env() {
+        if let Ok(token) = std::fs::read_to_string(&v) {
+            assert!(!text.contains(token.trim()), "the audit trail must never carry the federated token");
+        }
+    }
+    let arm: Vec<(String, String)> = cosmos
+        .double
+        .arm_requests()
+        .into_iter()
+        .filter(|r| r.kind == RequestKind::ArmWrite && r.path.contains(&account.name))
+        .map(|r| (r.method.clone(), r.path.rsplit('/').next().unwrap_or_default().to_ascii_lowercase()))
+        .collect();
+    let audited: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let method = if r["operation"].as_str().unwrap_or_default().starts_with("put") { "PUT" } else { "DELETE" };
+            (method.to_string(), r["object"]["name"].as_str().unwrap_or_default().to_ascii_lowercase())
+        })
+        .collect();
+    assert!(arm.len() >= 7, "the churn wrote: {arm:?}");
+    assert_eq!(audited, arm, "no write without a record, no record without a write");
+    let kinds: BTreeSet<String> =
+        records.iter().map(|r| r["trigger"]["kind"].as_str().unwrap_or("").to_string()).collect();
+    assert!(kinds.contains("CosmosRoleBinding") && kinds.contains("CosmosRoleDefinition"), "{kinds:?}");
+    let update = records.iter().find(|r| r["object"]["kind"] == "definition" && r["action"] == "update");
+    assert!(
+        update.is_some_and(|u| u["before"]["dataActions"].as_array().map(Vec::len) == Some(1)
+            && u["after"]["dataActions"].as_array().map(Vec::len) == Some(2)),
+        "{records:#?}"
+    );
+
+    delete_targets(&cluster, std::slice::from_ref(&target)).await?;
+    op.stop(Duration::from_secs(10)).await?;
+    dump.passed();
+    Ok(())
+}

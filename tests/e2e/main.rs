@@ -7,6 +7,7 @@
 //! namespace. Tests that run an operator take [`common::operator_lock`]:
 //! two operators would both reconcile every cluster-scoped target.
 
+mod audit;
 mod common;
 mod cosmos;
 mod faults_apiserver;

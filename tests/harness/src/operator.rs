@@ -52,6 +52,9 @@ pub struct Operator {
     pub addr: SocketAddr,
     /// Where its combined stdout/stderr go.
     pub log: PathBuf,
+    /// Its audit trail (`--audit-log`): JSON lines, appended across
+    /// restarts.
+    pub audit_log: PathBuf,
     options: Options,
     kubeconfig: PathBuf,
     namespace: String,
@@ -66,6 +69,7 @@ impl Operator {
             child: None,
             addr: "127.0.0.1:0".parse()?,
             log: dir.join("operator.log"),
+            audit_log: dir.join("audit.jsonl"),
             options,
             kubeconfig: cluster.operator_kubeconfig.clone(),
             namespace: cluster.operator_namespace.clone(),
@@ -86,6 +90,8 @@ impl Operator {
             .args(["--namespace", &self.namespace])
             .args(["--metrics-addr", &self.addr.to_string()])
             .args(["--resync-interval", &format!("{}s", self.options.resync.as_secs().max(1))])
+            .arg("--audit-log")
+            .arg(&self.audit_log)
             .args(&self.options.args)
             .env("RUST_LOG", "info,dbgrant=debug,kube=warn,mongodb=warn")
             .env_remove("KUBECONFIG")
@@ -97,6 +103,12 @@ impl Operator {
         let child = cmd.spawn().with_context(|| format!("starting {}", self.options.binary.display()))?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(60)).await
+    }
+
+    /// The audit records written so far, one JSON object per line.
+    pub fn audit_records(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("audit line is not JSON: {l}"))).collect()
     }
 
     /// Wait until `/readyz` answers 200.
