@@ -217,6 +217,7 @@ impl Harness {
             cloud: None,
             credential: secret_spec(&tenant, &client_id),
             policy: Default::default(),
+            mode: Default::default(),
         };
         let cloud = cloud::cloud(&spec, var("AZURE_AUTHORITY_HOST"));
         let account = AccountRef::new(&subscription, &group, &name);
@@ -263,8 +264,17 @@ impl Harness {
 
     async fn sync(&mut self, desired: &Desired) -> Result<SyncReport, ArmError> {
         let scope = audit::Scope::new(&self.audit, "cosmosdb", "contract", &self.trigger);
-        sync::sync(&self.client, &mut self.state, desired.clone(), &self.limits, &self.metrics, &scope, "contract")
-            .await
+        sync::sync(
+            &self.client,
+            &mut self.state,
+            desired.clone(),
+            &self.limits,
+            &self.metrics,
+            &scope,
+            false,
+            "contract",
+        )
+        .await
     }
 
     /// Sync until nothing is left to do, as the controllers would, but
@@ -941,6 +951,7 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
         &Limits::default(),
         &Metrics::default(),
         &audit::Scope::new(&Auditor::discard(), "cosmosdb", "t", &audit::Trigger::default()),
+        false,
         "t",
     )
     .await

@@ -262,6 +262,7 @@ impl Env {
                 },
                 policy: MongoPolicy { allowed_namespaces: vec!["team-*".into()], ..Default::default() },
                 adopt: false,
+                mode: Default::default(),
             },
         )
     }
@@ -463,9 +464,18 @@ impl<'e> Operator<'e> {
 
     async fn sync(&self, work: &[sync::SubjectWork]) -> SyncReport {
         let name = self.name();
-        sync::sync(&name, &self.client, &self.env.metrics, &self.env.scope(&name), self.target.spec.adopt, work)
-            .await
-            .expect("sync reaches the server")
+        let observe = self.target.spec.mode == dbgrant::api::TargetMode::Observe;
+        sync::sync(
+            &name,
+            &self.client,
+            &self.env.metrics,
+            &self.env.scope(&name),
+            self.target.spec.adopt,
+            observe,
+            work,
+        )
+        .await
+        .expect("sync reaches the server")
     }
 
     /// binding_controller::apply: evaluate at `now`, update the index, then
@@ -1358,7 +1368,7 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
 
     // The ledger write fails: createRole is never sent.
     double.fail_next(1, 8, Some("update"));
-    let err = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work)
+    let err = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, false, &work)
         .await
         .expect_err("ledger write failed");
     assert!(err.to_string().contains("ownership ledger"), "{err}");
@@ -1368,7 +1378,9 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     // The connection dies right after createRole ran: the role exists and
     // is already in the ledger, so the retry finishes without a conflict.
     double.drop_after_apply_next(1, Some("createRole"));
-    assert!(sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work).await.is_err());
+    assert!(
+        sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, false, &work).await.is_err()
+    );
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     let report = op.resync().await;
     assert_eq!(result(&report, &g), Some(&SubjectResult::Applied));
@@ -1379,7 +1391,9 @@ async fn a_crash_between_ledger_and_create_never_leaves_an_unowned_role() {
     double.drop_after_apply_next(1, Some("dropRole"));
     op.index.remove(&dbgrant::runtime::object::key(&b));
     let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
-    assert!(sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work).await.is_err());
+    assert!(
+        sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, false, &work).await.is_err()
+    );
     assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
     op.resync().await;
     assert!(env.ledger(&t).await.is_empty());
@@ -1600,7 +1614,7 @@ async fn identity_user_admin_on_admin_alone_fails_the_probe_naming_what_is_missi
     let work = dbgrant::mongo::sync::subject_work(&t, &op.index, &[g.key()], false, false);
     // A refusal on one database is that grant's, not the target's: the
     // binding is rejected naming the database, other subjects go on.
-    let report = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, &work)
+    let report = sync::sync(&op.name(), &op.client, &env.metrics, &env.scope(&op.name()), false, false, &work)
         .await
         .expect("the sync goes on");
     let refused = report.rejected[&g.key()].values().next().cloned().unwrap_or_default();
@@ -1744,4 +1758,58 @@ async fn the_audit_trail_matches_the_servers_writes_one_to_one() {
         })
         .collect();
     assert_eq!(audited, server, "no write without a record, no record without a write");
+}
+
+/// Observe mode writes nothing — no role, no user, no ledger entry — while
+/// its plan says what it would write; enforcing then writes exactly that.
+#[tokio::test]
+async fn observe_mode_writes_nothing_and_enforcing_applies_exactly_its_plan() {
+    let env = Env::start().await;
+    let mut t = env.target("observe", false);
+    t.spec.mode = dbgrant::api::TargetMode::Observe;
+    let (u1, u2) = (user(1), user(2));
+    let a = binding("a", &[&u1]).roles(&[role("read", "orders")]).on(&t);
+    let b = binding("b", &[&u1, &u2]).privileges(&[privilege("orders", "audit", &["find"])]).on(&t);
+    let mut op = Operator::new(&env, &t).await;
+    env.clear_log();
+    op.apply_all(&[&a, &b]).await;
+    let report = op.resync().await;
+    let planned: Vec<String> = report.planned.values().flatten().cloned().collect();
+    assert_eq!(report.writes, 0);
+    assert_eq!(env.state().await, State::default(), "nothing written");
+    assert!(env.ledger(&t).await.is_empty(), "not even the ledger");
+    if let Some(log) = env.log() {
+        let writes: Vec<&str> = log.iter().filter(|c| c.is_write).map(|c| c.name.as_str()).collect();
+        assert!(writes.is_empty(), "{writes:?}");
+    }
+    assert_eq!(planned.len(), 4, "two roles and two users: {planned:?}");
+    assert!(planned.iter().any(|p| p.starts_with("create role admin.") && p.contains("read@orders")), "{planned:?}");
+
+    // Enforce: the target's next pass (every binding already in the
+    // index, as the operator primes it) writes exactly the plan.
+    t.spec.mode = dbgrant::api::TargetMode::Enforce;
+    let mut op = Operator::new(&env, &t).await;
+    op.index(&a);
+    op.index(&b);
+    let report = op.resync().await;
+    assert_eq!(report.writes, planned.len(), "{report:?}");
+    let records = env.audit_records();
+    let written: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {}", r["action"].as_str().unwrap(), r["object"]["name"].as_str().unwrap()))
+        .collect();
+    let intended: Vec<String> = planned
+        .iter()
+        .map(|p| {
+            let words: Vec<&str> = p.split(' ').collect();
+            format!("{} {}", words[0], words[2])
+        })
+        .collect();
+    let (mut written_sorted, mut intended_sorted) = (written.clone(), intended.clone());
+    written_sorted.sort();
+    intended_sorted.sort();
+    assert_eq!(written_sorted, intended_sorted, "enforcing wrote exactly the observed plan");
+    let g = grant(&[role("read", "orders")], &[privilege("orders", "audit", &["find"])]);
+    let g2 = grant(&[], &[privilege("orders", "audit", &["find"])]);
+    assert_eq!(env.state().await, env.roles(&[(&u1, g), (&u2, g2)]).with_user(&env, &u1).with_user(&env, &u2));
 }

@@ -187,6 +187,7 @@ async fn workload_identity_token_logs_in_and_manages_roles() {
         &Metrics::default(),
         &audit::Scope::new(&audit::Auditor::discard(), "mongodb", "orders", &audit::Trigger::default()),
         false,
+        false,
         &work,
     )
     .await

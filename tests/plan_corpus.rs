@@ -94,6 +94,7 @@ fn the_json_shape_is_the_documented_one() {
     let change = &v["targets"][0]["changes"][0];
     assert_eq!(keys(change), ["action", "becauseOf", "details", "name", "object", "owner"]);
     assert_eq!(v["targets"][0]["kind"], "MongoTarget");
+    assert_eq!(v["targets"][0]["observe"], false);
     assert_eq!(
         change["details"][0],
         serde_json::json!({"added": false, "what": "privilege find, insert on orders.audit"})

@@ -142,6 +142,43 @@ pub enum DeletionPolicy {
     Retain,
 }
 
+/// Whether dbgrant writes to a target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TargetMode {
+    /// Apply, correct drift and revoke (default).
+    #[default]
+    Enforce,
+    /// Write nothing to the database or Azure: compute the plan at every
+    /// resync and binding change and publish it (`status.pending` here,
+    /// `Observing` on each binding). For onboarding an existing database:
+    /// see the difference, then switch to `Enforce` to apply exactly it.
+    /// Revocations are not written either: a deleted binding whose grant
+    /// dbgrant put in place keeps its finalizer until the target enforces.
+    Observe,
+}
+
+/// What an Observe-mode target would write (see [`TargetMode::Observe`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingChanges {
+    /// Writes the last full resync planned and did not make.
+    pub writes: u32,
+    /// The first of them (at most [`PENDING_LISTED`]), as
+    /// `create role admin.entra/…`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// How many pending changes a target's status lists.
+pub const PENDING_LISTED: usize = 50;
+
+impl PendingChanges {
+    /// The pending changes `all`, listed up to [`PENDING_LISTED`].
+    pub fn of(all: &[String]) -> Self {
+        Self { writes: all.len() as u32, changes: all.iter().take(PENDING_LISTED).cloned().collect() }
+    }
+}
+
 /// When a binding's access ends. Set at most one of `expiresAt` and
 /// `duration`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -56,6 +56,12 @@ pub mod reason {
     /// The finalizer stays and dbgrant retries with backoff; the message
     /// names what is stuck and why.
     pub const REVOCATION_PENDING: &str = "RevocationPending";
+    /// The target is in Observe mode: dbgrant computed the writes and made
+    /// none. On the target (Ready=True) the pending writes are in
+    /// `status.pending`; on a binding or role definition (Ready=False,
+    /// neither reconciling nor stalled) the message says what would be
+    /// written. Argo CD health: Suspended.
+    pub const OBSERVING: &str = "Observing";
     /// dbgrant wrote to the database or ARM for this object (Normal Event;
     /// the note lists the writes, each also in the audit trail).
     pub const ACCESS_CHANGED: &str = "AccessChanged";

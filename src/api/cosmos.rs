@@ -10,7 +10,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, Expiry, SecretKeyRef, Subject, TargetRef};
+use super::common::{DeletionPolicy, Expiry, PendingChanges, SecretKeyRef, Subject, TargetMode, TargetRef};
 
 /// Default ARM api-version for `Microsoft.DocumentDB` (GA).
 pub const DEFAULT_API_VERSION: &str = "2024-11-15";
@@ -65,6 +65,10 @@ pub struct CosmosTargetSpec {
     pub credential: AzureCredential,
     /// Which namespaces may bind to this account and what they may grant.
     pub policy: CosmosPolicy,
+    /// `Enforce` (default) applies; `Observe` writes nothing and publishes
+    /// what it would write.
+    #[serde(default)]
+    pub mode: TargetMode,
 }
 
 /// Cloud endpoints, for sovereign and private clouds.
@@ -235,6 +239,9 @@ pub struct CosmosTargetStatus {
     /// When the last full resync finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resync_time: Option<Time>,
+    /// In Observe mode: what the last full resync would have written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingChanges>,
 }
 
 // === CosmosRoleDefinition ===

@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DeletionPolicy, Expiry, SecretKeyRef, SecretRef, Subject, TargetRef};
+use super::common::{DeletionPolicy, Expiry, PendingChanges, SecretKeyRef, SecretRef, Subject, TargetMode, TargetRef};
 
 // === MongoTarget ===
 
@@ -53,6 +53,10 @@ pub struct MongoTargetSpec {
     /// reported as conflicts and left untouched.
     #[serde(default)]
     pub adopt: bool,
+    /// `Enforce` (default) applies; `Observe` writes nothing and publishes
+    /// what it would write.
+    #[serde(default)]
+    pub mode: TargetMode,
 }
 
 /// Connection settings for a MongoDB deployment.
@@ -338,6 +342,9 @@ pub struct MongoTargetStatus {
     /// When the last full resync finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resync_time: Option<Time>,
+    /// In Observe mode: what the last full resync would have written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingChanges>,
 }
 
 // === MongoRoleBinding ===

@@ -30,7 +30,7 @@ use super::{
     sync::{PENDING_RETRY, SyncReport},
 };
 use crate::api::conditions::{self, Outcome, reason};
-use crate::api::{CosmosRoleBinding, CosmosTarget, target};
+use crate::api::{CosmosRoleBinding, CosmosTarget, TargetMode, target};
 use crate::plan::{cosmos::AssignmentKey, expiry, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::metrics::Stage;
@@ -137,6 +137,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let freshness =
                     if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
                 match timed_sync(ctx, &b, t, BTreeSet::new(), freshness).await {
+                    Ok(report) if t.spec.mode == TargetMode::Observe => observing(&report, &own, t),
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
                         st.assignments = assignments;
@@ -256,6 +257,23 @@ async fn revoke(
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
     timed_sync(ctx, b, target, release, freshness).await
+}
+
+/// The outcome of a binding on an Observe-mode target: what the pass
+/// would write for the binding's own assignments (the status's record of
+/// what dbgrant manages stays as it was).
+fn observing(report: &SyncReport, own: &BTreeSet<AssignmentKey>, t: &CosmosTarget) -> Outcome {
+    let mine: Vec<&String> =
+        report.planned.iter().filter(|w| own.iter().any(|k| w.contains(&format!("({k})")))).collect();
+    let would = if mine.is_empty() {
+        "nothing to write: the assignments are in place already".to_string()
+    } else {
+        format!("would {}", mine.iter().map(|w| w.as_str()).collect::<Vec<_>>().join("; "))
+    };
+    Outcome::not_ready(
+        reason::OBSERVING,
+        format!("CosmosTarget {} is in Observe mode, nothing written: {would}", t.name_any()),
+    )
 }
 
 /// A binding's account sync, its time recorded as the backend stage (the

@@ -52,6 +52,7 @@ mod tests {
                 client_certificate: None,
             },
             policy: CosmosPolicy::default(),
+            mode: Default::default(),
         }
     }
 

@@ -24,7 +24,7 @@ use super::{
     sync::{PENDING_RETRY, SyncReport, WriteResult},
 };
 use crate::api::conditions::{self, Outcome, reason};
-use crate::api::{CosmosRoleDefinition, CosmosTarget, target};
+use crate::api::{CosmosRoleDefinition, CosmosTarget, TargetMode, target};
 use crate::plan::cosmos::{DEFINITION_LIMIT, DefinitionState};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::status;
@@ -113,6 +113,17 @@ impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
                 )
             }
             Some(t) => match sync_after_change(ctx, &d, t).await {
+                Ok(report) if t.spec.mode == TargetMode::Observe => {
+                    let name = account_of(t).definition_name(&d.name_any());
+                    let mine: Vec<&String> = report.planned.iter().filter(|w| w.contains(&name)).collect();
+                    let would = if mine.is_empty() {
+                        "nothing to write: the role definition is in place already".to_string()
+                    } else {
+                        format!("would {}", mine.iter().map(|w| w.as_str()).collect::<Vec<_>>().join("; "))
+                    };
+                    let message = format!("CosmosTarget {target_name} is in Observe mode, nothing written: {would}");
+                    Outcome::not_ready(reason::OBSERVING, message)
+                }
                 Ok(report) => {
                     let (outcome, id) = outcome_from(&report, &d.name_any(), t);
                     if id.is_some() {

@@ -46,7 +46,9 @@ use self::{
 };
 use crate::{
     Error, Result,
-    api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget, CosmosTargetSpec, SecretKeyRef},
+    api::{
+        CosmosRoleBinding, CosmosRoleDefinition, CosmosScope, CosmosTarget, CosmosTargetSpec, SecretKeyRef, TargetMode,
+    },
     azure::{self, credential as azure_credential},
     plan::{
         cosmos::{AccountRef, AssignmentKey, CosmosGrant, DefinitionSpec, Desired, Limits, RoleKey},
@@ -367,6 +369,7 @@ impl CosmosContext {
         desired.released = handle.released(target);
         let audit_trigger = audit::Trigger::of(trigger);
         let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
+        let observe = target.spec.mode == TargetMode::Observe;
         let result = sync::sync(
             client.as_ref(),
             &mut state,
@@ -374,6 +377,7 @@ impl CosmosContext {
             &self.settings.limits,
             &self.shared.metrics,
             &audit,
+            observe,
             &name,
         )
         .await;
@@ -514,6 +518,7 @@ pub(crate) mod fixtures {
                     client_certificate: None,
                 },
                 policy,
+                mode: Default::default(),
             },
         )
     }

@@ -217,6 +217,8 @@ pub struct SyncReport {
     /// operation is still running. None when the pass did not read the
     /// account.
     pub remaining: Option<BTreeSet<String>>,
+    /// Observe mode: the plan's writes, not made (`create assignment …`).
+    pub planned: Vec<String>,
 }
 
 /// Where a wanted assignment ended up, for a binding's status.
@@ -401,6 +403,7 @@ fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
 
 /// One sync of an account. `desired.pending` is filled from `state`, and
 /// `desired.previous` too once a pass has observed the account.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync(
     api: &dyn ArmApi,
     state: &mut AccountState,
@@ -408,6 +411,7 @@ pub async fn sync(
     limits: &Limits,
     metrics: &Metrics,
     audit: &audit::Scope<'_>,
+    observe: bool,
     target: &str,
 ) -> Result<SyncReport, ArmError> {
     let mut report = SyncReport::default();
@@ -469,6 +473,16 @@ pub async fn sync(
     let p = plan(&account, &desired, &actual, limits);
     let mut assignments_now = actual.assignments.len();
     let mut definitions_now = actual.definitions.iter().filter(|d| !d.is_built_in()).count();
+    if observe {
+        // Observe mode: the plan is the result; nothing is written, and the
+        // record drift is measured against stays as it was.
+        report.planned = p.actions.iter().map(Action::describe).collect();
+        report.remaining = Some(p.ours.clone());
+        report.assignments = assignments_now;
+        report.definitions = definitions_now;
+        report.plan = p;
+        return Ok(report);
+    }
 
     // Definitions whose PUT failed, and custom roles with an assignment
     // still in place after its DELETE failed: writes that depend on them
@@ -847,7 +861,7 @@ mod tests {
     }
 
     async fn run(fake: &Fake, state: &mut AccountState, d: Desired) -> SyncReport {
-        sync(fake, state, d, &Limits::default(), &Metrics::default(), &discard_audit(), "t").await.unwrap()
+        sync(fake, state, d, &Limits::default(), &Metrics::default(), &discard_audit(), false, "t").await.unwrap()
     }
 
     #[tokio::test]
@@ -1095,9 +1109,17 @@ mod tests {
         ];
         for e in account_wide {
             fake.state.lock().unwrap().broken.insert(n1.clone(), e.clone());
-            let got =
-                sync(&fake, &mut state, d.clone(), &Limits::default(), &Metrics::default(), &discard_audit(), "t")
-                    .await;
+            let got = sync(
+                &fake,
+                &mut state,
+                d.clone(),
+                &Limits::default(),
+                &Metrics::default(),
+                &discard_audit(),
+                false,
+                "t",
+            )
+            .await;
             assert_eq!(got.unwrap_err(), e);
         }
     }

@@ -22,7 +22,7 @@ use kube::{ResourceExt, runtime::controller::Action};
 
 use super::{BACKEND, CosmosContext, Freshness, account_of, arm::ArmError};
 use crate::api::conditions::{self, Outcome, reason};
-use crate::api::{CosmosTarget, CosmosTargetStatus, target};
+use crate::api::{CosmosTarget, CosmosTargetStatus, PendingChanges, TargetMode, target};
 use crate::plan::cosmos::{ASSIGNMENT_LIMIT, DEFINITION_LIMIT};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
 use crate::runtime::object::key;
@@ -54,7 +54,7 @@ impl Lifecycle<CosmosTarget> for CosmosContext {
             }
             None => probe_and_resync(&target, ctx, st)
                 .await
-                .map(|(message, requeue)| (Outcome::ready(reason::CONNECTED, message), requeue)),
+                .map(|(message, requeue)| (lifecycle::ready_or_observing(&message, st.pending.as_ref()), requeue)),
         };
         let failed = async |e: &Error| match e {
             // Throttling says nothing about the target's health: stay Ready
@@ -145,6 +145,9 @@ async fn probe_and_resync(
     st.role_definitions = Some(report.definitions as u32);
     st.managed_role_assignments = Some(report.plan.counts.managed_assignments as u32);
     st.last_resync_time = Some(status::now());
+    let observe = target.spec.mode == TargetMode::Observe;
+    ctx.shared.metrics.pending(BACKEND, &name, report.planned.len());
+    st.pending = observe.then(|| PendingChanges::of(&report.planned));
     let mut message = format!(
         "token obtained, account reachable, dbgrant authorised: {} of {ASSIGNMENT_LIMIT} role assignments ({} managed), {} of {DEFINITION_LIMIT} custom role definitions",
         report.assignments, report.plan.counts.managed_assignments, report.definitions

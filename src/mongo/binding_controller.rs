@@ -26,7 +26,7 @@ use super::{
     target_controller,
 };
 use crate::api::conditions::{self, Outcome, reason};
-use crate::api::{MongoRoleBinding, MongoTarget, SubjectKey, target};
+use crate::api::{MongoRoleBinding, MongoTarget, SubjectKey, TargetMode, target};
 use crate::plan::index::{Affected, Rejection};
 use crate::plan::mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for};
 use crate::plan::{expiry, gate, policy};
@@ -195,6 +195,30 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
                         _ => {}
                     }
                 }
+                if t.spec.mode == TargetMode::Observe && conflicts.is_empty() {
+                    // Nothing was written: say what would be, and keep the
+                    // record of what dbgrant manages as it was.
+                    let planned: Vec<String> = own_subjects
+                        .iter()
+                        .flat_map(|s| report.planned.get(s).into_iter().flatten())
+                        .cloned()
+                        .collect();
+                    let would = if planned.is_empty() {
+                        "nothing to write: the grant is in place already".to_string()
+                    } else {
+                        format!("would {}", planned.join("; "))
+                    };
+                    let message = format!("MongoTarget {} is in Observe mode, nothing written: {would}", t.name_any());
+                    status::finish(
+                        &ctx.shared,
+                        b.as_ref(),
+                        b.status.as_ref(),
+                        st,
+                        &Outcome::not_ready(reason::OBSERVING, message),
+                    )
+                    .await?;
+                    return Ok(Action::requeue(expiry::requeue_after(now, eval.expiry, ctx.shared.resync)));
+                }
                 let own_rejections = ctx.index.lock().unwrap_or_else(|p| p.into_inner()).rejections(&key);
                 let objects: Vec<_> = own_subjects.iter().filter_map(|s| objects_for(&t.spec.oidc, s).ok()).collect();
                 st.roles = objects.iter().map(|o| format!("{ROLE_DB}.{}", o.role)).collect();
@@ -316,10 +340,15 @@ pub fn sync_failure(e: &Error) -> Option<Outcome> {
 fn unconfirmed_error(target: &MongoTarget, report: &SyncReport, subjects: &BTreeSet<SubjectKey>) -> Option<Error> {
     let pending: Vec<String> =
         report.unconfirmed.iter().filter(|(s, _)| subjects.contains(s)).map(|(_, m)| m.clone()).collect();
+    let observing = if target.spec.mode == TargetMode::Observe {
+        "the target is in Observe mode, so dbgrant writes nothing; set spec.mode: Enforce on it to revoke: "
+    } else {
+        ""
+    };
     (!pending.is_empty()).then(|| Error::Backend {
         backend: super::BACKEND,
         target: target.name_any(),
-        message: format!("revocation not confirmed: {}", pending.join("; ")),
+        message: format!("revocation not confirmed: {observing}{}", pending.join("; ")),
         failure: Failure::Transient,
     })
 }
@@ -378,7 +407,8 @@ async fn sync_subjects(
     let start = Instant::now();
     let trigger = audit::Trigger::of(b);
     let audit = audit::Scope::new(&ctx.shared.audit, super::BACKEND, &name, &trigger);
-    let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, &work).await;
+    let observe = target.spec.mode == TargetMode::Observe;
+    let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, observe, &work).await;
     metrics.stage(&kind, Stage::Backend, start.elapsed());
     conn.record(&result);
     status::publish_writes(&ctx.shared, b, &audit.summaries()).await;

@@ -52,6 +52,9 @@ pub struct SyncReport {
     pub drifted: Vec<String>,
     /// Writes issued.
     pub writes: usize,
+    /// Observe mode: the writes each subject's plan holds, not made
+    /// (`create role admin.… with …`).
+    pub planned: BTreeMap<SubjectKey, Vec<String>>,
 }
 
 /// One subject to sync: its objects and desired grant.
@@ -119,6 +122,7 @@ pub async fn sync(
     metrics: &Metrics,
     audit: &audit::Scope<'_>,
     adopt: bool,
+    observe: bool,
     work: &[SubjectWork],
 ) -> Result<SyncReport> {
     let actual = read_actual(target, client, metrics, work.iter()).await?;
@@ -132,6 +136,16 @@ pub async fn sync(
             if w.confirm {
                 wanted.insert(&w.subject, w.desired.clone());
             }
+            continue;
+        }
+        if observe {
+            // Observe mode: the plan is the result; nothing is written, the
+            // ledger included.
+            report.planned.insert(w.subject.clone(), plan.actions.iter().map(intent).collect());
+            if w.confirm {
+                wanted.insert(&w.subject, w.desired.clone());
+            }
+            report.results.insert(w.subject.clone(), SubjectResult::Applied);
             continue;
         }
         cleanup_stale_ledger(target, client, metrics, w, w.desired.as_ref(), &actual).await?;
@@ -222,6 +236,32 @@ fn union<'a>(contributions: impl Iterator<Item = &'a (String, MongoGrant)>) -> O
 }
 
 /// What a still-pending write would do, for a status message.
+/// What a write would do, for Observe mode: `create role admin.x with
+/// read@orders, find on orders.audit`.
+pub fn intent(a: &Action) -> String {
+    let grant = |g: &crate::plan::mongo::MongoGrantOrd| {
+        let mut parts: Vec<String> = g.0.iter().map(|(r, d)| format!("{r}@{d}")).collect();
+        for (r, actions) in &g.1 {
+            let on = match r {
+                Resource::Cluster => "the cluster".to_string(),
+                Resource::Namespace { db, collection } => format!("{db}.{collection}"),
+            };
+            parts.push(format!("{} on {on}", actions.join(", ")));
+        }
+        if parts.is_empty() { "nothing".to_string() } else { parts.join("; ") }
+    };
+    match a {
+        Action::CreateRole { name, grant: g } => format!("create role {ROLE_DB}.{name} with {}", grant(g)),
+        Action::UpdateRole { name, grant: g } => format!("update role {ROLE_DB}.{name} to {}", grant(g)),
+        Action::CreateUser { name, role } => format!("create user {USER_DB}.{name} with {role}@{ROLE_DB}"),
+        Action::UpdateUser { name, role } => format!("update user {USER_DB}.{name} to {role}@{ROLE_DB}"),
+        Action::DropUser { name } => format!("drop user {USER_DB}.{name}"),
+        Action::DropRole { name } => format!("drop role {ROLE_DB}.{name}"),
+        Action::Release { name } => format!("stop managing {name} (deletionPolicy: Retain)"),
+        Action::Adopt { name } => format!("adopt {name}"),
+    }
+}
+
 fn describe(a: &Action) -> String {
     match a {
         Action::CreateRole { name, .. } => format!("role {ROLE_DB}.{name} is missing"),
@@ -771,7 +811,7 @@ mod tests {
             retain: false,
             confirm: false,
         }];
-        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, &work).await.expect("sync");
+        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, false, &work).await.expect("sync");
         assert_eq!(report.results[&subject], SubjectResult::Applied);
         assert_eq!(report.rejected[&subject].keys().collect::<Vec<_>>(), ["ns/b"]);
         let creates: Vec<(String, Vec<String>)> = api
@@ -813,7 +853,7 @@ mod tests {
             retain: false,
             confirm: false,
         }];
-        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, &work).await.expect("sync");
+        let report = sync("t", &api, &Metrics::default(), &discard_audit(), false, false, &work).await.expect("sync");
         assert!(report.rejected[&subject].contains_key("ns/b"));
         assert_eq!(api.commands("createRole").len(), 1, "only the refused create; nothing else is written");
     }

@@ -17,7 +17,7 @@ use super::{
     sync::{self, SubjectResult, SubjectWork},
 };
 use crate::api::conditions::{Outcome, reason};
-use crate::api::{MongoTarget, MongoTargetStatus, SubjectKey, SubjectKind};
+use crate::api::{MongoTarget, MongoTargetStatus, PendingChanges, SubjectKey, SubjectKind, TargetMode};
 use crate::plan::index::BindingIndex;
 use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
@@ -34,7 +34,7 @@ impl Lifecycle<MongoTarget> for MongoContext {
         let resync = async |st: &mut MongoTargetStatus| {
             connect_and_resync(&target, ctx, st).await?;
             let ready = "reachable, authenticated and authorised to manage roles and users";
-            Ok((Outcome::ready(reason::CONNECTED, ready), ctx.shared.resync))
+            Ok((lifecycle::ready_or_observing(ready, st.pending.as_ref()), ctx.shared.resync))
         };
         let failed = async |e: &Error| {
             ctx.disconnect(&target.name_any()).await;
@@ -111,9 +111,17 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     };
     let trigger = audit::Trigger::of(target);
     let audit = audit::Scope::new(&ctx.shared.audit, BACKEND, &name, &trigger);
-    let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, &audit, target.spec.adopt, &work).await;
+    let observe = target.spec.mode == TargetMode::Observe;
+    let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, &audit, target.spec.adopt, observe, &work).await;
     status::publish_writes(&ctx.shared, target, &audit.summaries()).await;
     let report = report?;
+    let planned: Vec<String> = report.planned.values().flatten().cloned().collect();
+    ctx.shared.metrics.pending(BACKEND, &name, planned.len());
+    st.pending = observe.then(|| PendingChanges::of(&planned));
+    st.last_resync_time = Some(status::now());
+    if observe {
+        return Ok(());
+    }
     // Refusals found here (a custom role dropped out of band) are recorded
     // and their bindings told; drift corrections change no binding's status.
     ctx.after_sync(&name, &report, "");
@@ -126,7 +134,6 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
         .collect();
     st.managed_roles = Some(managed.len() as u32);
     st.managed_users = Some(managed.iter().filter(|w| w.objects.user.is_some()).count() as u32);
-    st.last_resync_time = Some(status::now());
     Ok(())
 }
 

@@ -67,6 +67,9 @@ pub struct TargetChanges {
     /// `MongoTarget` or `CosmosTarget`.
     pub kind: &'static str,
     pub name: String,
+    /// The target is in Observe mode: the operator will plan these writes
+    /// and not make them until it enforces.
+    pub observe: bool,
     pub changes: Vec<Change>,
 }
 
@@ -93,7 +96,7 @@ pub fn diff(before: &EndState, after: &EndState, retained: &Retained) -> Vec<Tar
         let changes =
             mongo(before.mongo.get(t).unwrap_or(&empty_m), after.mongo.get(t).unwrap_or(&empty_m), &retained.mongo);
         if !changes.is_empty() {
-            out.push(TargetChanges { kind: "MongoTarget", name: t.clone(), changes });
+            out.push(TargetChanges { kind: "MongoTarget", name: t.clone(), observe: false, changes });
         }
     }
     let empty_c = CosmosAccount::default();
@@ -102,7 +105,7 @@ pub fn diff(before: &EndState, after: &EndState, retained: &Retained) -> Vec<Tar
         let changes =
             cosmos(before.cosmos.get(t).unwrap_or(&empty_c), after.cosmos.get(t).unwrap_or(&empty_c), &retained.cosmos);
         if !changes.is_empty() {
-            out.push(TargetChanges { kind: "CosmosTarget", name: t.clone(), changes });
+            out.push(TargetChanges { kind: "CosmosTarget", name: t.clone(), observe: false, changes });
         }
     }
     out

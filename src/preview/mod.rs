@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::api::TargetMode;
 use crate::plan::{expiry, policy};
 
 use self::{
@@ -177,7 +178,13 @@ pub fn plan(
     let (changes, invalid) = objects::admit(documents, current, namespace, now);
     let next = if mode == Mode::Prune { changes.clone() } else { current.overlay(&changes) };
     let (before, after) = (end_state(current, now), end_state(&next, now));
-    let targets = diff::diff(&before, &after, &retained(current, &next, now));
+    let mut targets = diff::diff(&before, &after, &retained(current, &next, now));
+    for t in &mut targets {
+        t.observe = match t.kind {
+            "MongoTarget" => next.mongo_targets.get(&t.name).is_some_and(|t| t.spec.mode == TargetMode::Observe),
+            _ => next.cosmos_targets.get(&t.name).is_some_and(|t| t.spec.mode == TargetMode::Observe),
+        };
+    }
 
     let changed = changes.changed_from(current);
     let mut bindings = Vec::new();

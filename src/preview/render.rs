@@ -133,7 +133,8 @@ pub fn text(r: &Report, color: bool) -> String {
         }
     }
     for t in &r.targets {
-        let _ = writeln!(out, "\n{}", p.bold(&format!("{} {}:", t.kind, t.name)));
+        let observe = if t.observe { " (Observe mode: planned, not written until the target enforces)" } else { "" };
+        let _ = writeln!(out, "\n{}", p.bold(&format!("{} {}{observe}:", t.kind, t.name)));
         for c in &t.changes {
             let line = headline(c);
             let line = match c.action {
@@ -199,7 +200,8 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     for t in &r.targets {
-        let _ = writeln!(out, "\n#### {} `{}`\n\n```diff", t.kind, t.name);
+        let observe = if t.observe { " (Observe mode: planned, not written until the target enforces)" } else { "" };
+        let _ = writeln!(out, "\n#### {} `{}`{observe}\n\n```diff", t.kind, t.name);
         for c in &t.changes {
             let line = headline(c);
             // `~` is not a diff marker: updates show as `!` (GitHub colours it).

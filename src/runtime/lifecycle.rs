@@ -314,6 +314,19 @@ impl Dependants {
     }
 }
 
+/// A live target's Ready outcome after a resync: `Connected` with `ready`,
+/// or, in Observe mode (`pending` set), `Observing` with the count of
+/// writes it did not make.
+pub fn ready_or_observing(ready: &str, pending: Option<&crate::api::PendingChanges>) -> Outcome {
+    match pending {
+        None => Outcome::ready(reason::CONNECTED, ready),
+        Some(p) => Outcome::ready(
+            reason::OBSERVING,
+            format!("{ready}; Observe mode: {} write(s) planned and not made (status.pending lists them)", p.writes),
+        ),
+    }
+}
+
 /// A live target's pass, on every backend: `resync` (reach, prove rights,
 /// resync, fill the status) says what Ready is and when to look again; a
 /// failure is counted and logged, and `failed` maps it to Ready and the

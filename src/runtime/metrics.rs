@@ -116,6 +116,9 @@ pub struct Metrics {
     pub drift_corrections: Family<DriftLabels, Counter>,
     /// Times a backend made dbgrant wait, by backend, target and reason.
     pub throttles: Family<ThrottleLabels, Counter>,
+    /// Writes an Observe-mode target's last resync planned and did not
+    /// make, by backend and target (0 once it enforces).
+    pub pending_writes: Family<DriftLabels, Gauge>,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
 }
@@ -136,6 +139,7 @@ impl Default for Metrics {
             backend_operations: Family::default(),
             drift_corrections: Family::default(),
             throttles: Family::default(),
+            pending_writes: Family::default(),
             leader: Gauge::default(),
         };
         let r = &mut m.registry;
@@ -147,6 +151,8 @@ impl Default for Metrics {
         r.register("backend_operations", "Calls to MongoDB and Azure", m.backend_operations.clone());
         r.register("drift_corrections", "Out-of-band changes corrected", m.drift_corrections.clone());
         r.register("backend_throttles", "Times a backend made dbgrant wait", m.throttles.clone());
+        let pending = "Writes an Observe-mode target would make";
+        r.register("pending_writes", pending, m.pending_writes.clone());
         r.register("leader", "1 while this replica leads", m.leader.clone());
         m
     }
@@ -185,6 +191,12 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels { kind: kind.to_string(), category: error.category().to_string() })
             .inc();
+    }
+
+    /// Set `target`'s pending writes (Observe mode; 0 when enforcing).
+    pub fn pending(&self, backend: &str, target: &str, writes: usize) {
+        let labels = DriftLabels { backend: backend.to_string(), target: target.to_string() };
+        self.pending_writes.get_or_create(&labels).set(writes as i64);
     }
 
     /// Count one backend operation.

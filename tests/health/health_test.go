@@ -51,6 +51,7 @@ var expected = map[string]map[string]string{
 	"RevocationPending":      {"progressing": "Progressing"},
 	"DriftCorrected":         {},
 	"AccessChanged":          {},
+	"Observing":              {"ready": "Suspended", "not_ready": "Suspended"},
 	"CredentialUnavailable":  {"stalled": "Degraded"},
 	"AccountNotFound":        {"stalled": "Degraded"},
 	"RoleDefinitionNotFound": {"stalled": "Degraded"},

@@ -6,6 +6,8 @@
 --   being deleted                         -> Progressing (revoking access)
 --   no status yet, or status for an older
 --   generation than metadata.generation   -> Progressing
+--   reason Observing (the target is in
+--   Observe mode: nothing is written)     -> Suspended
 --   Ready=True                            -> Healthy
 --   Stalled=True (denied, invalid, ...)   -> Degraded
 --   Ready=False reason Expired            -> Degraded (access ended; extend or remove it)
@@ -59,6 +61,12 @@ local function said(c)
     m = m .. ": " .. c.message
   end
   return m
+end
+
+if ready.reason == "Observing" then
+  hs.status = "Suspended"
+  hs.message = said(ready)
+  return hs
 end
 
 if ready.status == "True" then
