@@ -982,3 +982,74 @@ async fn every_arm_write_has_one_audit_record() -> Result<()> {
     dump.passed();
     Ok(())
 }
+
+/// Observe mode on Cosmos DB: nothing written to ARM while the target and
+/// the binding list the pending writes; enforcing writes exactly them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observe_cosmos_target_writes_nothing_until_it_enforces() -> Result<()> {
+    let _lock = operator_lock().await;
+    let (cluster, ns, mut dump) = setup("cosmos-observe").await?;
+    let cosmos = arm_double(&cluster).await?;
+    let n = suffix(&ns.name);
+    let account = new_account(&cosmos, &format!("e2e-observe-{n}"));
+    let mut target = cosmos_target(&format!("observe-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    target["spec"]["mode"] = json!("Observe");
+    let tname = manifests::name(&target).to_string();
+    let readers = in_ns(
+        cosmos_binding(
+            "readers",
+            &tname,
+            READERS,
+            json!({"builtIn": "DataReader"}),
+            json!([{"database": "orders"}, {"database": "catalog"}]),
+        ),
+        &ns.name,
+    );
+    let mut op = operator(&cluster, &cosmos, "cosmos-observe", Duration::from_secs(2), &mut dump).await?;
+    cluster.apply(&cluster.admin, &target, None).await?;
+    cluster.apply(&cluster.admin, &readers, None).await?;
+    let o = cluster.wait_condition(&readers, None, "Ready", "False", Some("Observing"), SETTLE).await?;
+    let message = ready_message(&o);
+    assert_eq!(
+        message.matches("would create assignment").count() + message.matches("; create assignment").count(),
+        2,
+        "{message}"
+    );
+    let deadline = std::time::Instant::now() + SETTLE;
+    let pending = loop {
+        let t = cluster.get(&cluster.admin, &target, None).await?.map(|o| o.data).unwrap_or_default();
+        if t["status"]["pending"]["writes"] == 2 {
+            break t["status"]["pending"]["changes"].clone();
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the target never listed its 2 pending writes: {t:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let counters = cosmos.double.account_counters(&account);
+    assert_eq!(counters.writes, 0, "an Observe target wrote to ARM");
+    assert!(cosmos.double.role_assignments(&account).is_empty());
+
+    target["spec"]["mode"] = json!("Enforce");
+    cluster.apply(&cluster.admin, &target, None).await?;
+    cluster.wait_condition(&readers, None, "Ready", "True", Some("Applied"), SETTLE).await?;
+    let mut created: Vec<String> =
+        cosmos.double.role_assignments(&account).iter().map(|a| a.name.to_ascii_lowercase()).collect();
+    let mut planned: Vec<String> = pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str()?.strip_prefix("create assignment ")?.split(' ').next().map(str::to_ascii_lowercase))
+        .collect();
+    created.sort();
+    planned.sort();
+    assert_eq!(created, planned, "enforcing created exactly the observed assignments");
+    assert_eq!(cosmos.double.account_counters(&account).writes, 2, "and nothing else");
+
+    cluster.delete(&cluster.admin, &readers, None).await?;
+    cluster.wait_gone(&readers, None, SETTLE).await?;
+    delete_targets(&cluster, std::slice::from_ref(&target)).await?;
+    op.stop(Duration::from_secs(10)).await?;
+    dump.passed();
+    Ok(())
+}
