@@ -1,4 +1,4 @@
-//! Command-line interface: `dbgrant run`, `dbgrant plan`, `dbgrant crdgen`,
+//! Command-line interface: `dbgrant run`, `dbgrant plan`, `dbgrant access`, `dbgrant crdgen`,
 //! `dbgrant version`. Installed as `kubectl-dbgrant`, the binary is also a
 //! kubectl plugin (`kubectl dbgrant plan …`).
 
@@ -26,6 +26,9 @@ pub enum Command {
     /// they are applied. Exit code: 0 no change, 2 changes, 3 something
     /// would be refused or is invalid, 1 error.
     Plan(PlanArgs),
+    /// Who has what: per target, each Entra subject's roles and privileges
+    /// or assignments, the bindings that grant them, and when they end.
+    Access(AccessArgs),
     /// Write the CustomResourceDefinitions as YAML, one file per kind.
     Crdgen(CrdgenArgs),
     /// Print the version and build information.
@@ -156,6 +159,47 @@ pub struct PlanArgs {
     /// Colour the text output.
     #[arg(long, value_enum, default_value = "auto")]
     pub color: ColorChoice,
+}
+
+/// Output of `dbgrant access`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AccessOutput {
+    /// Aligned columns.
+    Table,
+    /// An array of rows (`targetKind`, `target`, `subjectKind`, `subject`,
+    /// `object`, `grants`, `bindings`, `expires`).
+    Json,
+    /// RFC 4180, with a header row.
+    Csv,
+}
+
+/// Options for `dbgrant access`.
+#[derive(Clone, Debug, Args)]
+pub struct AccessArgs {
+    /// Kubeconfig file; defaults to in-cluster configuration, then
+    /// `$KUBECONFIG` / `~/.kube/config`.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read the objects from these manifests instead of the cluster.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: Vec<PathBuf>,
+
+    /// Namespace of namespaced manifests that name none (with `-f`).
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+
+    /// Only this MongoTarget or CosmosTarget.
+    #[arg(long)]
+    pub target: Option<String>,
+
+    /// Only this subject (object id or app role value).
+    #[arg(long)]
+    pub subject: Option<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: AccessOutput,
 }
 
 /// Options for `dbgrant crdgen`.

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
             Ok(rt) => exit("dbgrant", rt.block_on(dbgrant::operator::run(args))),
             Err(e) => exit("dbgrant", Err(e)),
         },
+        Command::Access(args) => {
+            exit("dbgrant access", runtime().and_then(|rt| rt.block_on(dbgrant::preview::access::run(&args))))
+        }
         Command::Plan(args) => match runtime().and_then(|rt| rt.block_on(dbgrant::preview::run(&args))) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {

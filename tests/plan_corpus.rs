@@ -129,3 +129,32 @@ fn the_binary_works_as_a_kubectl_plugin_reading_stdin() {
     assert!(text.contains("```diff\n+ create role admin.entra/71b72785-7c23-4e2e-9fa7-ad62ce90a22a"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `dbgrant access` on a corpus case: a union is one row listing both
+/// bindings; the filters, expiry and the CSV quoting.
+#[test]
+fn the_access_report_shows_each_subjects_union_and_its_bindings() {
+    use dbgrant::preview::{access, end_state::end_state};
+    let now = NOW.parse().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plan");
+    let mut docs = read_dir(&root.join("common")).documents;
+    docs.extend(read_dir(&root.join("union-shrinks/before")).documents);
+    docs.extend(read_dir(&root.join("expired/before")).documents);
+    let Baseline::Manifests(objects) = Baseline::of_manifests(&docs, "default", now) else { unreachable!() };
+    let state = end_state(&objects, now);
+    let g1 = "71b72785-7c23-4e2e-9fa7-ad62ce90a22a";
+    let rows = access::rows(&objects, &state, Some("orders-mongo"), Some(&g1.to_uppercase()));
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].grants, ["read@orders", "find, insert on orders.audit"]);
+    assert_eq!(rows[0].bindings, ["team-audit/orders-audit", "team-orders/orders-readers"]);
+    assert_eq!(rows[0].expires, None, "no binding ends");
+    let all = access::rows(&objects, &state, None, None);
+    let oncall = all.iter().find(|r| r.bindings == ["team-orders/oncall"]).expect("the oncall binding's row");
+    assert_eq!(oncall.expires.as_deref(), Some("2030-07-30T00:00:00Z"), "created 2030-05-01 + 2160h");
+    assert!(all.iter().all(|r| r.bindings != ["team-orders/contractor"]), "an expired binding grants nothing");
+    let csv = access::csv(&rows);
+    assert_eq!(csv.lines().count(), 2);
+    assert!(csv.contains(",\"read@orders; find, insert on orders.audit\","), "{csv}");
+    let table = access::table(&all);
+    assert!(table.starts_with("TARGET KIND"), "{table}");
+}

@@ -9,10 +9,10 @@ use super::objects::Objects;
 use crate::api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget};
 use crate::runtime::object::key;
 
-/// Every dbgrant object in the cluster `kubeconfig` names (read access to
-/// the five kinds is all it needs).
-pub async fn read(kubeconfig: &Path) -> anyhow::Result<Objects> {
-    let client = crate::runtime::client::connect(Some(kubeconfig)).await?;
+/// Every dbgrant object in the cluster `kubeconfig` names, or the inferred
+/// one (read access to the five kinds is all it needs).
+pub async fn read(kubeconfig: Option<&Path>) -> anyhow::Result<Objects> {
+    let client = crate::runtime::client::connect(kubeconfig).await?;
     Ok(Objects {
         mongo_targets: list::<MongoTarget>(&client).await?,
         mongo_bindings: list::<MongoRoleBinding>(&client).await?,

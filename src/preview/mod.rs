@@ -1,5 +1,6 @@
 //! `dbgrant plan`: what applying a set of manifests would do, before it is
-//! applied — the `terraform plan` of access grants, for pull requests.
+//! applied — the `terraform plan` of access grants, for pull requests; and
+//! `dbgrant access` ([`access`]): who has what, from the same end state.
 //!
 //! ```text
 //!   manifests ─▶ admit (schema, defaults, CEL) ─▶ overlay on the cluster's objects
@@ -13,6 +14,7 @@
 //! own evaluation, names and schemas; only reading the inputs and the
 //! cluster does I/O ([`manifests`], [`cluster`]).
 
+pub mod access;
 pub mod cluster;
 pub mod diff;
 pub mod end_state;
@@ -254,7 +256,7 @@ pub async fn run(args: &crate::cli::PlanArgs) -> anyhow::Result<u8> {
     let now = Timestamp::now();
     let inputs = manifests::read(&args.filename)?;
     let baseline = match (&args.kubeconfig, &args.before) {
-        (Some(path), _) => Baseline::Cluster(cluster::read(path).await?),
+        (Some(path), _) => Baseline::Cluster(cluster::read(Some(path)).await?),
         (None, Some(before)) => Baseline::of_manifests(&manifests::read(before)?.documents, &args.namespace, now),
         (None, None) => Baseline::Empty,
     };

@@ -152,6 +152,27 @@ async fn the_plan_printed_before_a_change_is_what_the_operator_does() -> Result<
     assert_eq!(verdict["reason"], "GrantDenied");
     assert_eq!(verdict["message"].as_str().unwrap(), crate::common::ready_message(&refused));
 
+    // The access report, read from the cluster, is what the server holds.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbgrant"))
+        .args(["access", "-o", "json", "--target", target_name, "--kubeconfig"])
+        .arg(&cluster.admin_kubeconfig)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let reported: BTreeMap<String, BTreeSet<String>> = rows
+        .iter()
+        .map(|r| {
+            let grants = r["grants"].as_array().unwrap().iter().flat_map(|g| {
+                let g = g.as_str().unwrap();
+                if g.contains(" on ") { detail_lines(&format!("privilege {g}")) } else { vec![format!("role {g}")] }
+            });
+            (r["object"].as_str().unwrap().to_string(), grants.collect())
+        })
+        .collect();
+    assert_eq!(reported, roles_as_lines(&double), "dbgrant access says what the server holds");
+    let g1_row = rows.iter().find(|r| r["subject"] == G1).expect("G1's row");
+    assert_eq!(g1_row["bindings"], json!([format!("{}/audit", ns.name), format!("{}/readers", ns.name)]));
+
     // Applied, the same manifests plan to nothing: no change, and the
     // refusal is the cluster's already, not this change's.
     let (code, again) = plan(&cluster.admin_kubeconfig, &dir)?;
