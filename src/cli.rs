@@ -98,6 +98,13 @@ pub struct RunArgs {
     #[arg(long, env = "DBGRANT_AUDIT_LOG", default_value = "-", value_name = "PATH")]
     pub audit_log: PathBuf,
 
+    /// Also list each reconcile's backend writes in one `AccessChanged`
+    /// Event on its object. One more apiserver write per binding applied;
+    /// turn off for very large bulk applies (the audit log still has every
+    /// write).
+    #[arg(long, env = "DBGRANT_AUDIT_EVENTS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub audit_events: bool,
+
     /// Full resync interval: drift detection and status refresh.
     #[arg(long, env = "DBGRANT_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,

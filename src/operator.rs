@@ -75,6 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             crate::runtime::audit::Auditor::open(&args.audit_log)
                 .map_err(|e| anyhow::anyhow!("opening the audit log {}: {e}", args.audit_log.display()))?,
         ),
+        audit_events: args.audit_events,
     });
 
     if let Some(mut rx) = lost_leadership {

@@ -21,4 +21,6 @@ pub struct Context {
     pub resync: Duration,
     /// The audit trail of every backend write.
     pub audit: Arc<Auditor>,
+    /// Whether a reconcile's writes are also listed in an Event.
+    pub audit_events: bool,
 }

@@ -87,7 +87,7 @@ pub async fn publish_writes<K>(ctx: &Context, obj: &K, summaries: &[String])
 where
     K: Resource<DynamicType = ()>,
 {
-    if summaries.is_empty() {
+    if summaries.is_empty() || !ctx.audit_events {
         return;
     }
     let note = format!("{}: {}", if summaries.len() == 1 { "1 write" } else { "writes" }, summaries.join("; "));
