@@ -149,6 +149,18 @@ pub struct PlanArgs {
     #[arg(long, value_name = "PATH", num_args = 1.., conflicts_with = "kubeconfig")]
     pub before: Option<Vec<PathBuf>>,
 
+    /// Also read each target's live state (with its Secrets, as the
+    /// operator does; needs that read access) and show what the operator
+    /// would write now: the change, drift it would correct, objects it
+    /// would collect, and foreign objects in its way. Writes nothing.
+    #[arg(long)]
+    pub backend: bool,
+
+    /// The operator's namespace, where the targets' Secrets are (with
+    /// `--backend`).
+    #[arg(long, env = "DBGRANT_NAMESPACE", default_value = "dbgrant-system")]
+    pub operator_namespace: String,
+
     /// The manifests are the whole desired set (a GitOps sync with
     /// pruning): objects of the cluster or `--before` they lack are
     /// deleted. Without it they are applied on top, as `kubectl apply`.
@@ -199,6 +211,17 @@ pub struct AccessArgs {
     /// Only this MongoTarget or CosmosTarget.
     #[arg(long)]
     pub target: Option<String>,
+
+    /// Join with each target's live state (read with its Secrets, as the
+    /// operator does): flag drifted access, and list what the server holds
+    /// that no binding grants. Writes nothing.
+    #[arg(long)]
+    pub backend: bool,
+
+    /// The operator's namespace, where the targets' Secrets are (with
+    /// `--backend`).
+    #[arg(long, env = "DBGRANT_NAMESPACE", default_value = "dbgrant-system")]
+    pub operator_namespace: String,
 
     /// Only this subject (object id or app role value).
     #[arg(long)]

@@ -142,6 +142,7 @@ pub async fn sync(
             // Observe mode: the plan is the result; nothing is written, the
             // ledger included.
             report.planned.insert(w.subject.clone(), plan.actions.iter().map(intent).collect());
+            report.drifted.extend(plan.drifted.iter().cloned());
             if w.confirm {
                 wanted.insert(&w.subject, w.desired.clone());
             }

@@ -35,6 +35,10 @@ pub struct Row {
     /// When the access ends: the latest end among its bindings (None: one
     /// of them never ends).
     pub expires: Option<String>,
+    /// With `--backend`: what the live state says against the bindings
+    /// (`drifted: …`, `no binding grants it: …`, `foreign: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
 }
 
 /// The rows of `state` (the end state of `objects`), filtered to `target` and `subject`
@@ -76,6 +80,7 @@ pub fn rows(objects: &Objects, state: &EndState, target: Option<&str>, subject: 
                 grants,
                 expires: expires(&bindings, "MongoRoleBinding"),
                 bindings,
+                flag: None,
             });
         }
     }
@@ -92,11 +97,53 @@ pub fn rows(objects: &Objects, state: &EndState, target: Option<&str>, subject: 
                 grants: vec![format!("{} at {scope}", a.key.role)],
                 expires: expires(&bindings, "CosmosRoleBinding"),
                 bindings,
+                flag: None,
             });
         }
     }
     out.retain(|r| target.is_none_or(|t| r.target == t) && subject.is_none_or(|s| r.subject.eq_ignore_ascii_case(s)));
     out
+}
+
+/// Join `rows` with the live state: rows whose object drifted are
+/// flagged, and what the server holds that no binding grants (dbgrant's
+/// orphans it would remove, foreign objects under its names) becomes rows
+/// of its own.
+pub fn join_live(rows: &mut Vec<Row>, live: &[super::live::LiveTarget]) {
+    for t in live {
+        let extra = |flag: String, object: String| Row {
+            target_kind: t.kind,
+            target: t.name.clone(),
+            subject_kind: "-".into(),
+            subject: "-".into(),
+            object,
+            grants: Vec::new(),
+            bindings: Vec::new(),
+            expires: None,
+            flag: Some(flag),
+        };
+        if let Some(e) = &t.error {
+            rows.push(extra(format!("cannot read the live state: {e}"), "-".into()));
+            continue;
+        }
+        for r in rows.iter_mut().filter(|r| r.target == t.name && r.target_kind == t.kind) {
+            let name = r.object.split(' ').next().unwrap_or_default().to_string();
+            if t.drifted.iter().any(|d| d.contains(&name)) {
+                r.flag = Some("drifted: the server differs; dbgrant restores it at its next resync".into());
+            }
+        }
+        for w in &t.writes {
+            if let Some(object) =
+                ["drop role ", "drop user ", "delete assignment "].iter().find_map(|p| w.strip_prefix(p))
+            {
+                let flag = "on the server, no binding grants it: dbgrant removes it at its next resync".to_string();
+                rows.push(extra(flag, object.split(' ').next().unwrap_or_default().to_string()));
+            }
+        }
+        for f in &t.foreign {
+            rows.push(extra("foreign: dbgrant's name, not created by dbgrant; left alone".into(), f.clone()));
+        }
+    }
 }
 
 /// When each binding's access ends, by (kind, `namespace/name`).
@@ -119,10 +166,10 @@ fn binding_ends(objects: &Objects) -> BTreeMap<(String, String), Option<Timestam
     out
 }
 
-const HEADERS: [&str; 8] =
-    ["TARGET KIND", "TARGET", "SUBJECT KIND", "SUBJECT", "OBJECT", "GRANTS", "BINDINGS", "EXPIRES"];
+const HEADERS: [&str; 9] =
+    ["TARGET KIND", "TARGET", "SUBJECT KIND", "SUBJECT", "OBJECT", "GRANTS", "BINDINGS", "EXPIRES", "LIVE"];
 
-fn cells(r: &Row) -> [String; 8] {
+fn cells(r: &Row) -> [String; 9] {
     [
         r.target_kind.to_string(),
         r.target.clone(),
@@ -132,23 +179,26 @@ fn cells(r: &Row) -> [String; 8] {
         r.grants.join("; "),
         r.bindings.join(", "),
         r.expires.clone().unwrap_or_else(|| "never".into()),
+        r.flag.clone().unwrap_or_default(),
     ]
 }
 
 /// An aligned table, as `kubectl get` prints.
 pub fn table(rows: &[Row]) -> String {
-    let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
-    let mut widths = HEADERS.map(str::len);
+    // The LIVE column only when `--backend` flagged something.
+    let columns = if rows.iter().any(|r| r.flag.is_some()) { 9 } else { 8 };
+    let all: Vec<Vec<String>> = rows.iter().map(|r| cells(r)[..columns].to_vec()).collect();
+    let mut widths: Vec<usize> = HEADERS[..columns].iter().map(|h| h.len()).collect();
     for c in &all {
         for (w, cell) in widths.iter_mut().zip(c) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let line = |c: &[String]| {
-        let padded: Vec<String> = c.iter().zip(widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        let padded: Vec<String> = c.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
         padded.join("   ").trim_end().to_string() + "\n"
     };
-    let mut out = line(&HEADERS.map(str::to_string));
+    let mut out = line(&HEADERS[..columns].iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for c in &all {
         out.push_str(&line(c));
     }
@@ -160,7 +210,7 @@ pub fn csv(rows: &[Row]) -> String {
     let field = |s: &str| {
         if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
     };
-    let header = ["targetKind", "target", "subjectKind", "subject", "object", "grants", "bindings", "expires"];
+    let header = ["targetKind", "target", "subjectKind", "subject", "object", "grants", "bindings", "expires", "live"];
     let mut out = header.join(",") + "\r\n";
     for r in rows {
         let c = cells(r);
@@ -181,7 +231,13 @@ pub async fn run(args: &crate::cli::AccessArgs) -> anyhow::Result<()> {
         super::objects::admit(&inputs.documents, &Objects::default(), &args.namespace, now).0
     };
     let state = super::end_state::end_state(&objects, now);
-    let rows = rows(&objects, &state, args.target.as_deref(), args.subject.as_deref());
+    let mut rows = rows(&objects, &state, args.target.as_deref(), args.subject.as_deref());
+    if args.backend {
+        let client = crate::runtime::client::connect(args.kubeconfig.as_deref()).await?;
+        let mut live = super::live::read(client, &args.operator_namespace, &objects, now).await;
+        live.retain(|t| args.target.as_deref().is_none_or(|n| t.name == n));
+        join_live(&mut rows, &live);
+    }
     let text = match args.output {
         crate::cli::AccessOutput::Table => table(&rows),
         crate::cli::AccessOutput::Csv => csv(&rows),

@@ -18,6 +18,7 @@ pub mod access;
 pub mod cluster;
 pub mod diff;
 pub mod end_state;
+pub mod live;
 pub mod manifests;
 pub mod objects;
 pub mod render;
@@ -98,16 +99,23 @@ pub struct Report {
     pub summary: Summary,
     /// Documents of other API groups, skipped.
     pub skipped_documents: usize,
+    /// With `--backend`: what the operator would write now against each
+    /// target's live state, once the change is applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backend: Vec<live::LiveTarget>,
 }
 
 impl Report {
-    /// The process exit code: 3 if anything is invalid or refused, else 2
-    /// if anything changes, else 0.
+    /// The process exit code: 1 if a target's live state could not be
+    /// read, 3 if anything is invalid or refused, else 2 if anything
+    /// changes (or, with `--backend`, would be written), else 0.
     pub fn exit_code(&self) -> u8 {
         let s = &self.summary;
-        if s.invalid > 0 || s.refused > 0 {
+        if self.backend.iter().any(|t| t.error.is_some()) {
+            EXIT_ERROR
+        } else if s.invalid > 0 || s.refused > 0 {
             EXIT_REFUSED
-        } else if s.create + s.update + s.delete + s.release > 0 {
+        } else if s.create + s.update + s.delete + s.release > 0 || self.backend.iter().any(|t| !t.writes.is_empty()) {
             EXIT_CHANGES
         } else {
             EXIT_NO_CHANGE
@@ -175,6 +183,18 @@ pub fn plan(
     namespace: &str,
     now: Timestamp,
 ) -> Report {
+    plan_and_next(documents, skipped, baseline, mode, namespace, now).0
+}
+
+/// [`plan`], and the objects the cluster holds once the change is applied.
+pub fn plan_and_next(
+    documents: &[Document],
+    skipped: usize,
+    baseline: &Baseline,
+    mode: Mode,
+    namespace: &str,
+    now: Timestamp,
+) -> (Report, Objects) {
     let empty = Objects::default();
     let current = baseline.objects().unwrap_or(&empty);
     let (changes, invalid) = objects::admit(documents, current, namespace, now);
@@ -217,7 +237,7 @@ pub fn plan(
         refused: bindings.iter().filter(|b| b.verdict.refused).count(),
         invalid: invalid.len(),
     };
-    Report {
+    let report = Report {
         api_version: SCHEMA,
         baseline: baseline.label(),
         invalid,
@@ -225,7 +245,9 @@ pub fn plan(
         targets,
         summary,
         skipped_documents: skipped,
-    }
+        backend: Vec::new(),
+    };
+    (report, next)
 }
 
 /// The bindings deleted between `current` and `next` that release their
@@ -261,7 +283,11 @@ pub async fn run(args: &crate::cli::PlanArgs) -> anyhow::Result<u8> {
         (None, None) => Baseline::Empty,
     };
     let mode = if args.prune { Mode::Prune } else { Mode::Apply };
-    let report = plan(&inputs.documents, inputs.skipped, &baseline, mode, &args.namespace, now);
+    let (mut report, next) = plan_and_next(&inputs.documents, inputs.skipped, &baseline, mode, &args.namespace, now);
+    if args.backend {
+        let client = crate::runtime::client::connect(args.kubeconfig.as_deref()).await?;
+        report.backend = live::read(client, &args.operator_namespace, &next, now).await;
+    }
     let text = match args.output {
         crate::cli::PlanOutput::Text => render::text(&report, render::use_color(args.color)),
         crate::cli::PlanOutput::Markdown => render::markdown(&report),

@@ -159,6 +159,25 @@ pub fn text(r: &Report, color: bool) -> String {
     if r.targets.is_empty() {
         let _ = writeln!(out, "\nNo changes to any database.");
     }
+    for t in &r.backend {
+        let _ = writeln!(out, "\n{}", p.bold(&format!("{} {} (live state):", t.kind, t.name)));
+        if let Some(e) = &t.error {
+            let _ = writeln!(out, "  {} cannot read it: {e}", p.red("x"));
+            continue;
+        }
+        if t.writes.is_empty() && t.foreign.is_empty() {
+            let _ = writeln!(out, "  in line with the bindings: nothing to write");
+        }
+        for w in &t.writes {
+            let _ = writeln!(out, "  {}", p.yellow(&format!("would {w}")));
+        }
+        for d in &t.drifted {
+            let _ = writeln!(out, "  {}", p.yellow(&format!("drifted: {d}")));
+        }
+        for f in &t.foreign {
+            let _ = writeln!(out, "  {}", p.red(&format!("foreign, left alone: {f}")));
+        }
+    }
     let _ = writeln!(out, "\n{} {}", p.bold("Plan:"), summary(r));
     out
 }
@@ -220,6 +239,25 @@ pub fn markdown(r: &Report) -> String {
             }
         }
         let _ = writeln!(out, "```");
+    }
+    for t in &r.backend {
+        let _ = writeln!(out, "\n#### {} `{}`: live state\n", t.kind, t.name);
+        if let Some(e) = &t.error {
+            let _ = writeln!(out, ":x: cannot read it: {}", cell(e));
+            continue;
+        }
+        if t.writes.is_empty() && t.foreign.is_empty() {
+            let _ = writeln!(out, "In line with the bindings: nothing to write.");
+        }
+        for w in &t.writes {
+            let _ = writeln!(out, "- would {}", cell(w));
+        }
+        for d in &t.drifted {
+            let _ = writeln!(out, "- drifted: {}", cell(d));
+        }
+        for f in &t.foreign {
+            let _ = writeln!(out, "- :warning: foreign, left alone: {}", cell(f));
+        }
     }
     out
 }

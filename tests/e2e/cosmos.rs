@@ -1030,6 +1030,32 @@ async fn an_observe_cosmos_target_writes_nothing_until_it_enforces() -> Result<(
     assert_eq!(counters.writes, 0, "an Observe target wrote to ARM");
     assert!(cosmos.double.role_assignments(&account).is_empty());
 
+    // `dbgrant plan --backend`, run as the operator's identity would (its
+    // environment, the target's Secrets), sees the same two writes on the
+    // live account, and makes none.
+    let empty = std::env::temp_dir().join(format!("dbgrant-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbgrant"))
+        .args(["plan", "-o", "json", "--backend", "--operator-namespace", &cluster.operator_namespace, "--kubeconfig"])
+        .arg(&cluster.admin_kubeconfig)
+        .arg("-f")
+        .arg(&empty)
+        .envs(cosmos.operator_env())
+        .output()?;
+    let live: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let view = live["backend"].as_array().and_then(|v| v.iter().find(|t| t["name"] == tname.as_str()).cloned());
+    let view = view.ok_or_else(|| anyhow::anyhow!("no live view of {tname}: {live:#}"))?;
+    assert!(view["error"].is_null(), "{view:#}");
+    let mut live_writes: Vec<String> =
+        view["writes"].as_array().into_iter().flatten().filter_map(|w| w.as_str().map(str::to_string)).collect();
+    let mut listed: Vec<String> =
+        pending.as_array().into_iter().flatten().filter_map(|w| w.as_str().map(str::to_string)).collect();
+    live_writes.sort();
+    listed.sort();
+    assert_eq!(live_writes, listed, "the live plan is the target's pending list");
+    assert_eq!(cosmos.double.account_counters(&account).writes, 0, "--backend writes nothing");
+
     target["spec"]["mode"] = json!("Enforce");
     cluster.apply(&cluster.admin, &target, None).await?;
     cluster.wait_condition(&readers, None, "Ready", "True", Some("Applied"), SETTLE).await?;

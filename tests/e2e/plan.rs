@@ -17,6 +17,7 @@ use crate::common::{
 const G1: &str = "5b0c1d2e-3f40-4a51-8b62-7c83d94ea5f6";
 const G2: &str = "6c1d2e3f-4051-4b62-8c73-8d94ea5fb607";
 const G3: &str = "7d2e3f40-5162-4c73-8d84-9ea5fb60c718";
+const G4: &str = "8e3f4051-6273-4d84-9e95-afb60c71d8f9";
 
 /// The double's roles named `entra/…` in admin, each as the plan's detail
 /// lines: `role r@db` and `privilege a on db.coll`, one action per line.
@@ -181,6 +182,54 @@ async fn the_plan_printed_before_a_change_is_what_the_operator_does() -> Result<
         again["targets"].as_array().unwrap().iter().all(|t| t["name"] != target_name),
         "nothing left to do on the target: {again:#}"
     );
+
+    // --backend: the live state. G3's role is dropped out of band (drift the
+    // operator would restore) and a role with dbgrant's name for G4 is
+    // made by hand (foreign: a new binding for G4 would conflict). The
+    // plan reads the target's Secrets as the operator does, writes nothing.
+    double.remove_role(&format!("entra/{G3}"), "admin");
+    double.insert_role(dbgrant_doubles::mongo::Role::new(format!("entra/{G4}"), "admin").with_role("read", "orders"));
+    let g4 = in_ns(mongo_binding("g4-readers", target_name, G4, &[("read", "orders")]), &ns.name);
+    std::fs::write(dir.join("change.yaml"), serde_yaml::to_string(&g4)?)?;
+    let writes_before = double.log().iter().filter(|c| c.is_write).count();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbgrant"))
+        .args(["plan", "-o", "json", "--backend", "--operator-namespace", &cluster.operator_namespace, "--kubeconfig"])
+        .arg(&cluster.admin_kubeconfig)
+        .arg("-f")
+        .arg(&dir)
+        .output()?;
+    let live: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let ours =
+        live["backend"].as_array().unwrap().iter().find(|t| t["name"] == target_name).expect("the target's live view");
+    assert!(ours["error"].is_null(), "{ours:#}");
+    let writes: Vec<&str> = ours["writes"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(
+        writes.iter().any(|w| w.starts_with(&format!("create role admin.entra/{G3} with read@orders-eu"))),
+        "the dropped role would be restored: {ours:#}"
+    );
+    assert!(ours["drifted"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains(G3)), "{ours:#}");
+    assert!(ours["foreign"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains(G4)), "{ours:#}");
+    assert!(!writes.iter().any(|w| w.contains(G4)), "a foreign role is never written: {ours:#}");
+    assert_eq!(out.status.code(), Some(2), "live writes pending: {ours:#}");
+    assert_eq!(double.log().iter().filter(|c| c.is_write).count(), writes_before, "--backend writes nothing");
+    // dbgrant access --backend flags the same: G3's drift, G4's foreign role.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbgrant"))
+        .args(["access", "-o", "json", "--backend", "--target", target_name])
+        .args(["--operator-namespace", &cluster.operator_namespace, "--kubeconfig"])
+        .arg(&cluster.admin_kubeconfig)
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let g3 = rows.iter().find(|r| r["subject"] == G3).expect("G3's row");
+    assert!(g3["flag"].as_str().is_some_and(|f| f.starts_with("drifted")), "{rows:#?}");
+    assert!(
+        rows.iter().any(|r| r["object"].as_str().is_some_and(|o| o.contains(G4))
+            && r["flag"].as_str().is_some_and(|f| f.starts_with("foreign"))),
+        "{rows:#?}"
+    );
+    assert!(rows.iter().filter(|r| r["subject"] == G1).all(|r| r["flag"].is_null()), "{rows:#?}");
+    double.remove_role(&format!("entra/{G4}"), "admin");
 
     for b in [&readers, &audit, &moved, &denied] {
         cluster.delete(&cluster.admin, b, None).await?;
