@@ -84,25 +84,6 @@ struct Harness {
     trigger: audit::Trigger,
 }
 
-/// A writer into a shared buffer: the audit trail as the test reads it.
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for SharedBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// An auditor into a fresh buffer, and the buffer.
-fn auditor() -> (Auditor, Arc<Mutex<Vec<u8>>>) {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    (Auditor::to(Box::new(SharedBuffer(lines.clone()))), lines)
-}
-
 fn secret_spec(tenant: &str, client: &str) -> AzureCredential {
     AzureCredential {
         workload_identity: None,
@@ -183,7 +164,7 @@ impl Harness {
             |_| None,
         )
         .expect("client");
-        let (audit, audit_lines) = auditor();
+        let (audit, audit_lines) = Auditor::in_memory();
         Self {
             double: Some(double),
             account,
@@ -224,7 +205,7 @@ impl Harness {
         let settings = ArmSettings { lro_budget: Duration::from_secs(180), ..ArmSettings::default() };
         let client = build_client(&cloud, &spec.credential, real_material(), None, &account, &settings, |_| None)
             .expect("client for the real account");
-        let (audit, audit_lines) = auditor();
+        let (audit, audit_lines) = Auditor::in_memory();
         Some(Self {
             double: None,
             account,

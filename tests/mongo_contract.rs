@@ -179,19 +179,6 @@ async fn connect(uri: &str) -> Client {
     Client::with_options(options).expect("client")
 }
 
-/// A writer into a shared buffer: the audit trail as the test reads it.
-struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for SharedBuffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Env {
     /// The audit scope of a sync on `target`.
     fn scope<'a>(&'a self, target: &'a str) -> audit::Scope<'a> {
@@ -222,9 +209,9 @@ impl Env {
             }
         };
         let admin = connect(&uri).await;
-        let audit_lines = Arc::new(Mutex::new(Vec::new()));
+        let (audit, audit_lines) = Auditor::in_memory();
         Env {
-            audit: Auditor::to(Box::new(SharedBuffer(audit_lines.clone()))),
+            audit,
             audit_lines,
             trigger: audit::Trigger { kind: "MongoRoleBinding".into(), name: "contract".into(), ..Default::default() },
             double,

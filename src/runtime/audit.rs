@@ -13,7 +13,7 @@
 use std::{
     io::Write,
     path::Path,
-    sync::{Mutex, atomic::AtomicU64},
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use kube::{Resource, ResourceExt};
@@ -160,6 +160,13 @@ impl Auditor {
         Self::to(Box::new(std::io::sink()))
     }
 
+    /// Records into memory, and the buffer they go to (tests that read the
+    /// trail back).
+    pub fn in_memory() -> (Self, Arc<Mutex<Vec<u8>>>) {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        (Self::to(Box::new(Memory(buffer.clone()))), buffer)
+    }
+
     /// Write `record` as one line, flushed at once: a record is never
     /// held back in a buffer a crash would lose. A failure to write is
     /// logged, never fatal to the reconcile.
@@ -182,6 +189,19 @@ impl Auditor {
     /// Records written so far.
     pub fn written(&self) -> u64 {
         self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A writer into a shared buffer.
+struct Memory(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Memory {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -245,25 +265,11 @@ impl<'a> Scope<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn one_json_line_per_record_in_the_versioned_schema() {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let auditor = Auditor::to(Box::new(Shared(buf.clone())));
+        let (auditor, buf) = Auditor::in_memory();
         let trigger = Trigger { kind: "MongoRoleBinding".into(), name: "b".into(), ..Default::default() };
         let scope = Scope::new(&auditor, "mongodb", "t", &trigger);
         let object = BackendObject { kind: "role", name: "admin.entra/g".into() };

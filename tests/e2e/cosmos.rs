@@ -1007,6 +1007,29 @@ async fn an_observe_cosmos_target_writes_nothing_until_it_enforces() -> Result<(
     );
     let mut op = operator(&cluster, &cosmos, "cosmos-observe", Duration::from_secs(2), &mut dump).await?;
     cluster.apply(&cluster.admin, &target, None).await?;
+    // The plan printed before the binding is applied names the assignments
+    // the operator creates in the end (checked below).
+    let dir = std::env::temp_dir().join(format!("dbgrant-cosmos-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("readers.yaml"), serde_yaml::to_string(&readers)?)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dbgrant"))
+        .args(["plan", "-o", "json", "--kubeconfig"])
+        .arg(&cluster.admin_kubeconfig)
+        .arg("-f")
+        .arg(&dir)
+        .output()?;
+    let printed: Value = serde_json::from_slice(&out.stdout)?;
+    let mut planned_names: Vec<String> = printed["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["name"] == tname.as_str())
+        .flat_map(|t| t["changes"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["object"] == "CosmosAssignment" && c["action"] == "Create")
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    planned_names.sort();
+    assert_eq!(planned_names.len(), 2, "{printed:#}");
     cluster.apply(&cluster.admin, &readers, None).await?;
     let o = cluster.wait_condition(&readers, None, "Ready", "False", Some("Observing"), SETTLE).await?;
     let message = ready_message(&o);
@@ -1070,6 +1093,7 @@ async fn an_observe_cosmos_target_writes_nothing_until_it_enforces() -> Result<(
     created.sort();
     planned.sort();
     assert_eq!(created, planned, "enforcing created exactly the observed assignments");
+    assert_eq!(created, planned_names, "and the ones `dbgrant plan` printed before the binding was applied");
     assert_eq!(cosmos.double.account_counters(&account).writes, 2, "and nothing else");
 
     cluster.delete(&cluster.admin, &readers, None).await?;
