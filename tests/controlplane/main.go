@@ -10,9 +10,10 @@
 //     ServiceAccount token carries, so RBAC bindings to that ServiceAccount
 //     (for instance the ones in the Helm chart) apply to it for real.
 //
-// Authorization is RBAC. There is no kube-controller-manager: namespaces are
-// never finalized and nothing is garbage collected, but finalizers and
-// deletionTimestamp behave for real.
+// Authorization is RBAC. The real kube-controller-manager runs in the same
+// process (namespace, garbage collector, ServiceAccount and token
+// controllers): deleted namespaces are emptied and go away, owned objects
+// are collected.
 //
 // Once /readyz answers ok, one line of JSON describing the control plane is
 // printed on stdout (and written to <dir>/controlplane.json). The apiserver's
@@ -121,6 +122,7 @@ func run() int {
 	opSA := fs.String("operator-serviceaccount", "dbgrant", "name of the operator's ServiceAccount identity")
 	exitOnEOF := fs.Bool("exit-on-stdin-eof", false, "shut down when standard input reaches EOF (so a dead test harness does not leak the control plane)")
 	readyTimeout := fs.Duration("ready-timeout", 180*time.Second, "how long to wait for etcd and the apiserver to become ready")
+	withKCM := fs.Bool("controller-manager", true, "also run kube-controller-manager (namespace, garbage collector, ServiceAccount and token controllers)")
 	var extra multiFlag
 	fs.Var(&extra, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=4 (repeatable; later flags win)")
 	fs.Usage = func() {
@@ -214,7 +216,7 @@ func run() int {
 		os.Exit(code)
 	}
 
-	code := serve(dir, *opNS, *opSA, *exitOnEOF, *readyTimeout, extra, sigs, start)
+	code := serve(dir, *opNS, *opSA, *exitOnEOF, *withKCM, *readyTimeout, extra, sigs, start)
 	cleanupDir()
 	return code
 }
@@ -238,7 +240,7 @@ func redirectStdio(logFile *os.File) error {
 	return syscall.Dup3(int(logFile.Fd()), 2, 0)
 }
 
-func serve(dir, opNS, opSA string, exitOnEOF bool, readyTimeout time.Duration, extra []string, sigs chan os.Signal, start time.Time) int {
+func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Duration, extra []string, sigs chan os.Signal, start time.Time) int {
 	deadline := time.Now().Add(readyTimeout)
 
 	// --- etcd ---------------------------------------------------------------
@@ -404,6 +406,22 @@ func serve(dir, opNS, opSA string, exitOnEOF bool, readyTimeout time.Duration, e
 		stopSelf()
 		waitAPIServer(apiDone)
 		return 1
+	}
+	if withKCM {
+		kcmCtx, cancelKCM := context.WithCancel(context.Background())
+		defer cancelKCM()
+		if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile); err != nil {
+			logf("kube-controller-manager: %v", err)
+			stopSelf()
+			waitAPIServer(apiDone)
+			return 1
+		} else {
+			go func() {
+				if err := <-kcmDone; err != nil && !stopping.Load() {
+					logf("kube-controller-manager exited: %v", err)
+				}
+			}()
+		}
 	}
 	if _, err := fmt.Fprintf(jsonOut, "%s\n", line); err != nil {
 		// the reader is gone

@@ -28,20 +28,20 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 /// Groups for the tests' own bindings (registered in the double's
 /// directory by each test).
-const READERS: &str = "2f0c5a4e-8f51-4c1e-9b6e-0d3a4c2b1a01";
+pub(crate) const READERS: &str = "2f0c5a4e-8f51-4c1e-9b6e-0d3a4c2b1a01";
 const WRITERS: &str = "6d1e7b3c-2a94-4f08-8c5d-1e2f3a4b5c02";
 
 /// The ARM + Entra double set up for the examples (tenant, workload
 /// identity application federated with the operator's identity, the example
 /// account and subjects), with its CA Secret in the operator's namespace.
-async fn arm_double(cluster: &Cluster) -> Result<CosmosDouble> {
+pub(crate) async fn arm_double(cluster: &Cluster) -> Result<CosmosDouble> {
     let cosmos = CosmosDouble::start(&cluster.operator_user).await?;
     cluster.apply(&cluster.admin, &cosmos.ca_secret(&cluster.operator_namespace), None).await?;
     Ok(cosmos)
 }
 
 /// Start the operator with the environment the Cosmos credentials need.
-async fn operator(
+pub(crate) async fn operator(
     cluster: &Cluster,
     cosmos: &CosmosDouble,
     label: &str,
@@ -57,13 +57,13 @@ async fn operator(
 }
 
 /// A per-test suffix from the test namespace's name.
-fn suffix(ns: &str) -> String {
+pub(crate) fn suffix(ns: &str) -> String {
     ns.rsplit('-').next().unwrap_or("0").to_string()
 }
 
 /// A fresh account in the double (one CosmosTarget per account), plus the
 /// tests' groups in its directory.
-fn new_account(cosmos: &CosmosDouble, name: &str) -> AccountRef {
+pub(crate) fn new_account(cosmos: &CosmosDouble, name: &str) -> AccountRef {
     let account = AccountRef::new(&cosmos.examples.account.subscription_id, "rg-dbgrant-e2e", name);
     cosmos.double.add_account(dbgrant_doubles::arm::Account::new(account.clone(), "westus"));
     for g in [READERS, WRITERS] {
@@ -73,13 +73,13 @@ fn new_account(cosmos: &CosmosDouble, name: &str) -> AccountRef {
 }
 
 /// The example's workload identity credential.
-fn workload_identity(cosmos: &CosmosDouble) -> Value {
+pub(crate) fn workload_identity(cosmos: &CosmosDouble) -> Value {
     json!({"workloadIdentity": {"tenantId": cosmos.examples.tenant_id, "clientId": cosmos.examples.client_id}})
 }
 
 /// A CosmosTarget on `account` through the double, shaped like
 /// `deploy/examples/cosmos-target.yaml`.
-fn cosmos_target(name: &str, cosmos: &CosmosDouble, account: &AccountRef, credential: Value) -> Value {
+pub(crate) fn cosmos_target(name: &str, cosmos: &CosmosDouble, account: &AccountRef, credential: Value) -> Value {
     json!({
         "apiVersion": "dbgrant.io/v1alpha1", "kind": "CosmosTarget",
         "metadata": {"name": name},
@@ -96,7 +96,7 @@ fn cosmos_target(name: &str, cosmos: &CosmosDouble, account: &AccountRef, creden
 
 /// A CosmosRoleBinding of `role` (`{"builtIn": ..}` or `{"name": ..}`) for
 /// one group at `scopes`.
-fn cosmos_binding(name: &str, target: &str, group: &str, role: Value, scopes: Value) -> Value {
+pub(crate) fn cosmos_binding(name: &str, target: &str, group: &str, role: Value, scopes: Value) -> Value {
     json!({
         "apiVersion": "dbgrant.io/v1alpha1", "kind": "CosmosRoleBinding",
         "metadata": {"name": name},

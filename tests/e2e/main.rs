@@ -19,6 +19,7 @@ mod finalizer_policy;
 mod mongo;
 mod mongo_hostile;
 mod mongo_operator_oidc;
+mod namespaces;
 mod observe;
 mod plan;
 mod rbac;
