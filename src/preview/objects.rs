@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use super::{manifests::Document, validate};
 use crate::api::{CosmosRoleBinding, CosmosRoleDefinition, CosmosTarget, MongoRoleBinding, MongoTarget};
-use crate::runtime::object::key;
 
 /// Every dbgrant object of one state (the cluster's, or the cluster's with
 /// the manifests applied), by kind and `namespace/name` (or `name`).
@@ -201,9 +200,4 @@ fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-/// The `Kind/key` of an object, for messages.
-pub fn id<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!("{}/{}", K::kind(&()), key(obj))
 }
