@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # dbgrant quickstart: builds what it needs, starts a real local control plane
-# (etcd + kube-apiserver built from Go modules), the MongoDB test double and
-# the operator, applies deploy/examples/, waits for Ready and prints what was
-# granted. Ctrl-C stops everything. Extra arguments go to dbgrant-quickstart
+# (etcd, kube-apiserver and kube-controller-manager built from Go modules), the
+# MongoDB test double and the operator (authenticated with a bound
+# ServiceAccount token), applies deploy/examples/, waits for Ready and prints
+# what was granted. Ctrl-C stops everything. Extra arguments go to dbgrant-quickstart
 # (--wait SECONDS, --exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -113,9 +113,15 @@ impl Error {
     /// Whether trying again soon may succeed without any change: the
     /// backend was unreachable, failing over or throttling.
     pub fn is_transient(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
         match self {
             Error::Backend { failure, .. } => *failure == Failure::Transient,
             Error::Azure { source, .. } => source.is_transient(),
+            Error::Kube(e) => kube_transient(e),
+            Error::Finalizer(e) => match e.as_ref() {
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => kube_transient(e),
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -130,11 +136,56 @@ impl Error {
     }
 }
 
+/// Whether a Kubernetes API failure may pass by itself: the apiserver
+/// unreachable or restarting (no connection, a dropped one), overloaded or
+/// failing (429, 5xx), or a write that raced another (409). A refusal
+/// (400, 401, 403, 404, 422) needs a change somewhere.
+fn kube_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 impl From<kube::runtime::finalizer::Error<Error>> for Error {
     fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
         match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => Error::Finalizer(Box::new(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("m", "r").with_code(code)))
+    }
+
+    fn refused() -> kube::Error {
+        kube::Error::Service(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
+    }
+
+    #[test]
+    fn an_unreachable_restarting_or_overloaded_apiserver_is_transient() {
+        assert!(Error::Kube(refused()).is_transient());
+        for code in [409, 429, 500, 503, 504] {
+            assert!(Error::Kube(api(code)).is_transient(), "{code}");
+        }
+        let remove = kube::runtime::finalizer::Error::<Error>::RemoveFinalizer(refused());
+        assert!(Error::from(remove).is_transient());
+    }
+
+    #[test]
+    fn an_apiserver_refusal_is_not_transient() {
+        for code in [400, 401, 403, 404, 422] {
+            assert!(!Error::Kube(api(code)).is_transient(), "{code}");
+        }
+        let unnamed = kube::runtime::finalizer::Error::<Error>::UnnamedObject;
+        assert!(!Error::from(unnamed).is_transient());
     }
 }

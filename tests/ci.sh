@@ -3,7 +3,8 @@
 # Works on a fresh machine with Rust and Go installed and the crates.io /
 # Go module registries reachable; caches (target/, GOCACHE, GOMODCACHE) are
 # reused when present. The end-to-end tests start the control plane built
-# here (etcd + kube-apiserver) and run the dbgrant binary against it.
+# here (etcd, kube-apiserver, kube-controller-manager) and run the dbgrant
+# binary against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,17 +3,25 @@
 // real kube-apiserver (k8s.io/kubernetes/cmd/kube-apiserver/app) in one
 // process, bound to 127.0.0.1 on random free ports.
 //
-// Authentication is a static token file with two identities:
+// Two identities:
 //
-//   - admin:    user "dbgrant-admin", group system:masters
-//   - operator: user "system:serviceaccount:<ns>:<sa>" with the groups a real
-//     ServiceAccount token carries, so RBAC bindings to that ServiceAccount
-//     (for instance the ones in the Helm chart) apply to it for real.
+//   - admin: user "dbgrant-admin", group system:masters, from a static token
+//     file;
+//   - operator: the ServiceAccount <ns>/<sa> itself, with a bound token from
+//     the TokenRequest API kept fresh in <dir>/operator.token as the kubelet
+//     keeps a pod's (see tokens.go); its kubeconfig names that file, so RBAC
+//     bindings to the ServiceAccount (for instance the ones in the Helm
+//     chart) apply to it for real.
 //
 // Authorization is RBAC. The real kube-controller-manager runs in the same
 // process (namespace, garbage collector, ServiceAccount and token
 // controllers): deleted namespaces are emptied and go away, owned objects
 // are collected.
+//
+// With --dir and --keep-data it restarts on the data of its last run: the
+// same etcd data, certificates, ServiceAccount key, admin token and ports,
+// so clients (and their watches' resourceVersions) carry on as across a
+// real apiserver restart.
 //
 // Once /readyz answers ok, one line of JSON describing the control plane is
 // printed on stdout (and written to <dir>/controlplane.json). The apiserver's
@@ -70,7 +78,7 @@ type Info struct {
 	OperatorNamespace      string  `json:"operatorNamespace"`
 	OperatorServiceAccount string  `json:"operatorServiceAccount"`
 	OperatorUser           string  `json:"operatorUser"`
-	OperatorToken          string  `json:"operatorToken"`
+	OperatorTokenFile      string  `json:"operatorTokenFile"`
 	EtcdEndpoint           string  `json:"etcdEndpoint"`
 	PID                    int     `json:"pid"`
 	ReadySeconds           float64 `json:"readySeconds"`
@@ -122,6 +130,9 @@ func run() int {
 	opSA := fs.String("operator-serviceaccount", "dbgrant", "name of the operator's ServiceAccount identity")
 	exitOnEOF := fs.Bool("exit-on-stdin-eof", false, "shut down when standard input reaches EOF (so a dead test harness does not leak the control plane)")
 	readyTimeout := fs.Duration("ready-timeout", 180*time.Second, "how long to wait for etcd and the apiserver to become ready")
+	keepData := fs.Bool("keep-data", false, "with --dir: restart on the etcd data, certificates, ServiceAccount key, admin token and ports of the last run in that directory (a fresh start when there is none)")
+	tokenTTL := fs.Duration("operator-token-ttl", time.Hour, "lifetime of the operator's ServiceAccount tokens (the TokenRequest API's minimum is 10m)")
+	tokenRefresh := fs.Duration("operator-token-refresh", 0, "how often to replace the operator's token; 0: at 80% of its lifetime, as the kubelet does")
 	withKCM := fs.Bool("controller-manager", true, "also run kube-controller-manager (namespace, garbage collector, ServiceAccount and token controllers)")
 	var extra multiFlag
 	fs.Var(&extra, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=4 (repeatable; later flags win)")
@@ -137,6 +148,10 @@ func run() int {
 	}
 	if fs.NArg() > 0 {
 		logf("unexpected arguments: %v", fs.Args())
+		return 2
+	}
+	if *keepData && *dirFlag == "" {
+		logf("--keep-data needs --dir")
 		return 2
 	}
 
@@ -174,7 +189,11 @@ func run() int {
 			return 1
 		}
 		// state from an earlier run would not match the new ports
-		for _, p := range []string{"etcd", "certs", "controlplane.json"} {
+		stale := []string{"controlplane.json"}
+		if !*keepData {
+			stale = append(stale, "etcd", "certs", stateFile, "sa.key", "operator.token")
+		}
+		for _, p := range stale {
 			_ = os.RemoveAll(filepath.Join(dir, p))
 		}
 	}
@@ -186,7 +205,11 @@ func run() int {
 		}
 	}
 
-	apiLog, err := os.OpenFile(filepath.Join(dir, "apiserver.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	logFlags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if *keepData {
+		logFlags = os.O_CREATE | os.O_WRONLY | os.O_APPEND // one log across restarts
+	}
+	apiLog, err := os.OpenFile(filepath.Join(dir, "apiserver.log"), logFlags, 0o644)
 	if err != nil {
 		logf("%v", err)
 		cleanupDir()
@@ -216,7 +239,9 @@ func run() int {
 		os.Exit(code)
 	}
 
-	code := serve(dir, *opNS, *opSA, *exitOnEOF, *withKCM, *readyTimeout, extra, sigs, start)
+	opts := options{opNS: *opNS, opSA: *opSA, exitOnEOF: *exitOnEOF, keepData: *keepData, withKCM: *withKCM,
+		readyTimeout: *readyTimeout, tokenTTL: *tokenTTL, tokenRefresh: *tokenRefresh, extra: extra}
+	code := serve(dir, opts, sigs, start)
 	cleanupDir()
 	return code
 }
@@ -240,23 +265,78 @@ func redirectStdio(logFile *os.File) error {
 	return syscall.Dup3(int(logFile.Fd()), 2, 0)
 }
 
-func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Duration, extra []string, sigs chan os.Signal, start time.Time) int {
-	deadline := time.Now().Add(readyTimeout)
+// options are the flags serve needs.
+type options struct {
+	opNS, opSA             string
+	exitOnEOF, keepData    bool
+	withKCM                bool
+	readyTimeout           time.Duration
+	tokenTTL, tokenRefresh time.Duration
+	extra                  []string
+}
+
+// stateFile holds what a --keep-data restart reuses besides the etcd data,
+// certificates and ServiceAccount key on disk.
+const stateFile = "state.json"
+
+// state is the content of stateFile.
+type state struct {
+	EtcdClientPort int    `json:"etcdClientPort"`
+	EtcdPeerPort   int    `json:"etcdPeerPort"`
+	APIServerPort  int    `json:"apiserverPort"`
+	AdminToken     string `json:"adminToken"`
+}
+
+// loadState reads the state of the last run in dir; nil when there is none.
+func loadState(dir string) (*state, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", stateFile, err)
+	}
+	if st.EtcdClientPort == 0 || st.EtcdPeerPort == 0 || st.APIServerPort == 0 || st.AdminToken == "" {
+		return nil, fmt.Errorf("%s is incomplete", stateFile)
+	}
+	return &st, nil
+}
+
+func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
+	deadline := time.Now().Add(o.readyTimeout)
+
+	var prev *state
+	if o.keepData {
+		st, err := loadState(dir)
+		if err != nil {
+			logf("--keep-data: %v", err)
+			return 1
+		}
+		prev = st
+	}
 
 	// --- etcd ---------------------------------------------------------------
 	var etcd *embed.Etcd
 	var etcdURL string
+	var etcdPorts []int
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(2)
-		if err != nil {
+		var err error
+		if prev != nil {
+			// the same ports: the member's peer URL is in its data
+			etcdPorts = []int{prev.EtcdClientPort, prev.EtcdPeerPort}
+		} else if etcdPorts, err = freePorts(2); err != nil {
 			logf("finding free ports: %v", err)
 			return 1
 		}
-		etcd, etcdURL, err = startEtcd(dir, ports[0], ports[1], time.Until(deadline))
+		etcd, etcdURL, err = startEtcd(dir, etcdPorts[0], etcdPorts[1], prev != nil, time.Until(deadline))
 		if err == nil {
 			break
 		}
-		if attempt >= 3 || time.Now().After(deadline) {
+		if prev != nil || attempt >= 3 || time.Now().After(deadline) {
 			logf("starting etcd: %v", err)
 			logTail(filepath.Join(dir, "etcd.log"), 15)
 			return 1
@@ -268,28 +348,44 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 
 	// --- credentials ----------------------------------------------------------
 	saKey := filepath.Join(dir, "sa.key")
-	if err := writeRSAKey(saKey); err != nil {
-		logf("service-account key: %v", err)
-		return 1
+	if _, err := os.Stat(saKey); prev == nil || err != nil {
+		if err := writeRSAKey(saKey); err != nil {
+			logf("service-account key: %v", err)
+			return 1
+		}
 	}
-	adminToken, opToken := randomToken(), randomToken()
-	opUser := fmt.Sprintf("system:serviceaccount:%s:%s", opNS, opSA)
+	adminToken := randomToken()
+	if prev != nil {
+		adminToken = prev.AdminToken
+	}
+	opUser := fmt.Sprintf("system:serviceaccount:%s:%s", o.opNS, o.opSA)
 	tokenFile := filepath.Join(dir, "tokens.csv")
-	tokens := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n%s,%s,%s,\"system:serviceaccounts,system:serviceaccounts:%s,system:authenticated\"\n",
-		adminToken, adminUser, "dbgrant-admin-uid",
-		opToken, opUser, "dbgrant-operator-uid", opNS)
+	tokens := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", adminToken, adminUser, "dbgrant-admin-uid")
 	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
 		logf("%v", err)
 		return 1
 	}
 
 	// --- kube-apiserver -----------------------------------------------------
-	ports, err := freePorts(1)
-	if err != nil {
-		logf("finding free port: %v", err)
+	var port int
+	if prev != nil {
+		port = prev.APIServerPort
+	} else {
+		ports, err := freePorts(1)
+		if err != nil {
+			logf("finding free port: %v", err)
+			return 1
+		}
+		port = ports[0]
+	}
+	st := state{EtcdClientPort: etcdPorts[0], EtcdPeerPort: etcdPorts[1], APIServerPort: port, AdminToken: adminToken}
+	if b, err := json.Marshal(st); err != nil {
+		logf("%v", err)
+		return 1
+	} else if err := os.WriteFile(filepath.Join(dir, stateFile), b, 0o600); err != nil {
+		logf("%v", err)
 		return 1
 	}
-	port := ports[0]
 	certDir := filepath.Join(dir, "certs")
 	args := []string{
 		"--etcd-servers=" + etcdURL,
@@ -305,14 +401,17 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 		"--api-audiences=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
-		// ServiceAccount admission wants the SA object (made by the missing
-		// controller-manager) for every pod; envtest disables it too.
+		// ServiceAccount admission would add a token volume to every pod;
+		// there are no nodes to run pods, and envtest disables it too.
 		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--endpoint-reconciler-type=none",
+		// Close open watches when stopping, as a managed apiserver does;
+		// otherwise net/http's shutdown waits its full minute for them.
+		"--shutdown-watch-termination-grace-period=5s",
 	}
-	args = append(args, extra...)
+	args = append(args, o.extra...)
 
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs(args)
@@ -329,7 +428,7 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 		stopping.Store(true)
 		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
 	}
-	if exitOnEOF {
+	if o.exitOnEOF {
 		go func() {
 			_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
 			logf("stdin closed, stopping")
@@ -379,20 +478,24 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 		AdminUser:              adminUser,
 		AdminToken:             adminToken,
 		OperatorKubeconfig:     filepath.Join(dir, "operator.kubeconfig"),
-		OperatorNamespace:      opNS,
-		OperatorServiceAccount: opSA,
+		OperatorNamespace:      o.opNS,
+		OperatorServiceAccount: o.opSA,
 		OperatorUser:           opUser,
-		OperatorToken:          opToken,
 		EtcdEndpoint:           etcdURL,
 		PID:                    os.Getpid(),
 		ReadySeconds:           float64(time.Since(start).Milliseconds()) / 1000,
 	}
+	tokenCtx, cancelTokens := context.WithCancel(context.Background())
+	defer cancelTokens()
 	ca, err := os.ReadFile(caFile)
 	if err == nil {
-		err = writeKubeconfig(info.AdminKubeconfig, server, ca, adminUser, adminToken, "default")
+		err = writeKubeconfig(info.AdminKubeconfig, server, ca, adminUser, clientcmdapi.AuthInfo{Token: adminToken}, "default")
 	}
 	if err == nil {
-		err = writeKubeconfig(info.OperatorKubeconfig, server, ca, opUser, opToken, opNS)
+		info.OperatorTokenFile, err = startOperatorTokens(tokenCtx, info.AdminKubeconfig, dir, o.opNS, o.opSA, o.tokenTTL, o.tokenRefresh)
+	}
+	if err == nil {
+		err = writeKubeconfig(info.OperatorKubeconfig, server, ca, opUser, clientcmdapi.AuthInfo{TokenFile: info.OperatorTokenFile}, o.opNS)
 	}
 	var line []byte
 	if err == nil {
@@ -407,24 +510,38 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 		waitAPIServer(apiDone)
 		return 1
 	}
-	if withKCM {
-		kcmCtx, cancelKCM := context.WithCancel(context.Background())
-		defer cancelKCM()
-		if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile); err != nil {
-			logf("kube-controller-manager: %v", err)
-			stopSelf()
-			waitAPIServer(apiDone)
-			return 1
-		} else {
-			go func() {
-				if err := <-kcmDone; err != nil && !stopping.Load() {
-					logf("kube-controller-manager exited: %v", err)
-				}
-			}()
+	// The apiserver's graceful stop waits for its clients' requests: stop
+	// the in-process clients (controller-manager, token refresher) first.
+	kcmCtx, cancelKCM := context.WithCancel(context.Background())
+	kcmStopped := make(chan struct{})
+	stopClients := func() {
+		cancelTokens()
+		cancelKCM()
+		select {
+		case <-kcmStopped:
+		case <-time.After(15 * time.Second):
+			logf("kube-controller-manager did not stop within 15s")
 		}
+	}
+	defer cancelKCM()
+	if !o.withKCM {
+		close(kcmStopped)
+	} else if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile); err != nil {
+		logf("kube-controller-manager: %v", err)
+		stopSelf()
+		waitAPIServer(apiDone)
+		return 1
+	} else {
+		go func() {
+			if err := <-kcmDone; err != nil && !stopping.Load() {
+				logf("kube-controller-manager exited: %v", err)
+			}
+			close(kcmStopped)
+		}()
 	}
 	if _, err := fmt.Fprintf(jsonOut, "%s\n", line); err != nil {
 		// the reader is gone
+		stopClients()
 		stopSelf()
 		waitAPIServer(apiDone)
 		return 1
@@ -435,6 +552,7 @@ func serve(dir, opNS, opSA string, exitOnEOF, withKCM bool, readyTimeout time.Du
 		if !selfStop.Load() {
 			logf("got %v, stopping", s)
 		}
+		stopClients()
 		waitAPIServer(apiDone)
 		return 0
 	case err := <-apiDone:
@@ -454,11 +572,13 @@ func waitAPIServer(apiDone <-chan error) {
 	}
 }
 
-func startEtcd(dir string, clientPort, peerPort int, timeout time.Duration) (*embed.Etcd, string, error) {
+func startEtcd(dir string, clientPort, peerPort int, keepData bool, timeout time.Duration) (*embed.Etcd, string, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = "controlplane"
 	cfg.Dir = filepath.Join(dir, "etcd")
-	_ = os.RemoveAll(cfg.Dir)
+	if !keepData {
+		_ = os.RemoveAll(cfg.Dir)
+	}
 	clientURL := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(clientPort))}
 	peerURL := url.URL{Scheme: "http", Host: net.JoinHostPort("127.0.0.1", strconv.Itoa(peerPort))}
 	cfg.ListenClientUrls = []url.URL{clientURL}
@@ -533,10 +653,10 @@ func waitReady(ctx context.Context, server, caFile, token string) error {
 	}
 }
 
-func writeKubeconfig(path, server string, ca []byte, user, token, namespace string) error {
+func writeKubeconfig(path, server string, ca []byte, user string, auth clientcmdapi.AuthInfo, namespace string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["controlplane"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: ca}
-	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.AuthInfos[user] = &auth
 	cfg.Contexts["controlplane"] = &clientcmdapi.Context{Cluster: "controlplane", AuthInfo: user, Namespace: namespace}
 	cfg.CurrentContext = "controlplane"
 	return clientcmd.WriteToFile(*cfg, path)

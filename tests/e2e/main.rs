@@ -23,6 +23,8 @@ mod namespaces;
 mod observe;
 mod plan;
 mod rbac;
+mod restarts;
 mod revocation;
 mod security;
+mod service_account_tokens;
 mod validation;

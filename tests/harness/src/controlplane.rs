@@ -1,9 +1,12 @@
-//! The local control plane: embedded etcd + the real kube-apiserver, one
-//! process built by `tests/controlplane/build.sh`.
+//! The local control plane: embedded etcd, the real kube-apiserver and
+//! kube-controller-manager, one process built by
+//! `tests/controlplane/build.sh`. The operator's identity is its
+//! ServiceAccount, with a bound token from the TokenRequest API that the
+//! control plane keeps fresh in a file, as the kubelet does for a pod.
 
 use std::{
     io::{BufRead, BufReader, Read},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Mutex, OnceLock},
     time::Instant,
@@ -30,14 +33,32 @@ pub struct Info {
     /// Kubeconfig of `dbgrant-admin` (system:masters).
     pub admin_kubeconfig: PathBuf,
     /// Kubeconfig of the operator's ServiceAccount identity (no rights until
-    /// RBAC grants some).
+    /// RBAC grants some); it names [`Info::operator_token_file`].
     pub operator_kubeconfig: PathBuf,
+    /// The operator's current bound ServiceAccount token, replaced by the
+    /// control plane before it expires.
+    pub operator_token_file: PathBuf,
     /// The operator's namespace.
     pub operator_namespace: String,
     /// The operator's user name, `system:serviceaccount:<ns>:<sa>`.
     pub operator_user: String,
     /// Seconds from start to ready.
     pub ready_seconds: f64,
+}
+
+/// How to start a control plane.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Extra kube-apiserver flags (e.g. [`MUTATING_ADMISSION_POLICY`]).
+    pub apiserver_args: Vec<String>,
+    /// Keep etcd's data, the certificates, keys, tokens and ports in a
+    /// directory of the run, so [`ControlPlane::restart`] can bring the same
+    /// cluster back. Without it the data lives in a temporary directory
+    /// removed on exit.
+    pub restartable: bool,
+    /// Replace the operator's token this often instead of at 80 % of its
+    /// lifetime (tests of the refresh).
+    pub operator_token_refresh: Option<std::time::Duration>,
 }
 
 /// A running control plane. It stops when this value is dropped, or when
@@ -47,23 +68,70 @@ pub struct ControlPlane {
     pub info: Info,
     child: Child,
     stdin: Option<ChildStdin>,
+    options: Options,
+    /// Its data directory when restartable.
+    data_dir: Option<PathBuf>,
+    /// Where its stderr goes.
+    logs: PathBuf,
 }
 
 impl ControlPlane {
     /// Start a new control plane and wait until it is ready.
     pub fn start() -> Result<Self> {
-        Self::start_with(&[])
+        Self::start_with_options(Options::default())
     }
 
     /// Start a new control plane with extra kube-apiserver flags (e.g.
     /// [`MUTATING_ADMISSION_POLICY`]) and wait until it is ready.
     pub fn start_with(apiserver_args: &[&str]) -> Result<Self> {
-        let bin = paths::tool("controlplane")?;
+        Self::start_with_options(Options {
+            apiserver_args: apiserver_args.iter().map(|a| a.to_string()).collect(),
+            ..Options::default()
+        })
+    }
+
+    /// Start a new control plane as `options` say and wait until it is
+    /// ready.
+    pub fn start_with_options(options: Options) -> Result<Self> {
         let logs = paths::run_dir("controlplane")?;
-        let stderr = std::fs::File::create(logs.join("controlplane.stderr"))?;
+        let data_dir = options.restartable.then(|| logs.join("data"));
+        let (info, child, stdin) = Self::spawn(&options, data_dir.as_deref(), &logs)?;
+        Ok(Self { info, child, stdin, options, data_dir, logs })
+    }
+
+    /// Stop a restartable control plane (as [`ControlPlane::stop`]) and
+    /// start it again on the same data, certificates, tokens and port; the
+    /// apiserver's URL does not change. `while_down` runs in between.
+    pub fn restart(&mut self, while_down: impl FnOnce()) -> Result<()> {
+        let Some(dir) = self.data_dir.clone() else {
+            bail!("this control plane was not started restartable (Options::restartable)");
+        };
+        self.stdin.take();
+        self.child.wait()?;
+        while_down();
+        let (info, child, stdin) = Self::spawn(&self.options, Some(&dir), &self.logs)?;
+        if info.server != self.info.server {
+            bail!("the control plane came back at {} instead of {}", info.server, self.info.server);
+        }
+        self.info = info;
+        self.child = child;
+        self.stdin = stdin;
+        Ok(())
+    }
+
+    fn spawn(options: &Options, data_dir: Option<&Path>, logs: &Path) -> Result<(Info, Child, Option<ChildStdin>)> {
+        let bin = paths::tool("controlplane")?;
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(logs.join("controlplane.stderr"))?;
         let started = Instant::now();
-        let mut child = Command::new(&bin)
-            .args(apiserver_args.iter().map(|a| format!("--apiserver-arg={a}")))
+        let mut cmd = Command::new(&bin);
+        cmd.args(options.apiserver_args.iter().map(|a| format!("--apiserver-arg={a}")));
+        if let Some(dir) = data_dir {
+            cmd.arg("--dir").arg(dir).arg("--keep-data");
+        }
+        if let Some(every) = options.operator_token_refresh {
+            cmd.arg(format!("--operator-token-refresh={}ms", every.as_millis()));
+        }
+        let mut child = cmd
             .arg("--exit-on-stdin-eof")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -92,7 +160,7 @@ impl ControlPlane {
             info.ready_seconds,
             info.dir.display()
         );
-        Ok(Self { info, child, stdin })
+        Ok((info, child, stdin))
     }
 
     /// The control plane shared by every test of this process, started on

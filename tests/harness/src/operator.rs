@@ -133,6 +133,16 @@ impl Operator {
         self.child.as_ref().and_then(|c| c.id())
     }
 
+    /// Freeze (SIGSTOP) or resume (SIGCONT) the process: while frozen it
+    /// sees nothing and sends nothing, as an operator on a paused node.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(pid) = self.pid() {
+            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

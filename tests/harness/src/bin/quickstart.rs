@@ -65,7 +65,7 @@ fn step(msg: &str) {
 async fn main() -> Result<()> {
     let args = args()?;
     let started = Instant::now();
-    step("starting the local control plane (etcd + kube-apiserver)");
+    step("starting the local control plane (etcd + kube-apiserver + kube-controller-manager)");
     let cp = tokio::task::spawn_blocking(ControlPlane::start).await??;
     let cluster = Cluster::connect(&cp.info).await?;
     step("installing the CRDs and the Helm chart's RBAC");
@@ -90,11 +90,15 @@ async fn main() -> Result<()> {
     cluster.apply(&cluster.admin, &ca, None).await?;
     println!("    Secret {}/{} holds the double's CA", cluster.operator_namespace, examples::ARM_CA_SECRET);
 
-    step("starting the operator as the chart's ServiceAccount identity");
+    step("starting the operator as the chart's ServiceAccount");
     let mut options = Options::new(&args.dbgrant, "quickstart");
     options.resync = Duration::from_secs(60);
     options.env = cosmos.operator_env();
     let mut op = Operator::start(&cluster, options).await?;
+    println!(
+        "    authenticated with a bound ServiceAccount token from the TokenRequest API, kept fresh in {}",
+        cp.info.operator_token_file.display()
+    );
     println!("    operator metrics at http://{}/metrics, log at {}", op.addr, op.log.display());
 
     step("applying deploy/examples/");
