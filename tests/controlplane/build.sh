@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the test tools from Go modules into one directory:
-#   controlplane  etcd (embedded) + kube-apiserver in one process (this module)
+#   controlplane  etcd (embedded), kube-apiserver and kube-controller-manager
+#                 in one process (this module); with --node also a node:
+#   kubelet, kube-scheduler  from the same k8s.io/kubernetes
+#   pause         the pod sandbox's process (./pause)
 #   helm          the helm CLI pinned by ../tools/go.mod
 #
 # Usage: tests/controlplane/build.sh [OUT_DIR]   (default: <repo>/target/tools)
@@ -70,6 +73,29 @@ else
     -X k8s.io/component-base/version.gitMajor=$kmajor \
     -X k8s.io/component-base/version.gitMinor=$kminor \
     -X k8s.io/component-base/version.gitTreeState=clean"
+fi
+
+# --- the node: kubelet, kube-scheduler (same k8s.io/kubernetes), pause --------
+kver="$(mod_version "$here" k8s.io/kubernetes)"
+kmajor="${kver#v}"; kmajor="${kmajor%%.*}"
+kminor="${kver#v*.}"; kminor="${kminor%%.*}"
+kldflags="-s -w \
+  -X k8s.io/component-base/version.gitVersion=$kver \
+  -X k8s.io/component-base/version.gitMajor=$kmajor \
+  -X k8s.io/component-base/version.gitMinor=$kminor \
+  -X k8s.io/component-base/version.gitTreeState=clean"
+for node_bin in kubelet kube-scheduler; do
+  if up_to_date "$out/$node_bin" "$here" "$here/build.sh"; then
+    echo "$node_bin is up to date: $out/$node_bin"
+  else
+    echo "building $node_bin $kver..."
+    build "$node_bin" "$here" "k8s.io/kubernetes/cmd/$node_bin" "$kldflags"
+  fi
+done
+if up_to_date "$out/pause" "$here/pause" "$here/build.sh"; then
+  echo "pause is up to date: $out/pause"
+else
+  build pause "$here" ./pause "-s -w"
 fi
 
 # --- helm ----------------------------------------------------------------------

@@ -14,10 +14,11 @@ import (
 	kcmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
 )
 
-// controllers the control plane runs: what a namespace deletion, garbage
-// collection and ServiceAccount tokens need. Node, endpoint and workload
-// controllers stay off: there are no nodes.
-const controllers = "namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller"
+// defaultControllers the control plane runs: what a namespace deletion,
+// garbage collection and ServiceAccount tokens need. Node, endpoint and
+// workload controllers stay off unless asked for (--controllers): without a
+// node there is nothing for them to do.
+const defaultControllers = "namespace-controller,garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller"
 
 // startControllerManager runs the real kube-controller-manager (from the
 // same k8s.io/kubernetes module as the apiserver) in this process, as the
@@ -25,7 +26,7 @@ const controllers = "namespace-controller,garbage-collector-controller,serviceac
 // in-process test server sets it up (cmd/kube-controller-manager/app/testing):
 // its own component registry, so it does not clash with the apiserver's.
 // Errors after start-up arrive on the returned channel.
-func startControllerManager(ctx context.Context, kubeconfig, saKey, rootCA string) (<-chan error, error) {
+func startControllerManager(ctx context.Context, kubeconfig, saKey, rootCA, controllers string) (<-chan error, error) {
 	// Two servers in one process: leave the apiserver's logging set-up be.
 	logsapi.ReapplyHandling = logsapi.ReapplyHandlingIgnoreUnchanged
 	s, err := kcmoptions.NewKubeControllerManagerOptions()

@@ -68,20 +68,22 @@ var stopping atomic.Bool
 
 // Info is what the control plane prints on stdout once it is ready.
 type Info struct {
-	Dir                    string  `json:"dir"`
-	Server                 string  `json:"server"`
-	CAFile                 string  `json:"caFile"`
-	AdminKubeconfig        string  `json:"adminKubeconfig"`
-	AdminUser              string  `json:"adminUser"`
-	AdminToken             string  `json:"adminToken"`
-	OperatorKubeconfig     string  `json:"operatorKubeconfig"`
-	OperatorNamespace      string  `json:"operatorNamespace"`
-	OperatorServiceAccount string  `json:"operatorServiceAccount"`
-	OperatorUser           string  `json:"operatorUser"`
-	OperatorTokenFile      string  `json:"operatorTokenFile"`
-	EtcdEndpoint           string  `json:"etcdEndpoint"`
-	PID                    int     `json:"pid"`
-	ReadySeconds           float64 `json:"readySeconds"`
+	Dir                    string `json:"dir"`
+	Server                 string `json:"server"`
+	CAFile                 string `json:"caFile"`
+	AdminKubeconfig        string `json:"adminKubeconfig"`
+	AdminUser              string `json:"adminUser"`
+	AdminToken             string `json:"adminToken"`
+	OperatorKubeconfig     string `json:"operatorKubeconfig"`
+	OperatorNamespace      string `json:"operatorNamespace"`
+	OperatorServiceAccount string `json:"operatorServiceAccount"`
+	OperatorUser           string `json:"operatorUser"`
+	OperatorTokenFile      string `json:"operatorTokenFile"`
+	// Node is set with --node.
+	Node         *NodeInfo `json:"node,omitempty"`
+	EtcdEndpoint string    `json:"etcdEndpoint"`
+	PID          int       `json:"pid"`
+	ReadySeconds float64   `json:"readySeconds"`
 }
 
 type multiFlag []string
@@ -134,6 +136,10 @@ func run() int {
 	tokenTTL := fs.Duration("operator-token-ttl", time.Hour, "lifetime of the operator's ServiceAccount tokens (the TokenRequest API's minimum is 10m)")
 	tokenRefresh := fs.Duration("operator-token-refresh", 0, "how often to replace the operator's token; 0: at 80% of its lifetime, as the kubelet does")
 	withKCM := fs.Bool("controller-manager", true, "also run kube-controller-manager (namespace, garbage collector, ServiceAccount and token controllers)")
+	controllers := fs.String("controllers", "", "kube-controller-manager's --controllers (default: the namespace, garbage collector, ServiceAccount and token controllers; with --node every controller on by default)")
+	withNode := fs.Bool("node", false, "also run a node: the kubelet and kube-scheduler from tools beside this binary, Debian's containerd and runc, CNI's bridge plugin (needs root)")
+	var nodeImages multiFlag
+	fs.Var(&nodeImages, "node-image", "with --node: package a static binary as an image and import it, REF=PATH (repeatable)")
 	var extra multiFlag
 	fs.Var(&extra, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=4 (repeatable; later flags win)")
 	fs.Usage = func() {
@@ -153,6 +159,32 @@ func run() int {
 	if *keepData && *dirFlag == "" {
 		logf("--keep-data needs --dir")
 		return 2
+	}
+	if *keepData && *withNode {
+		logf("--keep-data and --node do not go together")
+		return 2
+	}
+	var images []nodeImage
+	for _, v := range nodeImages {
+		img, err := parseNodeImage(v)
+		if err != nil {
+			logf("%v", err)
+			return 2
+		}
+		images = append(images, img)
+	}
+	if *controllers == "" {
+		*controllers = defaultControllers
+		if *withNode {
+			*controllers = "*"
+		}
+	}
+	if *withNode {
+		// before anything is started: say what is missing, precisely
+		if err := nodePrerequisites(); err != nil {
+			logf("--node: %v", err)
+			return 1
+		}
 	}
 
 	// Own signal handling. kube-apiserver's command installs its own handler
@@ -239,7 +271,7 @@ func run() int {
 		os.Exit(code)
 	}
 
-	opts := options{opNS: *opNS, opSA: *opSA, exitOnEOF: *exitOnEOF, keepData: *keepData, withKCM: *withKCM,
+	opts := options{opNS: *opNS, opSA: *opSA, exitOnEOF: *exitOnEOF, keepData: *keepData, withKCM: *withKCM, controllers: *controllers, node: *withNode, nodeImages: images,
 		readyTimeout: *readyTimeout, tokenTTL: *tokenTTL, tokenRefresh: *tokenRefresh, extra: extra}
 	code := serve(dir, opts, sigs, start)
 	cleanupDir()
@@ -270,6 +302,9 @@ type options struct {
 	opNS, opSA             string
 	exitOnEOF, keepData    bool
 	withKCM                bool
+	controllers            string
+	node                   bool
+	nodeImages             []nodeImage
 	readyTimeout           time.Duration
 	tokenTTL, tokenRefresh time.Duration
 	extra                  []string
@@ -360,7 +395,16 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 	}
 	opUser := fmt.Sprintf("system:serviceaccount:%s:%s", o.opNS, o.opSA)
 	tokenFile := filepath.Join(dir, "tokens.csv")
+	// The node's identities, as kubeadm gives them: the kubelet is
+	// system:node:<name> in system:nodes (the Node authorizer and the
+	// NodeRestriction admission plugin apply), the scheduler
+	// system:kube-scheduler (its bootstrap RBAC role).
+	nodeToken, schedulerToken := randomToken(), randomToken()
 	tokens := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", adminToken, adminUser, "dbgrant-admin-uid")
+	if o.node {
+		tokens += fmt.Sprintf("%s,system:node:%s,%s,\"system:nodes\"\n", nodeToken, nodeName, "dbgrant-node-uid")
+		tokens += fmt.Sprintf("%s,system:kube-scheduler,%s\n", schedulerToken, "dbgrant-scheduler-uid")
+	}
 	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
 		logf("%v", err)
 		return 1
@@ -393,7 +437,7 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 		"--bind-address=127.0.0.1",
 		"--secure-port=" + strconv.Itoa(port),
 		"--cert-dir=" + certDir,
-		"--authorization-mode=RBAC",
+		"--authorization-mode=Node,RBAC",
 		"--token-auth-file=" + tokenFile,
 		"--service-account-key-file=" + saKey,
 		"--service-account-signing-key-file=" + saKey,
@@ -401,9 +445,6 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 		"--api-audiences=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
-		// ServiceAccount admission would add a token volume to every pod;
-		// there are no nodes to run pods, and envtest disables it too.
-		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--endpoint-reconciler-type=none",
@@ -526,7 +567,7 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 	defer cancelKCM()
 	if !o.withKCM {
 		close(kcmStopped)
-	} else if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile); err != nil {
+	} else if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile, o.controllers); err != nil {
 		logf("kube-controller-manager: %v", err)
 		stopSelf()
 		waitAPIServer(apiDone)
@@ -538,6 +579,41 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 			}
 			close(kcmStopped)
 		}()
+	}
+	if o.node {
+		nodeKC, schedKC := filepath.Join(dir, "node.kubeconfig"), filepath.Join(dir, "scheduler.kubeconfig")
+		err := writeKubeconfig(nodeKC, server, ca, "system:node:"+nodeName, clientcmdapi.AuthInfo{Token: nodeToken}, "default")
+		if err == nil {
+			err = writeKubeconfig(schedKC, server, ca, "system:kube-scheduler", clientcmdapi.AuthInfo{Token: schedulerToken}, "default")
+		}
+		var n *node
+		if err == nil {
+			exe, _ := os.Executable()
+			n, err = startNode(kcmCtx, dir, filepath.Dir(exe), port, nodeKC, schedKC, info.AdminKubeconfig, o.nodeImages)
+		}
+		if err != nil {
+			logf("node: %v", err)
+			stopClients()
+			stopSelf()
+			waitAPIServer(apiDone)
+			return 1
+		}
+		info.Node = &n.info
+		stopKCM := stopClients
+		stopClients = func() {
+			n.stop()
+			stopKCM()
+		}
+		if line, err = json.Marshal(info); err == nil {
+			err = os.WriteFile(filepath.Join(dir, "controlplane.json"), append(line, '\n'), 0o644)
+		}
+		if err != nil {
+			logf("%v", err)
+			stopClients()
+			stopSelf()
+			waitAPIServer(apiDone)
+			return 1
+		}
 	}
 	if _, err := fmt.Fprintf(jsonOut, "%s\n", line); err != nil {
 		// the reader is gone
