@@ -538,13 +538,6 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 	if err == nil {
 		err = writeKubeconfig(info.OperatorKubeconfig, server, ca, opUser, clientcmdapi.AuthInfo{TokenFile: info.OperatorTokenFile}, o.opNS)
 	}
-	var line []byte
-	if err == nil {
-		line, err = json.Marshal(info)
-	}
-	if err == nil {
-		err = os.WriteFile(filepath.Join(dir, "controlplane.json"), append(line, '\n'), 0o644)
-	}
 	if err != nil {
 		logf("%v", err)
 		stopSelf()
@@ -552,10 +545,16 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 		return 1
 	}
 	// The apiserver's graceful stop waits for its clients' requests: stop
-	// the in-process clients (controller-manager, token refresher) first.
+	// the in-process clients (node, controller-manager, token refresher)
+	// first.
 	kcmCtx, cancelKCM := context.WithCancel(context.Background())
+	defer cancelKCM()
 	kcmStopped := make(chan struct{})
+	var nd *node
 	stopClients := func() {
+		if nd != nil {
+			nd.stop()
+		}
 		cancelTokens()
 		cancelKCM()
 		select {
@@ -564,14 +563,18 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 			logf("kube-controller-manager did not stop within 15s")
 		}
 	}
-	defer cancelKCM()
-	if !o.withKCM {
-		close(kcmStopped)
-	} else if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile, o.controllers); err != nil {
-		logf("kube-controller-manager: %v", err)
+	fail := func(what string, err error) int {
+		logf("%s: %v", what, err)
+		stopClients()
 		stopSelf()
 		waitAPIServer(apiDone)
 		return 1
+	}
+	if !o.withKCM {
+		close(kcmStopped)
+	} else if kcmDone, err := startControllerManager(kcmCtx, info.AdminKubeconfig, saKey, caFile, o.controllers); err != nil {
+		close(kcmStopped)
+		return fail("kube-controller-manager", err)
 	} else {
 		go func() {
 			if err := <-kcmDone; err != nil && !stopping.Load() {
@@ -586,34 +589,21 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 		if err == nil {
 			err = writeKubeconfig(schedKC, server, ca, "system:kube-scheduler", clientcmdapi.AuthInfo{Token: schedulerToken}, "default")
 		}
-		var n *node
 		if err == nil {
 			exe, _ := os.Executable()
-			n, err = startNode(kcmCtx, dir, filepath.Dir(exe), port, nodeKC, schedKC, info.AdminKubeconfig, o.nodeImages)
+			nd, err = startNode(kcmCtx, dir, filepath.Dir(exe), port, nodeKC, schedKC, info.AdminKubeconfig, o.nodeImages)
 		}
 		if err != nil {
-			logf("node: %v", err)
-			stopClients()
-			stopSelf()
-			waitAPIServer(apiDone)
-			return 1
+			return fail("node", err)
 		}
-		info.Node = &n.info
-		stopKCM := stopClients
-		stopClients = func() {
-			n.stop()
-			stopKCM()
-		}
-		if line, err = json.Marshal(info); err == nil {
-			err = os.WriteFile(filepath.Join(dir, "controlplane.json"), append(line, '\n'), 0o644)
-		}
-		if err != nil {
-			logf("%v", err)
-			stopClients()
-			stopSelf()
-			waitAPIServer(apiDone)
-			return 1
-		}
+		info.Node = &nd.info
+	}
+	line, err := json.Marshal(info)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, "controlplane.json"), append(line, '\n'), 0o644)
+	}
+	if err != nil {
+		return fail("controlplane.json", err)
 	}
 	if _, err := fmt.Fprintf(jsonOut, "%s\n", line); err != nil {
 		// the reader is gone

@@ -16,12 +16,15 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use dbgrant_harness::{
     Cluster, DumpOnFailure, Operator,
-    cluster::client,
     controlplane::{self, ControlPlane},
     operator::Options,
 };
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, api::DeleteParams};
+use kube::{
+    Api,
+    api::DeleteParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
 use serde_json::Value;
 
 use crate::common::{mongo_double, operator_lock};
@@ -43,18 +46,12 @@ fn claims(token: &str) -> Result<Value> {
 
 /// What the apiserver answers to `token` on an authenticated request:
 /// `Ok(())` when it is accepted, the HTTP status otherwise.
-async fn try_token(kubeconfig: &Path, token: &str, dir: &Path) -> Result<std::result::Result<(), u16>> {
-    let mut kc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(kubeconfig)?)?;
-    for u in kc["users"].as_sequence_mut().context("kubeconfig without users")? {
-        let user = u["user"].as_mapping_mut().context("user")?;
-        user.remove("tokenFile");
-        user.insert("token".into(), token.into());
-    }
-    let path = dir.join("probe.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
-    let probe = client(&path).await?;
-    std::fs::remove_file(&path)?;
-    let api: Api<Secret> = Api::namespaced(probe, "default");
+async fn try_token(kubeconfig: &Path, token: &str) -> Result<std::result::Result<(), u16>> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    config.auth_info.token_file = None;
+    config.auth_info.token = Some(token.to_string().into());
+    let api: Api<Secret> = Api::namespaced(kube::Client::try_from(config)?, "default");
     match api.list(&Default::default()).await {
         // authenticated; the operator may not list Secrets there (403)
         Ok(_) => Ok(Ok(())),
@@ -117,7 +114,7 @@ async fn the_operator_follows_its_refreshed_service_account_token() -> Result<()
 
     // Revoke the tokens the operator started with.
     for (token, _) in &read_at_start {
-        assert_eq!(try_token(&cluster.operator_kubeconfig, token, &cp.info.dir).await?, Ok(()), "before revocation");
+        assert_eq!(try_token(&cluster.operator_kubeconfig, token).await?, Ok(()), "before revocation");
     }
     let secrets: Api<Secret> = Api::namespaced(cluster.admin.clone(), &cluster.operator_namespace);
     for (_, holder) in &read_at_start {
@@ -127,7 +124,7 @@ async fn the_operator_follows_its_refreshed_service_account_token() -> Result<()
     for (token, _) in &read_at_start {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match try_token(&cluster.operator_kubeconfig, token, &cp.info.dir).await? {
+            match try_token(&cluster.operator_kubeconfig, token).await? {
                 Err(401) => break,
                 other if Instant::now() > deadline => bail!("a revoked token still answers {other:?}"),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
