@@ -23,6 +23,17 @@ for component in rustfmt clippy; do
   fi
 done
 
+# A full build of the workspace with its tests takes about 6 GiB under
+# target/, and the Go caches about 2 more; a disk that fills mid-build makes
+# cargo fail with a bare exit code, so say it up front (a warning: a warm
+# target/ needs far less).
+step "free disk"
+df -h . | tail -1
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if (( free_kib < 8 * 1024 * 1024 )); then
+  echo "WARNING: only $((free_kib / 1024)) MiB free here; a fresh build and the tests need about 8 GiB" >&2
+fi
+
 step "cargo fmt --check"
 timed "format check" cargo fmt --all -- --check
 
@@ -30,8 +41,10 @@ step "cargo clippy (warnings denied)"
 timed "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "generated CRDs are current"
-timed "crdgen" cargo run --quiet --locked --bin dbgrant -- crdgen --out "${TMPDIR:-/tmp}/dbgrant-crds-check" >/dev/null 2>&1
-diff -r crds "${TMPDIR:-/tmp}/dbgrant-crds-check" >/dev/null || {
+crd_check=$(mktemp -d "${TMPDIR:-/tmp}/dbgrant-crds-check.XXXXXX")
+trap 'rm -rf "$crd_check"' EXIT
+timed "crdgen" cargo run --quiet --locked --bin dbgrant -- crdgen --out "$crd_check" >/dev/null
+diff -r crds "$crd_check" >/dev/null || {
   echo "crds/ is stale: run cargo run -- crdgen --out crds --out charts/dbgrant/crds --out deploy/base/crds" >&2
   exit 1
 }
