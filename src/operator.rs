@@ -2,7 +2,10 @@
 //! leader election and graceful shutdown together. The top of the
 //! dependency graph: it uses every layer and nothing uses it but `main`.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
@@ -31,6 +34,10 @@ use crate::{
     },
 };
 
+/// How long a stopping leader waits for the apiserver to take its Lease
+/// back; past it the Lease expires on its own.
+const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Run the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format, &args.log_filter)?;
@@ -47,7 +54,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("dbgrant-{}", std::process::id()));
-    let mut lost_leadership = None;
+    let mut leadership = None;
     if args.leader_elect {
         // A follower is healthy and ready: it serves probes while it waits.
         health.set_ready(true);
@@ -55,9 +62,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             r = leader::acquire(client.clone(), &args.namespace, &args.lease_name, &identity, args.lease_duration) => Some(r?),
             _ = shutdown.cancelled() => None,
         };
-        let Some((rx, _task)) = acquired else { return finish(server).await };
+        let Some(held) = acquired else { return finish(server).await };
         health.set_ready(false);
-        lost_leadership = Some(rx);
+        leadership = Some(held);
     }
     metrics.leader.set(1);
 
@@ -78,19 +85,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         audit_events: args.audit_events,
     });
 
-    if let Some(mut rx) = lost_leadership {
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                if !*rx.borrow() {
-                    tracing::error!("lost leadership; stopping so a clean follower can take over");
-                    token.cancel();
-                    return;
-                }
-            }
-        });
-    }
-
     // Ready once both backends' caches are synced and their binding indexes
     // primed, so no reconcile acts on a partial view.
     let (mongo_primed, mongo_rx) = tokio::sync::oneshot::channel();
@@ -107,9 +101,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cosmos_controllers(shared.clone(), args.concurrency, shutdown.clone(), cosmos_primed),
     );
     tracing::info!(namespace = %args.namespace, "dbgrant started");
-    controllers.await;
+    let lost = async {
+        match leadership.as_mut() {
+            Some(held) => held.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(controllers);
+    tokio::select! {
+        _ = &mut controllers => {}
+        _ = lost => {
+            tracing::error!("lost leadership; stopping so a clean follower can take over");
+            shutdown.cancel();
+            controllers.await;
+        }
+    }
     tracing::info!("controllers stopped; shutting down");
     shutdown.cancel();
+    // Only now, with no reconcile in flight, may the next leader start.
+    if let Some(held) = leadership {
+        held.release(LEASE_RELEASE_TIMEOUT).await;
+    }
     finish(server).await
 }
 
