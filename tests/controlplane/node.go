@@ -231,9 +231,13 @@ func (n *node) network(apiPort int) error {
 			map[string]any{
 				"type": "bridge", "bridge": nodeBridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
 				"ipam": map[string]any{
-					"type":   "host-local",
-					"ranges": [][]map[string]string{{{"subnet": nodePodCIDR, "gateway": nodeHostIP}}},
-					"routes": []map[string]string{{"dst": "10.0.0.0/24"}},
+					"type": "host-local",
+					// Allocations live with the run, not in the host's
+					// /var/lib/cni: containers killed on stop never get a
+					// CNI DEL, and leaked addresses would fill the range.
+					"dataDir": filepath.Join(n.dir, "cni/ipam"),
+					"ranges":  [][]map[string]string{{{"subnet": nodePodCIDR, "gateway": nodeHostIP}}},
+					"routes":  []map[string]string{{"dst": "10.0.0.0/24"}},
 				},
 			},
 			map[string]any{"type": "loopback"},
@@ -400,12 +404,15 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 resolvConf: /etc/resolv.conf
+# Container logs stay in the run's directory (tests read them there),
+# not in the host's /var/log/pods.
+podLogsDir: %[2]s
 # A test node on a shared disk: evict for nothing but memory.
 localStorageCapacityIsolation: false
 evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%%", "imagefs.available": "1%%", "nodefs.inodesFree": "1%%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, n.socket)
+`, n.socket, filepath.Join(n.dir, "pod-logs"))
 	path := filepath.Join(n.dir, "kubelet.yaml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		return err

@@ -397,6 +397,33 @@ pub fn duplicate_creates(double: &MongoDouble) -> Vec<String> {
     dups
 }
 
+/// Role writes applied twice in a row with the same effect (an `updateRole`
+/// that repeats the one before it, a role created twice), from the double's
+/// log: a change replayed after the restart instead of compared with what
+/// the server holds.
+pub fn repeated_writes(double: &MongoDouble) -> Vec<String> {
+    let mut last: HashMap<String, (String, String)> = HashMap::new();
+    let mut repeated = Vec::new();
+    for r in double.user_management_log() {
+        if !matches!(r.outcome, Outcome::Ok | Outcome::Dropped { applied: true }) {
+            continue;
+        }
+        let Some(role) = ["createRole", "updateRole", "dropRole"]
+            .iter()
+            .find_map(|c| (r.name == *c).then(|| r.body.get_str(c).ok()).flatten())
+        else {
+            continue;
+        };
+        let effect = format!("{:?} {:?}", r.body.get("roles"), r.body.get("privileges"));
+        let write = (r.name.clone(), effect);
+        if last.get(role) == Some(&write) {
+            repeated.push(format!("{} {role} applied twice with the same content (seq {})", r.name, r.seq));
+        }
+        last.insert(role.to_string(), write);
+    }
+    repeated
+}
+
 /// The churn's targets on the doubles, each checked against its double.
 pub fn all_backend_problems(churn: &Churn, doubles: &[&MongoDouble]) -> Vec<String> {
     let mut out = Vec::new();

@@ -20,6 +20,7 @@ mod mongo;
 mod mongo_hostile;
 mod mongo_operator_oidc;
 mod namespaces;
+mod node;
 mod observe;
 mod plan;
 mod rbac;

@@ -7,12 +7,11 @@
 //! twice, and it never exits.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use dbgrant_doubles::mongo::{MongoDouble, Outcome};
 use dbgrant_harness::{
     Cluster, DumpOnFailure, Operator,
     controlplane::{self, ControlPlane},
@@ -21,34 +20,7 @@ use dbgrant_harness::{
 
 use crate::common::{mongo_double, operator_lock};
 use crate::faults_common::{env_u64, no_panics, seed, summary};
-use crate::faults_mongo_model::{Churn, assert_quiet, duplicate_creates, settle, target_doc, targets};
-
-/// Role writes applied twice in a row with the same effect (an `updateRole`
-/// that repeats the one before it, a role created twice), from the double's
-/// log: a change replayed after the restart instead of compared with what
-/// the server holds.
-fn repeated_writes(double: &MongoDouble) -> Vec<String> {
-    let mut last: HashMap<String, (String, String)> = HashMap::new();
-    let mut repeated = Vec::new();
-    for r in double.user_management_log() {
-        if !matches!(r.outcome, Outcome::Ok | Outcome::Dropped { applied: true }) {
-            continue;
-        }
-        let Some(role) = ["createRole", "updateRole", "dropRole"]
-            .iter()
-            .find_map(|c| (r.name == *c).then(|| r.body.get_str(c).ok()).flatten())
-        else {
-            continue;
-        };
-        let effect = format!("{:?} {:?}", r.body.get("roles"), r.body.get("privileges"));
-        let write = (r.name.clone(), effect);
-        if last.get(role) == Some(&write) {
-            repeated.push(format!("{} {role} applied twice with the same content (seq {})", r.name, r.seq));
-        }
-        last.insert(role.to_string(), write);
-    }
-    repeated
-}
+use crate::faults_mongo_model::{Churn, assert_quiet, duplicate_creates, repeated_writes, settle, target_doc, targets};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_restarts_mid_churn_and_after_an_unseen_deletion() -> Result<()> {

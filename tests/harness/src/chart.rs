@@ -39,3 +39,29 @@ pub fn template_for(namespace: &str, set: &[&str], api_versions: &[&str]) -> Res
 pub fn rbac(docs: &[Value]) -> Vec<Value> {
     docs.iter().filter(|d| RBAC_KINDS.contains(&manifests::kind(d))).cloned().collect()
 }
+
+/// Run the pinned helm against a cluster: `helm <args>` with `KUBECONFIG`
+/// set to `kubeconfig`; its stdout, or an error carrying its stderr.
+pub fn helm(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
+    let helm = paths::tool("helm")?;
+    let out = Command::new(&helm)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        // helm keeps its cache and config under $HOME unless told; keep a
+        // run's state out of the user's.
+        .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm-cache"))
+        .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm-config"))
+        .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm-data"))
+        .output()
+        .with_context(|| format!("running {}", helm.display()))?;
+    if !out.status.success() {
+        bail!(
+            "helm {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

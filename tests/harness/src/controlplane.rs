@@ -44,6 +44,39 @@ pub struct Info {
     pub operator_user: String,
     /// Seconds from start to ready.
     pub ready_seconds: f64,
+    /// The node, when started with [`Options::node`].
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
+}
+
+/// The node a control plane runs with [`Options::node`]: a kubelet and
+/// kube-scheduler, Debian's containerd and runc, pods on a private CNI
+/// bridge with no route off the machine.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The Node's name.
+    pub name: String,
+    /// The host's address on the pod bridge: what pods reach the machine
+    /// (and servers the test runs) at.
+    #[serde(rename = "hostIP")]
+    pub host_ip: String,
+    /// The pods' addresses.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: String,
+    /// Its state: containerd's, the kubelet's, and the containers' logs
+    /// under `pod-logs/<namespace>_<pod>_<uid>/<container>/`.
+    pub dir: PathBuf,
+    /// Seconds from starting containerd to the Node's Ready=True.
+    pub ready_seconds: f64,
+}
+
+/// A node's settings (see [`Options::node`]).
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Static binaries to package as single-file images and import into
+    /// containerd (no registry): `(reference, binary)`.
+    pub images: Vec<(String, PathBuf)>,
 }
 
 /// How to start a control plane.
@@ -59,6 +92,13 @@ pub struct Options {
     /// Replace the operator's token this often instead of at 80 % of its
     /// lifetime (tests of the refresh).
     pub operator_token_refresh: Option<std::time::Duration>,
+    /// The namespace of the operator's ServiceAccount identity (default
+    /// `dbgrant-system`); a test that `helm install`s the chart there picks
+    /// another, so the chart owns its ServiceAccount.
+    pub operator_namespace: Option<String>,
+    /// Also run a node (needs root, containerd, runc and the CNI plugins;
+    /// the control plane says precisely what is missing).
+    pub node: Option<NodeOptions>,
 }
 
 /// A running control plane. It stops when this value is dropped, or when
@@ -130,6 +170,15 @@ impl ControlPlane {
         }
         if let Some(every) = options.operator_token_refresh {
             cmd.arg(format!("--operator-token-refresh={}ms", every.as_millis()));
+        }
+        if let Some(ns) = &options.operator_namespace {
+            cmd.arg(format!("--operator-namespace={ns}"));
+        }
+        if let Some(node) = &options.node {
+            cmd.arg("--node");
+            for (reference, binary) in &node.images {
+                cmd.arg(format!("--node-image={reference}={}", binary.display()));
+            }
         }
         let mut child = cmd
             .arg("--exit-on-stdin-eof")
@@ -211,8 +260,11 @@ impl Drop for ControlPlane {
         // A frozen control plane cannot notice its stdin closing.
         self.freeze(false);
         self.stdin.take();
-        // Give it a moment to exit cleanly on stdin EOF, then make sure.
-        for _ in 0..50 {
+        // Give it a moment to exit cleanly on stdin EOF, then make sure. A
+        // node takes longer: it stops the kubelet, the containers and
+        // containerd, and removes its mounts, network namespaces and rules.
+        let tenths = if self.options.node.is_some() { 600 } else { 50 };
+        for _ in 0..tenths {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }

@@ -45,3 +45,32 @@ pub fn run_dir(label: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
+
+/// The static (musl) release binary `deploy/build-binary.sh` builds, the
+/// one the image ships; an error saying how to build it when it is missing
+/// or older than the sources (a stale binary would test yesterday's
+/// operator).
+pub fn static_binary() -> Result<PathBuf> {
+    let root = repo_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let binary = target.join("x86_64-unknown-linux-musl/release/dbgrant");
+    let built = std::fs::metadata(&binary)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} is missing: build it with deploy/build-binary.sh", binary.display()))?;
+    let mut newest = (std::time::SystemTime::UNIX_EPOCH, PathBuf::new());
+    let mut pending = vec![root.join("src"), root.join("Cargo.toml"), root.join("Cargo.lock")];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        } else if meta.modified()? > newest.0 {
+            newest = (meta.modified()?, path);
+        }
+    }
+    if newest.0 > built {
+        bail!("{} is older than {}: rebuild it with deploy/build-binary.sh", binary.display(), newest.1.display());
+    }
+    Ok(binary)
+}
