@@ -4,14 +4,17 @@
 //! (`deploy/build-binary.sh`, no registry), and `helm install` deploys it
 //! with two replicas. The pods authenticate with the ServiceAccount tokens
 //! the kubelet projects, reach the apiserver through the `kubernetes`
-//! Service, and reach the MongoDB double on the host's address on the pod
-//! bridge; nothing leaves the machine.
+//! Service, and reach the MongoDB and ARM doubles on the host's address on
+//! the pod bridge; nothing leaves the machine.
 //!
 //! It shows: the Deployment becomes Available with both pods Ready (their
-//! probes pass) and one Lease holder; the MongoDB quickstart examples turn
-//! Ready through the in-cluster operator; a rollout replaces the leader
-//! while bindings keep changing, and no change is applied twice; a deleted
-//! binding is revoked by the new leader.
+//! probes pass) and one Lease holder; the quickstart examples turn Ready
+//! through the in-cluster operator, MongoDB's and Cosmos DB's, the latter
+//! with the ServiceAccount token the kubelet projects for Entra's audience
+//! (the ARM + Entra double verifies it with the keys the apiserver
+//! publishes); a rollout replaces the leader while bindings keep changing,
+//! and no change is applied twice; a deleted binding is revoked by the new
+//! leader.
 //!
 //! Needs root, `containerd`, `runc` and the CNI plugins (Debian:
 //! `apt-get install containerd runc containernetworking-plugins iptables
@@ -26,11 +29,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use dbgrant_doubles::mongo::{MongoDouble, MongoDoubleConfig, ScramUser};
+use dbgrant_doubles::{
+    arm::FEDERATED_TOKEN_AUDIENCE,
+    mongo::{MongoDouble, MongoDoubleConfig, ScramUser},
+};
 use dbgrant_harness::{
     Cluster, DumpOnFailure, chart,
     controlplane::{self, ControlPlane, NodeInfo, NodeOptions},
-    examples, manifests, paths,
+    examples::{self, CosmosDouble, CosmosDoubleOptions},
+    manifests, paths,
 };
 use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, api::ListParams};
@@ -156,7 +163,34 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
             .user(ScramUser::admin(MONGO_ADMIN.0, MONGO_ADMIN.1)),
     )
     .await?;
-    let dump = DumpOnFailure::new(cluster, &[RELEASE_NS, "team-orders"]);
+    // The ARM + Entra double on the bridge too. It trusts the apiserver as
+    // the issuer of the operator's federated tokens, with the keys the
+    // apiserver publishes: the pods present the token the kubelet projects,
+    // as on AKS, not one the double minted.
+    let operator_subject = format!("system:serviceaccount:{RELEASE_NS}:dbgrant");
+    let issuer = cluster.service_account_issuer().await?;
+    let issuer_name = issuer.0.clone();
+    let cosmos = CosmosDouble::start_with(
+        &operator_subject,
+        CosmosDoubleOptions { listen: Some(format!("{}:0", node.host_ip).parse()?), issuer: Some(issuer) },
+    )
+    .await?;
+    let dump = DumpOnFailure::new(cluster, &[RELEASE_NS, "team-orders", "team-catalog"]);
+    // What the Azure Workload Identity webhook injects into a labelled pod:
+    // the token file's variable and a projected ServiceAccount token for
+    // Entra's audience (tenant and client id come from the CosmosTarget,
+    // the authority host from its spec.cloud).
+    let values = paths::run_dir("node-values")?.join("values.yaml");
+    std::fs::write(
+        &values,
+        serde_json::to_string(&serde_json::json!({
+            "extraEnv": [{"name": "AZURE_FEDERATED_TOKEN_FILE", "value": "/var/run/secrets/azure/tokens/azure-identity-token"}],
+            "extraVolumes": [{"name": "azure-identity-token", "projected": {"sources": [{"serviceAccountToken": {
+                "path": "azure-identity-token", "audience": FEDERATED_TOKEN_AUDIENCE, "expirationSeconds": 3600}}]}}],
+            "extraVolumeMounts": [{"name": "azure-identity-token", "mountPath": "/var/run/secrets/azure/tokens", "readOnly": true}],
+        }))?,
+    )?;
+    let values = values.to_str().context("values path")?.to_string();
 
     // 1. helm install, two replicas, and wait for the Deployment.
     let chart_dir = paths::repo_root().join("charts/dbgrant");
@@ -175,6 +209,8 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
                     "--namespace",
                     RELEASE_NS,
                     "--create-namespace",
+                    "--values",
+                    &values,
                     "--set",
                     &format!("image.repository={}", IMAGE.0),
                     "--set",
@@ -236,6 +272,34 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
         let roles: Vec<String> = held.roles.iter().map(|r| format!("{}@{}", r.role, r.db)).collect();
         assert_eq!(roles, [role], "role of {group}");
     }
+
+    // The Cosmos DB quickstart examples: the target, the custom role
+    // definition and the bindings, through ARM with the projected token.
+    let mut cosmos_target = manifests::example("cosmos-target.yaml")?;
+    cosmos.point_examples(&mut cosmos_target);
+    let definition = manifests::example("cosmos-roledefinition.yaml")?;
+    let cosmos_bindings = manifests::example("cosmos-rolebindings.yaml")?;
+    let t = Instant::now();
+    cluster.apply(&cluster.admin, &cosmos.ca_secret(RELEASE_NS), None).await?;
+    cluster.apply_all(&cluster.admin, &cosmos_target, None).await?;
+    cluster.apply_all(&cluster.admin, &definition, None).await?;
+    cluster.apply_all(&cluster.admin, &cosmos_bindings, None).await?;
+    let ct = cosmos_target.iter().find(|d| manifests::kind(d) == "CosmosTarget").context("example CosmosTarget")?;
+    cluster.wait_condition(ct, None, "Ready", "True", Some("Connected"), SETTLE).await?;
+    cluster.wait_condition(&definition[0], None, "Ready", "True", Some("Applied"), SETTLE).await?;
+    let mut status_assignments = 0;
+    for b in cosmos_bindings.iter().filter(|d| manifests::kind(d) == "CosmosRoleBinding") {
+        let o = cluster.wait_condition(b, None, "Ready", "True", Some("Applied"), SETTLE).await?;
+        status_assignments += o.data["status"]["assignments"].as_array().map_or(0, Vec::len);
+    }
+    let cosmos_secs = t.elapsed().as_secs_f64();
+    let grants = cosmos.grants(&cosmos.examples.account);
+    assert!(!grants.is_empty(), "no role assignment in the account");
+    assert_eq!(grants.len(), status_assignments, "the bindings' status names every assignment: {grants:#?}");
+    assert!(
+        cosmos.grants(&cosmos.examples.account).iter().all(|g| g.principal_name.is_some()),
+        "every assignment is for a directory object the examples name"
+    );
 
     // 3. A rollout (a pod annotation changes the template) replaces both
     // pods, the leader among them, while bindings keep arriving.
@@ -375,10 +439,12 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
 
     summary(&format!(
         "node: control plane + node up in {cp_secs:.1}s (node Ready {:.1}s); helm install --wait {install_secs:.1}s, \
-         2/2 pods Ready, leader {leader}; quickstart examples Ready in {examples_secs:.1}s; helm upgrade --wait {rollout_secs:.1}s, \
+         2/2 pods Ready, leader {leader}; MongoDB examples Ready in {examples_secs:.1}s, Cosmos DB examples \
+         ({} assignments, federated token issued by {issuer_name}) in {cosmos_secs:.1}s; helm upgrade --wait {rollout_secs:.1}s, \
          {} bindings added meanwhile, {} leaders seen ({}), handovers {} s after the leader began to stop; \
          {rollout_writes} role writes, 0 double applies; revoke by the new leader {revoke_secs:.1}s",
         node.ready_seconds,
+        grants.len(),
         added.len(),
         distinct.len(),
         holders.iter().map(|(s, h)| format!("{s:.1}s:{}", h.as_deref().unwrap_or("-"))).collect::<Vec<_>>().join(" "),

@@ -18,8 +18,8 @@ use azure_identity::{
 use dbgrant_doubles::arm::{
     ARM_SCOPE, Account, AccountRef, ArmAccess, ArmDouble, ArmDoubleConfig, DATA_CONTRIBUTOR_ID, DATA_READER_ID,
     DEFAULT_API_VERSION, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_MI_OBJECT_ID, DEFAULT_OBJECT_ID,
-    DEFAULT_WORKLOAD_SUBJECT, FaultTarget, FederatedCredential, OperationStatus, Principal, RequestKind,
-    RoleAssignment, RoleDefinition, new_guid,
+    DEFAULT_WORKLOAD_SUBJECT, FEDERATED_TOKEN_AUDIENCE, FaultTarget, FederatedCredential, OperationStatus, Principal,
+    RequestKind, RoleAssignment, RoleDefinition, new_guid,
 };
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -360,23 +360,39 @@ async fn workload_identity_credential_exchanges_a_federated_token_file() {
         .to_string();
     assert!(text.contains("AADSTS700027"), "{text}");
 
-    // An external issuer (say, a test kube-apiserver) once trusted.
+    // An external issuer (say, a kube-apiserver): a second double plays it,
+    // signing with its own key and publishing its JWKS.
+    let issuer_double = start(ArmDoubleConfig::default()).await;
+    let issuer = issuer_double.oidc_issuer();
+    let subject = "system:serviceaccount:ns:sa";
     let app = new_guid();
-    let issuer = "https://kubernetes.default.svc.cluster.local";
     double.add_principal(
         Principal::application(app.clone(), new_guid())
-            .federated(FederatedCredential::new(issuer, "system:serviceaccount:ns:sa"))
+            .federated(FederatedCredential::new(issuer.clone(), subject))
             .arm_access(ArmAccess::Read),
     );
-    let external = unsigned_jwt(&json!({
-        "iss": issuer, "sub": "system:serviceaccount:ns:sa", "aud": ["api://AzureADTokenExchange"],
-        "exp": now() + 600, "iat": now(),
-    }));
+    let external =
+        issuer_double.issue_federated_token_with(subject, FEDERATED_TOKEN_AUDIENCE, Duration::from_secs(600));
     std::fs::write(&token_file, &external).unwrap();
     let text = workload_credential(&double, &app, token_file.clone()).get_token(&[ARM_SCOPE], None).await.unwrap_err();
-    assert!(text.to_string().contains("AADSTS700027"), "untrusted issuer: {text}");
-    double.trust_issuer(issuer);
+    assert!(text.to_string().contains("AADSTS700027"), "issuer whose keys are unknown: {text}");
+    // Trusted with the wrong keys (this double's own): still refused.
+    double.trust_issuer(&issuer, &double.jwks()).unwrap();
+    let text = workload_credential(&double, &app, token_file.clone()).get_token(&[ARM_SCOPE], None).await.unwrap_err();
+    assert!(text.to_string().contains("AADSTS700027"), "wrong keys: {text}");
+    // With the issuer's published keys: accepted; an unsigned token from
+    // the same issuer is not.
+    double.trust_issuer(&issuer, &issuer_double.jwks()).unwrap();
     workload_credential(&double, &app, token_file.clone()).get_token(&[ARM_SCOPE], None).await.expect("trusted issuer");
+    std::fs::write(
+        &token_file,
+        unsigned_jwt(&json!({
+            "iss": issuer, "sub": subject, "aud": [FEDERATED_TOKEN_AUDIENCE], "exp": now() + 600, "iat": now(),
+        })),
+    )
+    .unwrap();
+    let text = workload_credential(&double, &app, token_file.clone()).get_token(&[ARM_SCOPE], None).await.unwrap_err();
+    assert!(text.to_string().contains("AADSTS700027"), "unsigned token: {text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

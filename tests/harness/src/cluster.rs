@@ -79,6 +79,23 @@ impl Cluster {
         })
     }
 
+    /// The apiserver's ServiceAccount token issuer and the keys it
+    /// publishes: `/.well-known/openid-configuration`'s `issuer`, and the
+    /// JWKS at the path of its `jwks_uri` — what a relying party such as
+    /// Entra workload identity federation reads.
+    pub async fn service_account_issuer(&self) -> Result<(String, Value)> {
+        let get = |path: String| async move {
+            let request = http::Request::get(path.as_str()).body(Vec::new()).context("building a GET")?;
+            let text = self.admin.request_text(request).await.with_context(|| format!("GET {path}"))?;
+            serde_json::from_str::<Value>(&text).with_context(|| format!("GET {path}: not JSON"))
+        };
+        let discovery = get("/.well-known/openid-configuration".into()).await?;
+        let issuer = discovery["issuer"].as_str().context("discovery document without issuer")?.to_string();
+        let jwks_uri = discovery["jwks_uri"].as_str().context("discovery document without jwks_uri")?;
+        let path = jwks_uri.parse::<http::Uri>().context("jwks_uri")?.path().to_string();
+        Ok((issuer, get(path).await?))
+    }
+
     /// Install the CRDs from `crds/` (waiting until Established), the
     /// operator namespace, and the operator's RBAC as the chart renders it.
     pub async fn install(&self) -> Result<()> {

@@ -16,13 +16,13 @@
 //! pointing at the double with its CA from a Secret in the operator's
 //! namespace — the settings a private or sovereign cloud needs too.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use dbgrant_doubles::{
     arm::{
         ARM_RESOURCE, Account, AccountRef, ArmAccess, ArmDouble, ArmDoubleConfig, FEDERATED_TOKEN_AUDIENCE,
-        FederatedCredential, Principal, new_guid,
+        FederatedCredential, Principal, TestPki, new_guid,
     },
     mongo::MongoDouble,
 };
@@ -135,6 +135,19 @@ pub fn principal_for(subject: &ExampleSubject) -> Principal {
     p.named(subject.display_name.clone().unwrap_or_else(|| subject.object_id.clone()))
 }
 
+/// Where a [`CosmosDouble`] serves and who issues the operator's tokens.
+#[derive(Clone, Debug, Default)]
+pub struct CosmosDoubleOptions {
+    /// Address to listen on (default `127.0.0.1:0`); its IP also goes into
+    /// the double's certificate, e.g. the host's address on a pod network.
+    pub listen: Option<SocketAddr>,
+    /// The issuer of the operator's federated tokens and its published key
+    /// set (JWKS), e.g. a kube-apiserver's ServiceAccount tokens as a
+    /// kubelet projects them (see [`crate::Cluster::service_account_issuer`]).
+    /// Default: the double mints the token itself ([`CosmosDouble::token_file`]).
+    pub issuer: Option<(String, Value)>,
+}
+
 /// An ARM + Entra double set up for the Cosmos examples, and how the
 /// operator reaches it.
 pub struct CosmosDouble {
@@ -155,20 +168,34 @@ impl CosmosDouble {
     /// (`system:serviceaccount:<ns>:<sa>`, the `sub` of the token the
     /// operator presents), their account, and their subjects.
     pub async fn start(operator_user: &str) -> Result<Self> {
+        Self::start_with(operator_user, CosmosDoubleOptions::default()).await
+    }
+
+    /// [`CosmosDouble::start`], listening and trusting as `options` say.
+    pub async fn start_with(operator_user: &str, options: CosmosDoubleOptions) -> Result<Self> {
         let examples = CosmosExamples::load()?;
         let operator_object_id = new_guid();
+        let issuer = options.issuer.as_ref().map(|(i, _)| i.clone()).unwrap_or_default();
         let mut config = ArmDoubleConfig { tenant_id: examples.tenant_id.clone(), ..Default::default() }
             .principal(
                 Principal::application(&examples.client_id, &operator_object_id)
                     .named("dbgrant (workload identity)")
-                    .federated(FederatedCredential::new("", operator_user))
+                    .federated(FederatedCredential::new(issuer, operator_user))
                     .arm_access(ArmAccess::Write),
             )
             .account(Account::new(examples.account.clone(), "westeurope"));
+        if let Some(listen) = options.listen {
+            config.listen = listen;
+            let ip = listen.ip().to_string();
+            config.pki = Some(TestPki::generate_for(&["localhost", "127.0.0.1", &ip])?);
+        }
         for s in &examples.subjects {
             config = config.principal(principal_for(s));
         }
         let double = ArmDouble::start(config).await.context("starting the ARM + Entra double")?;
+        if let Some((issuer, jwks)) = &options.issuer {
+            double.trust_issuer(issuer, jwks)?;
+        }
         let dir = paths::run_dir("arm-double")?;
         let token_file = dir.join("azure-identity-token");
         let token =

@@ -216,9 +216,9 @@ pub(crate) struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
     pub entries: BTreeMap<String, Entry>,
-    /// External token issuers whose tokens are accepted without checking
-    /// their signature.
-    pub trusted_issuers: Vec<String>,
+    /// External token issuers and the signing keys they publish (their
+    /// JWKS), as Entra reads them from the issuer's discovery document.
+    pub trusted_issuers: Vec<(String, Vec<super::jwt::Jwk>)>,
 }
 
 impl Directory {

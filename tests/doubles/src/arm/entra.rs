@@ -376,22 +376,24 @@ fn verify_federated_token(
             ),
         ));
     }
-    let signature_ok = if iss.trim_end_matches('/') == own_issuer {
-        ctx.signer.verify(jwt)
+    let signature = if iss.trim_end_matches('/') == own_issuer {
+        if ctx.signer.verify(jwt) { Ok(()) } else { Err("signed by another key".to_string()) }
     } else {
-        // External issuers: trusted explicitly, signature not checked (the
-        // double does not fetch their keys).
-        state.directory.trusted_issuers.iter().any(|t| t.trim_end_matches('/') == iss.trim_end_matches('/'))
+        // External issuers: their published keys (JWKS), registered with
+        // `trust_issuer`, as Entra fetches them from the issuer's discovery
+        // document; an issuer whose keys it cannot get is refused.
+        match state.directory.trusted_issuers.iter().find(|(t, _)| t.trim_end_matches('/') == iss.trim_end_matches('/'))
+        {
+            Some((_, keys)) => super::jwt::Jwk::verify_with_set(keys, jwt).map_err(|e| e.to_string()),
+            None => Err(format!("the signing keys of issuer '{iss}' could not be retrieved")),
+        }
     };
-    if !signature_ok {
+    if let Err(reason) = signature {
         return Err((
             401,
             "invalid_client",
             700027,
-            format!(
-                "Client assertion failed signature validation (issuer '{iss}' is neither this double's issuer nor \
-                 one it was told to trust)."
-            ),
+            format!("Client assertion failed signature validation. [Reason - {reason}.]"),
         ));
     }
     Ok(())

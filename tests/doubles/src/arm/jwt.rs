@@ -117,6 +117,93 @@ impl Signer {
     }
 }
 
+/// A signing key an external issuer publishes in its JWKS (RFC 7517): what
+/// Entra fetches from the `jwks_uri` of the issuer's OpenID discovery
+/// document to validate a federated token ("Workload identity federation",
+/// Microsoft Learn: "the external IdP's ... signing keys are used to
+/// validate the token"). RSA (`n`, `e`; a kube-apiserver signs
+/// ServiceAccount tokens RS256) or EC P-256 (`x`, `y`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Jwk {
+    pub kid: Option<String>,
+    key: JwkKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JwkKey {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// Uncompressed SEC1 point.
+    EcP256(Vec<u8>),
+}
+
+impl Jwk {
+    /// The keys of a JWKS document (`{"keys": [...]}`); keys of other types
+    /// are skipped, as a relying party does.
+    pub fn parse_set(jwks: &Value) -> Result<Vec<Self>> {
+        let keys = jwks.get("keys").and_then(Value::as_array).ok_or_else(|| anyhow!("a JWKS has a \"keys\" array"))?;
+        let b64 = |k: &Value, f: &str| -> Result<Vec<u8>> {
+            let v = k.get(f).and_then(Value::as_str).ok_or_else(|| anyhow!("JWK without {f:?}"))?;
+            URL_SAFE_NO_PAD.decode(v.trim_end_matches('=')).with_context(|| format!("JWK {f:?} is not base64url"))
+        };
+        let mut out = Vec::new();
+        for k in keys {
+            let kid = k.get("kid").and_then(Value::as_str).map(str::to_string);
+            let key = match (k.get("kty").and_then(Value::as_str), k.get("crv").and_then(Value::as_str)) {
+                (Some("RSA"), _) => JwkKey::Rsa { n: b64(k, "n")?, e: b64(k, "e")? },
+                (Some("EC"), Some("P-256")) => {
+                    let mut point = vec![0x04];
+                    point.extend(b64(k, "x")?);
+                    point.extend(b64(k, "y")?);
+                    JwkKey::EcP256(point)
+                }
+                _ => continue,
+            };
+            out.push(Self { kid, key });
+        }
+        if out.is_empty() {
+            return Err(anyhow!("the JWKS holds no RSA or P-256 key"));
+        }
+        Ok(out)
+    }
+
+    fn verify(&self, jwt: &Jwt) -> Result<()> {
+        let input = jwt.signing_input.as_bytes();
+        let ok = match (&self.key, jwt.alg()) {
+            (JwkKey::Rsa { n, e }, "RS256") => ring::signature::RsaPublicKeyComponents { n, e }
+                .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, input, &jwt.signature)
+                .is_ok(),
+            (JwkKey::EcP256(point), "ES256") => {
+                ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                    .verify(input, &jwt.signature)
+                    .is_ok()
+            }
+            (_, alg) => return Err(anyhow!("alg {alg:?} does not fit key {:?}", self.kid)),
+        };
+        if ok { Ok(()) } else { Err(anyhow!("signature does not verify with key {:?}", self.kid)) }
+    }
+
+    /// Verifies `jwt` with the key its `kid` names (any key when it names
+    /// none).
+    pub fn verify_with_set(keys: &[Self], jwt: &Jwt) -> Result<()> {
+        let kid = jwt.header.get("kid").and_then(Value::as_str);
+        let candidates: Vec<&Self> = keys.iter().filter(|k| kid.is_none() || k.kid.as_deref() == kid).collect();
+        if candidates.is_empty() {
+            return Err(anyhow!("The key was not found (kid {kid:?})"));
+        }
+        let mut last = None;
+        for k in candidates {
+            match k.verify(jwt) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no key verified the signature")))
+    }
+}
+
 /// A registered client certificate.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientCert {
@@ -190,6 +277,32 @@ fn ecdsa_fixed_to_der(sig: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jwks_verifies_its_own_issuers_tokens_only() {
+        let issuer = Signer::generate().unwrap();
+        let other = Signer::generate().unwrap();
+        let keys = Jwk::parse_set(&issuer.jwks()).unwrap();
+        let token = Jwt::parse(&issuer.sign(&json!({"sub": "x"})).unwrap()).unwrap();
+        Jwk::verify_with_set(&keys, &token).unwrap();
+        // Signed by another key under the same kid: refused.
+        let mut forged = Jwt::parse(&other.sign(&json!({"sub": "x"})).unwrap()).unwrap();
+        forged.header["kid"] = json!(issuer.kid);
+        assert!(Jwk::verify_with_set(&keys, &forged).is_err());
+        // A kid the set does not hold: "the key was not found".
+        let unknown = Jwt::parse(&other.sign(&json!({"sub": "x"})).unwrap()).unwrap();
+        assert!(Jwk::verify_with_set(&keys, &unknown).unwrap_err().to_string().contains("not found"));
+        // A tampered payload.
+        let mut tampered = token.clone();
+        tampered.signing_input.push('x');
+        assert!(Jwk::verify_with_set(&keys, &tampered).is_err());
+    }
+
+    #[test]
+    fn a_jwks_without_usable_keys_is_refused() {
+        assert!(Jwk::parse_set(&json!({"keys": [{"kty": "oct", "k": "AA"}]})).is_err());
+        assert!(Jwk::parse_set(&json!({})).is_err());
+    }
 
     #[test]
     fn sign_parse_verify_roundtrip() {

@@ -489,11 +489,23 @@ impl ArmDouble {
         Ok(())
     }
 
-    /// Accepts federated tokens from `issuer` without checking their
-    /// signature (the double does not fetch other issuers' keys), e.g. a
-    /// test kube-apiserver's service-account tokens.
-    pub fn trust_issuer(&self, issuer: &str) {
-        self.state().directory.trusted_issuers.push(issuer.to_string());
+    /// Accepts federated tokens from `issuer` signed by a key of `jwks`
+    /// (the issuer's published key set, e.g. a kube-apiserver's
+    /// `/openid/v1/jwks`): what Entra fetches through the `jwks_uri` of
+    /// `<issuer>/.well-known/openid-configuration`. Tokens from the issuer
+    /// with any other signature are refused (AADSTS700027).
+    pub fn trust_issuer(&self, issuer: &str, jwks: &serde_json::Value) -> Result<()> {
+        let keys = jwt::Jwk::parse_set(jwks).with_context(|| format!("the JWKS of {issuer}"))?;
+        let mut state = self.state();
+        state.directory.trusted_issuers.retain(|(i, _)| i.trim_end_matches('/') != issuer.trim_end_matches('/'));
+        state.directory.trusted_issuers.push((issuer.to_string(), keys));
+        Ok(())
+    }
+
+    /// This double's own issuer keys as a JWKS document (what its
+    /// `jwks_uri` serves).
+    pub fn jwks(&self) -> serde_json::Value {
+        self.shared.ctx.signer.jwks()
     }
 
     // ----------------------------------------------------------- tokens

@@ -77,7 +77,8 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor> {
 pub struct TestPki {
     /// The CA certificate, PEM: what the driver's `tlsCAFile` should hold.
     pub ca_cert_pem: String,
-    /// Server certificate for `localhost` and `127.0.0.1`, PEM.
+    /// Server certificate (for `localhost` and `127.0.0.1` unless
+    /// [`TestPki::generate_for`] named others), PEM.
     pub server_cert_pem: String,
     /// Server key, PEM.
     pub server_key_pem: String,
@@ -103,8 +104,15 @@ pub struct PkiFiles {
 }
 
 impl TestPki {
-    /// Generates a CA and certificates signed by it (ECDSA P-256).
+    /// Generates a CA and certificates signed by it (ECDSA P-256), the
+    /// server's for `localhost` and `127.0.0.1`.
     pub fn generate() -> Result<Self> {
+        Self::generate_for(&["localhost", "127.0.0.1"])
+    }
+
+    /// [`TestPki::generate`] with the server certificate for `names` (DNS
+    /// names or IP addresses), e.g. the host's address on a pod network.
+    pub fn generate_for(names: &[&str]) -> Result<Self> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(DnType::CommonName, "dbgrant test CA");
@@ -112,8 +120,8 @@ impl TestPki {
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
-        let mut server_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-        server_params.distinguished_name.push(DnType::CommonName, "localhost");
+        let mut server_params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        server_params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_key = KeyPair::generate()?;
         let server_cert = server_params.signed_by(&server_key, &ca)?;
