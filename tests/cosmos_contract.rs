@@ -254,6 +254,7 @@ impl Harness {
             &scope,
             false,
             "contract",
+            None,
         )
         .await
     }
@@ -934,6 +935,7 @@ async fn credential_and_permission_failures_are_typed_and_secret_free() {
         &audit::Scope::new(&Auditor::discard(), "cosmosdb", "t", &audit::Trigger::default()),
         false,
         "t",
+        None,
     )
     .await
     .expect("a 403 on one write does not fail the pass");

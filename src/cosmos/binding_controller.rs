@@ -136,7 +136,12 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let dropped = to_revoke(&account, &previous, &st.assignments, &own);
                 let freshness =
                     if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
-                match timed_sync(ctx, &b, t, BTreeSet::new(), freshness).await {
+                // With nothing to see gone, the binding is done as soon as its
+                // assignments are in place, even mid-pass.
+                let granted = |r: &SyncReport| outcome_from(r, &key, &own, t).0.ready;
+                let enough = (dropped.is_empty() && t.spec.mode != TargetMode::Observe)
+                    .then_some(&granted as &(dyn Fn(&SyncReport) -> bool + Sync));
+                match timed_sync(ctx, &b, t, BTreeSet::new(), freshness, enough).await {
                     Ok(report) if t.spec.mode == TargetMode::Observe => observing(&report, &own, t),
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
@@ -256,7 +261,7 @@ async fn revoke(
     if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
-    timed_sync(ctx, b, target, release, freshness).await
+    timed_sync(ctx, b, target, release, freshness, None).await
 }
 
 /// The outcome of a binding on an Observe-mode target: what the pass
@@ -284,9 +289,10 @@ async fn timed_sync(
     target: &CosmosTarget,
     release: BTreeSet<AssignmentKey>,
     freshness: Freshness,
+    enough: Option<&(dyn Fn(&SyncReport) -> bool + Sync)>,
 ) -> Result<Arc<SyncReport>> {
     let start = std::time::Instant::now();
-    let report = ctx.sync(b, target, release, freshness).await;
+    let report = ctx.sync(b, target, release, freshness, enough).await;
     let kind = <CosmosRoleBinding as kube::Resource>::kind(&());
     ctx.shared.metrics.stage(&kind, Stage::Backend, start.elapsed());
     report

@@ -168,7 +168,7 @@ impl Lifecycle<CosmosRoleDefinition> for CosmosContext {
                 failure: crate::Failure::Transient,
             });
         }
-        let report = ctx.sync(d.as_ref(), &target, BTreeSet::new(), Freshness::Coalesce).await?;
+        let report = ctx.sync(d.as_ref(), &target, BTreeSet::new(), Freshness::Coalesce, None).await?;
         // Confirmed on the account's state after the pass, not on the plan.
         let account = account_of(&target);
         let name = account.definition_name(&d.name_any());
@@ -208,7 +208,7 @@ async fn sync_after_change(
     target: &CosmosTarget,
 ) -> Result<Arc<SyncReport>> {
     ctx.bump(&target.name_any());
-    ctx.sync(d, target, BTreeSet::new(), Freshness::Coalesce).await
+    ctx.sync(d, target, BTreeSet::new(), Freshness::Coalesce, None).await
 }
 
 #[cfg(test)]

@@ -89,6 +89,10 @@ pub struct AccountHandle {
     last: Mutex<Option<(u64, SharedReport)>>,
     /// The released list as last written (None: read the annotation).
     released: Mutex<Option<BTreeSet<String>>>,
+    /// The pass in flight as far as it has gone, with the change counter
+    /// it covers (None between passes): bindings waiting for the account
+    /// read it to say Ready as soon as their assignments are in place.
+    progress: tokio::sync::watch::Sender<Option<(u64, SharedReport)>>,
 }
 
 impl AccountHandle {
@@ -99,6 +103,7 @@ impl AccountHandle {
             state: Default::default(),
             last: Mutex::new(None),
             released: Mutex::new(None),
+            progress: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -340,18 +345,48 @@ impl CosmosContext {
     /// else, then left in place and never managed again.
     /// The pass runs for `trigger`'s reconcile: its writes are audited as
     /// `trigger`'s, and listed in one Event on it.
+    ///
+    /// `enough`, for a caller that only needs its grants in place: while
+    /// another pass that covers the caller's change runs, its partial
+    /// report (see [`sync::SyncReport::partial`]) is returned as soon as
+    /// `enough` holds for it, instead of after the whole pass.
     pub async fn sync<K: kube::Resource<DynamicType = ()>>(
         &self,
         trigger: &K,
         target: &CosmosTarget,
         release: BTreeSet<AssignmentKey>,
         freshness: Freshness,
+        enough: Option<&(dyn Fn(&sync::SyncReport) -> bool + Sync)>,
     ) -> Result<SharedReport> {
         let name = target.name_any();
         let wanted = self.change(&name);
         let handle = self.handle(target);
         let client = self.client(target, false).await?;
-        let mut state = handle.state.lock().await;
+        let mut state = match enough.filter(|_| freshness == Freshness::Coalesce && release.is_empty()) {
+            None => handle.state.lock().await,
+            Some(enough) => {
+                let shows = |p: &Option<(u64, SharedReport)>| {
+                    p.as_ref().filter(|(covered, r)| *covered >= wanted && enough(r)).map(|(_, r)| r.clone())
+                };
+                let mut progress = handle.progress.subscribe();
+                if let Some(r) = shows(&progress.borrow_and_update()) {
+                    return Ok(r);
+                }
+                let lock = handle.state.lock();
+                tokio::pin!(lock);
+                loop {
+                    tokio::select! {
+                        biased;
+                        state = &mut lock => break state,
+                        Ok(()) = progress.changed() => {
+                            if let Some(r) = shows(&progress.borrow_and_update()) {
+                                return Ok(r);
+                            }
+                        }
+                    }
+                }
+            }
+        };
         if freshness == Freshness::Coalesce
             && release.is_empty()
             && let Some((covered, report)) = handle.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
@@ -370,6 +405,11 @@ impl CosmosContext {
         let audit_trigger = audit::Trigger::of(trigger);
         let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
         let observe = target.spec.mode == TargetMode::Observe;
+        let watched = || handle.progress.receiver_count() > 0;
+        let publish = |partial: sync::SyncReport| {
+            handle.progress.send_replace(Some((covered, Arc::new(partial))));
+        };
+        let progress = sync::Progress { watched: &watched, publish: &publish };
         let result = sync::sync(
             client.as_ref(),
             &mut state,
@@ -379,8 +419,10 @@ impl CosmosContext {
             &audit,
             observe,
             &name,
+            (!observe).then_some(&progress),
         )
         .await;
+        handle.progress.send_replace(None);
         status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
         let report = match result {
             Ok(report) => report,

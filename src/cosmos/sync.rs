@@ -253,6 +253,20 @@ pub enum AssignmentOutcome {
 }
 
 impl SyncReport {
+    /// A pass in flight as far as it has gone: its plan, the writes done so
+    /// far, and every planned write not made yet as still running
+    /// ([`WriteResult::Pending`]), so an assignment reads as applied only
+    /// once it is in place. It says nothing of what the account holds
+    /// after the pass (`remaining` is unknown), so it can show a grant in
+    /// place but never confirm a revocation.
+    pub fn partial(plan: &Plan, results: &BTreeMap<String, WriteResult>) -> Self {
+        let mut results = results.clone();
+        for a in &plan.actions {
+            results.entry(a.name().to_string()).or_insert(WriteResult::Pending);
+        }
+        Self { plan: plan.clone(), results, ..Self::default() }
+    }
+
     /// Where `key` ended up.
     pub fn assignment(&self, key: &AssignmentKey) -> AssignmentOutcome {
         match self.plan.assignments.get(key) {
@@ -401,8 +415,28 @@ fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
     }
 }
 
+/// Where a pass shows what it has confirmed so far, so that a binding
+/// whose assignments are in place need not wait for the whole pass (at the
+/// quota's pace, hundreds of writes) to say so.
+pub struct Progress<'a> {
+    /// Whether anyone is waiting (a partial report is built only then).
+    pub watched: &'a (dyn Fn() -> bool + Sync),
+    /// Takes a partial report (see [`SyncReport::partial`]).
+    pub publish: &'a (dyn Fn(SyncReport) + Sync),
+}
+
+impl Progress<'_> {
+    fn show(&self, plan: &Plan, results: &BTreeMap<String, WriteResult>) {
+        if (self.watched)() {
+            (self.publish)(SyncReport::partial(plan, results));
+        }
+    }
+}
+
 /// One sync of an account. `desired.pending` is filled from `state`, and
-/// `desired.previous` too once a pass has observed the account.
+/// `desired.previous` too once a pass has observed the account. After the
+/// plan, and after each write that went through, `progress` (if any) gets
+/// what the pass has confirmed so far.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
     api: &dyn ArmApi,
@@ -413,6 +447,7 @@ pub async fn sync(
     audit: &audit::Scope<'_>,
     observe: bool,
     target: &str,
+    progress: Option<&Progress<'_>>,
 ) -> Result<SyncReport, ArmError> {
     let mut report = SyncReport::default();
     if let Some(at) = state.not_before {
@@ -490,6 +525,9 @@ pub async fn sync(
     let mut failed_definitions: Vec<String> = Vec::new();
     let mut undeleted_roles: BTreeSet<RoleKey> = BTreeSet::new();
     let mut waited = Duration::ZERO;
+    if let Some(progress) = progress {
+        progress.show(&p, &report.results);
+    }
     for action in &p.actions {
         let name = action.name().to_string();
         if report.stopped.is_some() {
@@ -596,7 +634,11 @@ pub async fn sync(
         } else if outcome == WriteResult::Done {
             state.failures.remove(&name);
         }
+        let shown = outcome == WriteResult::Done && matches!(action, Action::PutAssignment { .. });
         report.results.insert(name, outcome);
+        if let Some(progress) = progress.filter(|_| shown) {
+            progress.show(&p, &report.results);
+        }
     }
     // What the account holds of dbgrant's now.
     let mut remaining = p.ours.clone();
@@ -861,7 +903,71 @@ mod tests {
     }
 
     async fn run(fake: &Fake, state: &mut AccountState, d: Desired) -> SyncReport {
-        sync(fake, state, d, &Limits::default(), &Metrics::default(), &discard_audit(), false, "t").await.unwrap()
+        sync(fake, state, d, &Limits::default(), &Metrics::default(), &discard_audit(), false, "t", None).await.unwrap()
+    }
+
+    fn key(p: &str, scope: &str) -> AssignmentKey {
+        AssignmentKey {
+            principal_id: p.to_string(),
+            role: RoleKey::BuiltIn(BuiltInCosmosRole::DataReader),
+            scope: scope.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_shows_each_assignment_in_place_as_soon_as_it_is_written() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        // P1 is in place already; P2 and P3 are to be written.
+        run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        let shown: std::sync::Mutex<Vec<SyncReport>> = Default::default();
+        let publish = |r: SyncReport| shown.lock().unwrap().push(r);
+        let watched = || true;
+        let progress = Progress { watched: &watched, publish: &publish };
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")]);
+        let limits = Limits::default();
+        let report =
+            sync(&fake, &mut state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&progress))
+                .await
+                .unwrap();
+        assert_eq!(report.writes, 2);
+        let shown = shown.into_inner().unwrap();
+        let applied =
+            |r: &SyncReport, p: &str| matches!(r.assignment(&key(p, "/dbs/a")), AssignmentOutcome::Applied { .. });
+        let seen: Vec<[bool; 3]> = shown.iter().map(|r| [applied(r, P1), applied(r, P2), applied(r, P3)]).collect();
+        // After the plan, then after each of the two writes, in plan order.
+        let first_written = if applied(&shown[1], P2) { 1 } else { 2 };
+        let mut after_one = [true, false, false];
+        after_one[first_written] = true;
+        assert_eq!(seen, vec![[true, false, false], after_one, [true, true, true]]);
+        // A partial report never confirms what the account holds.
+        assert!(shown.iter().all(|r| r.remaining.is_none() && r.stopped.is_none()));
+        // Not watched: nothing is built.
+        let unwatched = || false;
+        let never = |_: SyncReport| panic!("published with nobody waiting");
+        let quiet = Progress { watched: &unwatched, publish: &never };
+        let d = want(&[(P2, "/dbs/b")]);
+        sync(&fake, &mut state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&quiet))
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_partial_report_counts_unwritten_actions_as_in_progress() {
+        let fake = Fake::new();
+        let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]);
+        let actual = Actual { definitions: Vec::new(), assignments: Vec::new() };
+        let p = plan(fake.account(), &d, &actual, &Limits::default());
+        assert_eq!(p.actions.len(), 2);
+        let mut results = BTreeMap::new();
+        results.insert(p.actions[0].name().to_string(), WriteResult::Done);
+        let partial = SyncReport::partial(&p, &results);
+        let outcomes: Vec<bool> = [P1, P2]
+            .iter()
+            .map(|x| matches!(partial.assignment(&key(x, "/dbs/a")), AssignmentOutcome::Applied { .. }))
+            .collect();
+        assert_eq!(outcomes.iter().filter(|a| **a).count(), 1, "exactly the written one is in place: {outcomes:?}");
+        assert!(partial.remaining.is_none());
     }
 
     #[tokio::test]
@@ -1118,6 +1224,7 @@ mod tests {
                 &discard_audit(),
                 false,
                 "t",
+                None,
             )
             .await;
             assert_eq!(got.unwrap_err(), e);

@@ -134,7 +134,7 @@ async fn probe_and_resync(
             Err(e) => return Err(ctx.handle(target).failed(name, e)),
         }
     }
-    let report = ctx.sync(target, target, BTreeSet::new(), Freshness::Fresh).await?;
+    let report = ctx.sync(target, target, BTreeSet::new(), Freshness::Fresh, None).await?;
     // Drift is only what restored something dbgrant had in place (see
     // `plan::cosmos::Plan::drifted`): a resync that makes a binding's or
     // definition's first writes (the target just turned Ready) or

@@ -177,7 +177,7 @@ async fn cosmos(ctx: &CosmosContext, t: &CosmosTarget) -> anyhow::Result<LiveTar
     // The operator's own account pass, in Observe mode: nothing is written.
     let mut observed = t.clone();
     observed.spec.mode = TargetMode::Observe;
-    let report = ctx.sync(&observed, &observed, BTreeSet::new(), Freshness::Fresh).await?;
+    let report = ctx.sync(&observed, &observed, BTreeSet::new(), Freshness::Fresh, None).await?;
     let mut foreign: Vec<String> = report
         .plan
         .assignments

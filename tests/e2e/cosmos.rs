@@ -1103,3 +1103,93 @@ async fn an_observe_cosmos_target_writes_nothing_until_it_enforces() -> Result<(
     dump.passed();
     Ok(())
 }
+
+/// A pass that writes many assignments (at ARM's pace, minutes at scale)
+/// publishes each binding's Ready as soon as that binding's assignments are
+/// in place, not when the pass ends: bindings turn Ready one by one while
+/// the account fills, rather than in one batch at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_turn_ready_as_their_assignments_land_not_when_the_pass_ends() -> Result<()> {
+    const N: usize = 16;
+    let _lock = operator_lock().await;
+    let (cluster, ns, mut dump) = setup("cosmos-early").await?;
+    let cosmos = arm_double(&cluster).await?;
+    let n = suffix(&ns.name);
+    let account = new_account(&cosmos, &format!("e2e-early-{n}"));
+    let groups: Vec<String> = (0..N).map(|i| format!("e0000000-0000-4000-8000-{i:012}")).collect();
+    for g in &groups {
+        cosmos.double.add_principal(Principal::group(g).named(format!("sg-early-{g}")));
+    }
+    let target = cosmos_target(&format!("early-{n}"), &cosmos, &account, workload_identity(&cosmos));
+    let tname = manifests::name(&target).to_string();
+    let bindings: Vec<Value> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            in_ns(
+                cosmos_binding(
+                    &format!("b{i}"),
+                    &tname,
+                    g,
+                    json!({"builtIn": "DataReader"}),
+                    json!([{"database": "orders"}]),
+                ),
+                &ns.name,
+            )
+        })
+        .collect();
+    let mut op = operator(&cluster, &cosmos, "cosmos-early", Duration::from_secs(300), &mut dump).await?;
+    cluster.apply(&cluster.admin, &target, None).await?;
+    cluster.wait_condition(&target, None, "Ready", "True", Some("Connected"), SETTLE).await?;
+    // Every ARM call takes 150 ms: one assignment (PUT, then polls) takes
+    // about half a second, the whole account several seconds.
+    cosmos.double.set_latency(Duration::from_millis(150));
+    cluster.apply_all(&cluster.admin, &bindings, None).await?;
+    // For each binding, how many assignments the account held when it was
+    // first seen Ready.
+    let api = cluster.dbgrant(&cluster.admin, "CosmosRoleBinding", Some(&ns.name)).await?;
+    let mut held_when_ready: std::collections::BTreeMap<String, usize> = Default::default();
+    let deadline = std::time::Instant::now() + SETTLE;
+    while held_when_ready.len() < N {
+        let held = cosmos.double.role_assignments(&account).len();
+        for b in api.list(&Default::default()).await?.items {
+            let ready = b.data["status"]["observedGeneration"].as_i64() == b.metadata.generation
+                && dbgrant_harness::cluster::condition_status(&b, "Ready") == Some("True");
+            if ready {
+                held_when_ready.entry(b.metadata.name.clone().unwrap_or_default()).or_insert(held);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("only {} of {N} bindings Ready after {SETTLE:?}: {held_when_ready:?}", held_when_ready.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cosmos.double.set_latency(Duration::ZERO);
+    let distinct: BTreeSet<usize> = held_when_ready.values().copied().collect();
+    let before_the_end = held_when_ready.values().filter(|h| **h < N).count();
+    crate::faults_common::summary(&format!(
+        "cosmos early Ready: {N} bindings on one account, ARM 150 ms per call; Ready seen with {:?} assignments \
+         on the account ({} distinct moments, {before_the_end} bindings Ready before the last assignment landed)",
+        held_when_ready.values().collect::<Vec<_>>(),
+        distinct.len()
+    ));
+    // Ready only at the end of each pass would show one value per pass
+    // (two or three); as assignments land, nearly one per binding.
+    assert!(
+        distinct.len() >= N / 2,
+        "bindings turned Ready in batches, not as their assignments landed: {held_when_ready:?}"
+    );
+    assert_eq!(cosmos.double.role_assignments(&account).len(), N);
+
+    for b in &bindings {
+        cluster.delete(&cluster.admin, b, None).await?;
+    }
+    for b in &bindings {
+        cluster.wait_gone(b, None, SETTLE).await?;
+    }
+    assert!(cosmos.double.role_assignments(&account).is_empty());
+    delete_targets(&cluster, std::slice::from_ref(&target)).await?;
+    op.stop(Duration::from_secs(10)).await?;
+    dump.passed();
+    Ok(())
+}
