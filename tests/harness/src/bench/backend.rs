@@ -117,6 +117,13 @@ pub trait Backend {
     fn bulk_extra(&self, _seconds: f64) -> Value {
         Value::Null
     }
+
+    /// The least apply-to-Ready time the backend's quotas allow each
+    /// binding, given when each was applied (since the first apply), or
+    /// None where no quota bounds it.
+    fn ready_minimum(&self, _applied: &[(std::time::Duration, BindingSpec)]) -> Option<Vec<std::time::Duration>> {
+        None
+    }
 }
 
 /// How the bindings of one run are laid out: teams (namespaces) of

@@ -193,6 +193,13 @@ impl Backend for CosmosBackend {
         })
     }
 
+    fn ready_minimum(&self, applied: &[(Duration, BindingSpec)]) -> Option<Vec<Duration>> {
+        let applied: Vec<(f64, usize, &str)> =
+            applied.iter().map(|(at, b)| (at.as_secs_f64(), b.target, b.group.as_str())).collect();
+        let quotas = Quotas::of_double(self.latency);
+        Some(quotas.minimums(&applied).into_iter().map(Duration::from_secs_f64).collect())
+    }
+
     fn bulk_extra(&self, seconds: f64) -> Value {
         // The fastest the quotas allow this many accepted writes: the
         // bucket's 200 at once, then 10/s; no account more than 500 per
@@ -214,13 +221,32 @@ impl Backend for CosmosBackend {
                 (n.saturating_sub(1) / 500) as f64 * 300.0
             })
             .fold(0.0, f64::max);
-        let quota_min = bucket_min.max(window_min);
+        // One operation at a time per account, each PUT then polled until
+        // done: the busiest account's writes in a row.
+        let lro_min = self
+            .accounts
+            .iter()
+            .map(|a| {
+                let id = a.id().to_ascii_lowercase();
+                let n = accepted
+                    .iter()
+                    .filter(|r| r.account.as_deref().is_some_and(|x| x.to_ascii_lowercase() == id))
+                    .count();
+                n as f64 * Quotas::of_double(self.latency).per_write
+            })
+            .fold(0.0, f64::max);
+        let quota_min = bucket_min.max(window_min).max(lro_min);
         let efficiency = (seconds > 0.0 && quota_min > 0.0).then(|| ((quota_min / seconds) * 1000.0).round() / 1000.0);
         let throttled = records.iter().filter(|r| r.status == 429).count();
         json!({
             "acceptedWrites": writes,
             "writesPerSecond": if seconds > 0.0 { (writes / seconds * 10.0).round() / 10.0 } else { 0.0 },
             "quotaMinimumSeconds": (quota_min * 10.0).round() / 10.0,
+            "quotaMinimumBySource": {
+                "writeBucketSeconds": (bucket_min * 10.0).round() / 10.0,
+                "accountWindowSeconds": window_min,
+                "oneOperationPerAccountSeconds": (lro_min * 10.0).round() / 10.0,
+            },
             "quotaEfficiency": efficiency,
             "throttled429": throttled,
             "throttled429ByKind": {
@@ -231,5 +257,85 @@ impl Backend for CosmosBackend {
             "throttled429Per1000Writes": if writes > 0.0 { (throttled as f64 * 1000.0 / writes * 10.0).round() / 10.0 } else { 0.0 },
             "busy412": records.iter().filter(|r| r.status == 412).count(),
         })
+    }
+}
+
+/// What the double's quotas impose on a bulk apply: the principal's write
+/// bucket (200, then 10/s), 500 writes per account per 5 minutes, and one
+/// operation at a time per account, each write a PUT and `LRO_POLLS` polls
+/// at the double's latency even when polled back to back.
+#[derive(Clone, Copy, Debug)]
+pub struct Quotas {
+    /// Writes the bucket holds at the start.
+    pub bucket: f64,
+    /// Writes per second it refills.
+    pub refill: f64,
+    /// Writes per account per window.
+    pub window_writes: usize,
+    /// The window (s).
+    pub window: f64,
+    /// Least time one write occupies its account (s).
+    pub per_write: f64,
+}
+
+/// Polls until a double's operation succeeds (the benchmark's setting).
+const LRO_POLLS: u32 = 2;
+
+impl Quotas {
+    /// The double as the benchmark configures it.
+    pub fn of_double(latency: Duration) -> Self {
+        Self {
+            bucket: 200.0,
+            refill: 10.0,
+            window_writes: 500,
+            window: 300.0,
+            per_write: latency.as_secs_f64() * f64::from(1 + LRO_POLLS),
+        }
+    }
+
+    /// For bindings applied at `(seconds since the first apply, account,
+    /// group)`, the least apply-to-Ready (s) each could have: a group's
+    /// first binding needs a new assignment, written as early as its
+    /// apply, the bucket's next token and its account's previous operation
+    /// allow; the group's later bindings share it.
+    pub fn minimums(&self, applied: &[(f64, usize, &str)]) -> Vec<f64> {
+        let mut order: Vec<usize> = (0..applied.len()).collect();
+        order.sort_by(|a, b| applied[*a].0.total_cmp(&applied[*b].0));
+        let mut done: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+        let mut account_free: std::collections::HashMap<usize, (f64, usize)> = std::collections::HashMap::new();
+        let mut written = 0usize;
+        let mut out = vec![0.0; applied.len()];
+        for i in order {
+            let (at, account, group) = applied[i];
+            let ready = *done.entry(group).or_insert_with(|| {
+                let token = ((written as f64 + 1.0 - self.bucket) / self.refill).max(0.0);
+                written += 1;
+                let (free, n) = account_free.entry(account).or_insert((0.0, 0));
+                let window = (*n / self.window_writes) as f64 * self.window;
+                let start = at.max(token).max(*free).max(window);
+                *free = start + self.per_write;
+                *n += 1;
+                *free
+            });
+            out[i] = (ready - at).max(0.0);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_and_the_accounts_operations_bound_each_binding() {
+        let q = Quotas { bucket: 2.0, refill: 1.0, window_writes: 500, window: 300.0, per_write: 0.5 };
+        // Three groups on one account, all applied at 0: one operation at a
+        // time (0.5 s each), and the third write waits for the bucket (1 s).
+        let m = q.minimums(&[(0.0, 0, "a"), (0.0, 0, "b"), (0.0, 0, "c"), (0.2, 0, "a")]);
+        assert_eq!(m, vec![0.5, 1.0, 1.5, 0.3]);
+        // On two accounts the operations overlap; the bucket still binds.
+        let m = q.minimums(&[(0.0, 0, "a"), (0.0, 1, "b"), (0.0, 0, "c")]);
+        assert_eq!(m, vec![0.5, 0.5, 1.5]);
     }
 }

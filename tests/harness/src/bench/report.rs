@@ -232,6 +232,21 @@ fn rows() -> Vec<Row> {
             }),
         ),
         (
+            "Bulk (Cosmos): apply-to-Ready p50, and the quotas' least p50 for the same applies (ms); ratio",
+            "≤ 1.5",
+            Box::new(|r| {
+                if num(r, "/bulk/applyToReadyQuotaMinimum/minimum/p50Ms").is_none() {
+                    return "–".into();
+                }
+                format!(
+                    "{} / {}; {}",
+                    fmt(num(r, "/bulk/applyToReady/p50Ms"), 0),
+                    fmt(num(r, "/bulk/applyToReadyQuotaMinimum/minimum/p50Ms"), 0),
+                    fmt(num(r, "/bulk/applyToReadyQuotaMinimum/p50OverMinimumP50"), 2)
+                )
+            }),
+        ),
+        (
             "Bulk (Cosmos): 429 / 412 answers (429 per 1,000 accepted writes)",
             "",
             Box::new(|r| {

@@ -324,6 +324,27 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
         .iter()
         .filter_map(|(name, ready)| applied_at.get(name).map(|a| ready.saturating_duration_since(*a)))
         .collect();
+    // The least apply-to-Ready the backend's quotas allow each binding, and
+    // how far the measured times are from it.
+    let specs: HashMap<String, BindingSpec> =
+        (0..n).map(|i| env.layout.binding(i)).map(|s| (s.name.clone(), s)).collect();
+    let applied: Vec<(Duration, BindingSpec)> = applied_at
+        .iter()
+        .filter_map(|(name, at)| specs.get(name).map(|s| (at.duration_since(t0), s.clone())))
+        .collect();
+    let minimum = env.backend.ready_minimum(&applied).map(|mins| {
+        let measured: Vec<Duration> = applied
+            .iter()
+            .filter_map(|(_, s)| {
+                ready_at.get(&s.name).and_then(|r| applied_at.get(&s.name).map(|a| r.saturating_duration_since(*a)))
+            })
+            .collect();
+        let (min, got) = (Summary::of(&mins), Summary::of(&measured));
+        json!({
+            "minimum": min.to_json(),
+            "p50OverMinimumP50": (min.p50 > 0.0).then(|| round3(got.p50 / min.p50)),
+        })
+    });
     let seconds = all_ready.as_secs_f64();
     eprintln!(
         "bench: bulk: {} of {n} Ready in {seconds:.1}s ({:.0}/s), {} backend writes",
@@ -343,6 +364,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
         "drainedSeconds": secs(drained.duration_since(t0)),
         "bindingsReadyPerSecond": if seconds > 0.0 { (ready_at.len() as f64 / seconds).round() } else { 0.0 },
         "applyToReady": Summary::of(&latencies).to_json(),
+        "applyToReadyQuotaMinimum": minimum,
         "observedBy": if env.args.observe_by_list {
             format!(
                 "LIST of each namespace with bindings not yet all Ready, every {} ms (or as fast as the LISTs return)",
