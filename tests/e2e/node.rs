@@ -120,8 +120,15 @@ fn all_pod_log_text(node: &NodeInfo) -> String {
     walk(&node.dir.join("pod-logs")).iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
 }
 
-fn helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    chart::helm(&cluster.admin_kubeconfig, args)
+/// `helm <verb> dbgrant charts/dbgrant --namespace dbgrant-system <args>
+/// --wait`, on a blocking thread (it waits minutes at most).
+fn helm_release(cluster: &Cluster, verb: &str, args: &[&str]) -> tokio::task::JoinHandle<Result<String>> {
+    let kubeconfig = cluster.admin_kubeconfig.clone();
+    let chart_dir = paths::repo_root().join("charts/dbgrant").display().to_string();
+    let mut all: Vec<String> = [verb, "dbgrant", &chart_dir, "--namespace", RELEASE_NS].map(String::from).to_vec();
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(["--wait", "--timeout", "180s"].map(String::from));
+    tokio::task::spawn_blocking(move || chart::helm(&kubeconfig, &all.iter().map(String::as_str).collect::<Vec<_>>()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,40 +200,26 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
     let values = values.to_str().context("values path")?.to_string();
 
     // 1. helm install, two replicas, and wait for the Deployment.
-    let chart_dir = paths::repo_root().join("charts/dbgrant");
-    let chart_dir = chart_dir.to_str().context("chart path")?.to_string();
     let t = Instant::now();
-    {
-        let cluster = cluster.clone();
-        let chart_dir = chart_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            helm(
-                &cluster,
-                &[
-                    "install",
-                    "dbgrant",
-                    &chart_dir,
-                    "--namespace",
-                    RELEASE_NS,
-                    "--create-namespace",
-                    "--values",
-                    &values,
-                    "--set",
-                    &format!("image.repository={}", IMAGE.0),
-                    "--set",
-                    &format!("image.tag={}", IMAGE.1),
-                    "--set",
-                    "image.pullPolicy=Never",
-                    "--set",
-                    "replicaCount=2",
-                    "--wait",
-                    "--timeout",
-                    "180s",
-                ],
-            )
-        })
-        .await??;
-    }
+    let (repository, tag) = (format!("image.repository={}", IMAGE.0), format!("image.tag={}", IMAGE.1));
+    helm_release(
+        cluster,
+        "install",
+        &[
+            "--create-namespace",
+            "--values",
+            &values,
+            "--set",
+            &repository,
+            "--set",
+            &tag,
+            "--set",
+            "image.pullPolicy=Never",
+            "--set",
+            "replicaCount=2",
+        ],
+    )
+    .await??;
     let install_secs = t.elapsed().as_secs_f64();
     let deployments: Api<Deployment> = Api::namespaced(cluster.admin.clone(), RELEASE_NS);
     let deployment = deployments.get("dbgrant").await?;
@@ -304,27 +297,8 @@ async fn scenario(cluster: &Cluster, node: &NodeInfo, cp_secs: f64) -> Result<()
     // 3. A rollout (a pod annotation changes the template) replaces both
     // pods, the leader among them, while bindings keep arriving.
     let writes_before = double.user_management_log().len();
-    let upgrade = {
-        let cluster = cluster.clone();
-        tokio::task::spawn_blocking(move || {
-            helm(
-                &cluster,
-                &[
-                    "upgrade",
-                    "dbgrant",
-                    &chart_dir,
-                    "--namespace",
-                    RELEASE_NS,
-                    "--reuse-values",
-                    "--set",
-                    "podAnnotations.dbgrant\\.io/rollout=e2e",
-                    "--wait",
-                    "--timeout",
-                    "180s",
-                ],
-            )
-        })
-    };
+    let upgrade =
+        helm_release(cluster, "upgrade", &["--reuse-values", "--set", "podAnnotations.dbgrant\\.io/rollout=e2e"]);
     // Bindings keep arriving every 1.5 s until the rollout is done and a
     // new pod holds the Lease, and a little after.
     let t = Instant::now();

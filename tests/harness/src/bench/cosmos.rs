@@ -208,33 +208,21 @@ impl Backend for CosmosBackend {
         let accepted: Vec<_> =
             records.iter().filter(|r| r.kind == RequestKind::ArmWrite && (200..300).contains(&r.status)).collect();
         let writes = accepted.len() as f64;
-        let bucket_min = ((writes - 200.0) / 10.0).max(0.0);
-        let window_min = self
+        let quotas = Quotas::of_double(self.latency);
+        let bucket_min = ((writes - quotas.bucket) / quotas.refill).max(0.0);
+        // The busiest account: its writes in 5-minute windows of 500, and
+        // one operation at a time, each PUT then polled until done.
+        let busiest = self
             .accounts
             .iter()
             .map(|a| {
                 let id = a.id().to_ascii_lowercase();
-                let n = accepted
-                    .iter()
-                    .filter(|r| r.account.as_deref().is_some_and(|x| x.to_ascii_lowercase() == id))
-                    .count();
-                (n.saturating_sub(1) / 500) as f64 * 300.0
+                accepted.iter().filter(|r| r.account.as_deref().is_some_and(|x| x.to_ascii_lowercase() == id)).count()
             })
-            .fold(0.0, f64::max);
-        // One operation at a time per account, each PUT then polled until
-        // done: the busiest account's writes in a row.
-        let lro_min = self
-            .accounts
-            .iter()
-            .map(|a| {
-                let id = a.id().to_ascii_lowercase();
-                let n = accepted
-                    .iter()
-                    .filter(|r| r.account.as_deref().is_some_and(|x| x.to_ascii_lowercase() == id))
-                    .count();
-                n as f64 * Quotas::of_double(self.latency).per_write
-            })
-            .fold(0.0, f64::max);
+            .max()
+            .unwrap_or(0);
+        let window_min = (busiest.saturating_sub(1) / quotas.window_writes) as f64 * quotas.window;
+        let lro_min = busiest as f64 * quotas.per_write;
         let quota_min = bucket_min.max(window_min).max(lro_min);
         let efficiency = (seconds > 0.0 && quota_min > 0.0).then(|| ((quota_min / seconds) * 1000.0).round() / 1000.0);
         let throttled = records.iter().filter(|r| r.status == 429).count();
