@@ -43,11 +43,14 @@ pub async fn acquire(
     let secs = duration.as_secs().max(2);
     let grace = (secs / 3).max(1);
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    // Backoff on errors (a Role without list/watch on Leases, say): the
+    // follower then simply waits out the holder's term, as before.
     let freed = watcher(leases, watcher::Config::default().fields(&format!("metadata.name={lease_name}")))
+        .default_backoff()
         .applied_objects()
         .filter_map(|lease| async move {
-            let free = lease.ok()?.spec.is_none_or(|s| s.holder_identity.is_none_or(|h| h.is_empty()));
-            free.then_some(())
+            let lease = lease.inspect_err(|e| tracing::debug!(error = %e, "watching the Lease")).ok()?;
+            lease.spec.is_none_or(|s| s.holder_identity.is_none_or(|h| h.is_empty())).then_some(())
         });
     let mut freed = std::pin::pin!(freed);
     tracing::info!(lease = %format!("{namespace}/{lease_name}"), %identity, "waiting to become leader");
