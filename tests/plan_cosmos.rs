@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 const P1: &str = "11111111-1111-1111-1111-111111111111";
 const P2: &str = "22222222-2222-2222-2222-222222222222";
+const P3: &str = "33333333-3333-3333-3333-333333333333";
 
 fn account() -> AccountRef {
     AccountRef::new("C9E6DE92-9ABA-45B0-85A1-5DECF672D856", "rg-Catalog", "acct")
@@ -285,6 +286,32 @@ fn released_assignments_are_left_alone_and_stale_ones_not_recreated_until_droppe
     assert_eq!(p.stale_released, vec![name.clone()]);
     let p = plan(&a, &desired(&[("ns/b", k.clone())]), &actual, &Limits::default());
     assert!(matches!(p.actions.as_slice(), [Action::PutAssignment { create: true, .. }]));
+}
+
+#[test]
+fn new_assignments_are_written_oldest_binding_first() {
+    let a = account();
+    let actual = Actual { definitions: built_in_defs(), ..Default::default() };
+    // The bindings' principals sort the other way round from their age.
+    let mut d = desired(&[
+        ("ns/young", key(P1, reader(), "/dbs/a")),
+        ("ns/middle", key(P2, reader(), "/dbs/a")),
+        ("ns/old", key(P3, reader(), "/dbs/a")),
+        ("ns/old", key(P3, reader(), "/dbs/b")),
+    ]);
+    d.binding_priority = vec!["ns/old".into(), "ns/middle".into(), "ns/young".into()];
+    let p = plan(&a, &d, &actual, &Limits::default());
+    let principals: Vec<&str> = p
+        .actions
+        .iter()
+        .map(|x| match x {
+            Action::PutAssignment { key, .. } => key.principal_id.as_str(),
+            other => panic!("only creates expected: {other:?}"),
+        })
+        .collect();
+    assert_eq!(principals, [P3, P3, P2, P1]);
+    // The same inputs plan the same order.
+    assert_eq!(plan(&a, &d, &actual, &Limits::default()).actions, p.actions);
 }
 
 #[test]

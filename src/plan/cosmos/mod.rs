@@ -61,6 +61,9 @@
 //! Limits (2,000 assignments and 100 custom definitions per account) are
 //! checked here, before anything is written; a binding whose new
 //! assignments do not fit is refused as a whole, oldest bindings first.
+//! New assignments are written in the same order (the oldest binding's
+//! first), so in a long pass the bindings that have waited longest are
+//! granted first; every other group of writes goes by name.
 
 mod limits;
 mod names;

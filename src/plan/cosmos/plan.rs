@@ -206,16 +206,21 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
             wants.entry(b).or_default().push(key);
         }
     }
-    let mut admitted: BTreeSet<&AssignmentKey> = BTreeSet::new();
+    // Admitted keys with their rank: creates are written in this order, so
+    // the oldest bindings' assignments land first.
+    let mut admitted: BTreeMap<&AssignmentKey, usize> = BTreeMap::new();
     for b in order {
         let needed: Vec<&AssignmentKey> =
-            wants.get(b).into_iter().flatten().copied().filter(|k| !admitted.contains(k)).collect();
+            wants.get(b).into_iter().flatten().copied().filter(|k| !admitted.contains_key(k)).collect();
         if needed.is_empty() {
             continue;
         }
         if total + needed.len() <= limits.assignments {
             total += needed.len();
-            admitted.extend(needed);
+            for k in needed {
+                let rank = admitted.len();
+                admitted.insert(k, rank);
+            }
         } else {
             p.refused.insert(
                 b.clone(),
@@ -228,20 +233,22 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
             );
         }
     }
-    let mut puts = Vec::new();
+    let mut ranked_puts = Vec::new();
     for (key, (name, role_definition_id)) in creates {
-        if admitted.contains(key) {
+        if let Some(rank) = admitted.get(key) {
             // Missing although it was in place: deleted out of band.
             if desired.previous.assignments.contains(&name) {
                 p.drifted.push(name.clone());
             }
-            puts.push(put_assignment(&name, key, role_definition_id, true));
+            ranked_puts.push((*rank, put_assignment(&name, key, role_definition_id, true)));
             p.assignments.insert(key.clone(), AssignmentState::Managed { name });
         } else {
             p.assignments.insert(key.clone(), AssignmentState::LimitExceeded);
         }
     }
-    puts.extend(updates);
+    ranked_puts.sort_by_key(|(rank, _)| *rank);
+    updates.sort_by(|a, b| a.name().cmp(b.name()));
+    let puts: Vec<Action> = ranked_puts.into_iter().map(|(_, a)| a).chain(updates).collect();
 
     // --- Definitions no CosmosRoleDefinition wants, once unused. ---
     let ours_by_name: BTreeMap<String, &String> =
@@ -277,7 +284,9 @@ pub fn plan(account: &AccountRef, desired: &Desired, actual: &Actual, limits: &L
     }
 
     p.counts = Counts { assignments: total, managed_assignments: kept.len() + admitted.len() };
-    for group in [&mut def_puts, &mut deletes, &mut puts, &mut def_deletes] {
+    // Deterministic order: by name, except new assignments, which go
+    // oldest binding first (above).
+    for group in [&mut def_puts, &mut deletes, &mut def_deletes] {
         group.sort_by(|a, b| a.name().cmp(b.name()));
     }
     // Revocations first (see the module docs).
