@@ -174,8 +174,20 @@ where
 }
 
 /// The controller settings: `concurrency` reconciles at once.
-fn controller_config(concurrency: u16) -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().concurrency(concurrency)
+/// A controller over a stream from [`watch::cached`]: `concurrency`
+/// reconciles at a time, and no pause of all its watches when one fails
+/// (each backs off on its own; see [`watch::Unpaused`]).
+fn controller<K>(
+    stream: impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
+    store: Store<K>,
+    concurrency: u16,
+) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    Controller::for_stream(stream, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .trigger_backoff(watch::Unpaused)
 }
 
 /// The bindings in `store` that `matches` selects, as reconcile requests.
@@ -216,10 +228,9 @@ async fn mongo_controllers(
         pending: Default::default(),
         showing_rejected: Default::default(),
     });
-    let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
+    let target_ctrl = controller(target_stream, target_store, concurrency);
     let store = binding_store.clone();
-    let binding_ctrl = Controller::for_stream(binding_stream, binding_store)
-        .with_config(controller_config(concurrency))
+    let binding_ctrl = controller(binding_stream, binding_store, concurrency)
         .watches_stream(watch::triggers(targets, Relevance::SpecOrReadiness), move |t: MongoTarget| {
             let name = t.metadata.name.unwrap_or_default();
             bindings_where(&store, |b: &MongoRoleBinding| b.spec.target_ref.name == name)
@@ -264,14 +275,13 @@ async fn cosmos_controllers(
         definition_store.clone(),
         Default::default(),
     ));
-    let target_ctrl = Controller::for_stream(target_stream, target_store).with_config(controller_config(concurrency));
+    let target_ctrl = controller(target_stream, target_store, concurrency);
 
     // Bindings wake up when their target or role definition changes its
     // spec or readiness; definitions when their target does.
     let store = binding_store.clone();
     let by_definition = binding_store.clone();
-    let binding_ctrl = Controller::for_stream(binding_stream, binding_store)
-        .with_config(controller_config(concurrency))
+    let binding_ctrl = controller(binding_stream, binding_store, concurrency)
         .watches_stream(watch::triggers(targets.clone(), Relevance::SpecOrReadiness), move |t: CosmosTarget| {
             let name = t.metadata.name.unwrap_or_default();
             bindings_where(&store, |b: &CosmosRoleBinding| b.spec.target_ref.name == name)
@@ -284,12 +294,13 @@ async fn cosmos_controllers(
             })
         });
     let store = definition_store.clone();
-    let definition_ctrl = Controller::for_stream(definition_stream, definition_store)
-        .with_config(controller_config(concurrency))
-        .watches_stream(watch::triggers(targets, Relevance::SpecOrReadiness), move |t: CosmosTarget| {
+    let definition_ctrl = controller(definition_stream, definition_store, concurrency).watches_stream(
+        watch::triggers(targets, Relevance::SpecOrReadiness),
+        move |t: CosmosTarget| {
             let name = t.metadata.name.unwrap_or_default();
             bindings_where(&store, |d: &CosmosRoleDefinition| d.spec.target_ref.name == name)
-        });
+        },
+    );
 
     let prime_ctx = ctx.clone();
     tokio::spawn(async move {

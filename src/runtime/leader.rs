@@ -18,6 +18,8 @@ use kube::{
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError, LeaseParams};
 use tokio::{sync::watch, task::JoinHandle};
 
+use super::watch::retry_backoff;
+
 /// This replica holds the Lease, renewed in the background until
 /// [`Leadership::lost`] resolves or [`Leadership::release`] is called.
 pub struct Leadership {
@@ -46,7 +48,7 @@ pub async fn acquire(
     // Backoff on errors (a Role without list/watch on Leases, say): the
     // follower then simply waits out the holder's term, as before.
     let freed = watcher(leases, watcher::Config::default().fields(&format!("metadata.name={lease_name}")))
-        .default_backoff()
+        .backoff(retry_backoff())
         .applied_objects()
         .filter_map(|lease| async move {
             let lease = lease.inspect_err(|e| tracing::debug!(error = %e, "watching the Lease")).ok()?;

@@ -11,13 +11,17 @@
 //!   ([`Relevance`]): dbgrant's own status writes do not come back as
 //!   reconciles, and a target's periodic status refresh does not wake every
 //!   binding on it. A change to an object's annotations does reconcile it:
-//!   that is how people ask for a reconcile now.
+//!   that is how people ask for a reconcile now;
+//! - a watch that fails retries within [`RETRY_MAX`], however long the
+//!   apiserver was away ([`retry_backoff`]), and one watch's errors never
+//!   hold up a controller's other watches ([`Unpaused`]).
 
 use std::{
     collections::hash_map::DefaultHasher,
     fmt::Debug,
     hash::{Hash, Hasher},
     sync::Arc,
+    time::Duration,
 };
 
 use futures::{Stream, StreamExt};
@@ -26,7 +30,8 @@ use kube::{
     runtime::{
         WatchStreamExt,
         reflector::{self, Store},
-        watcher,
+        utils::{Backoff, ResetTimerBackoff},
+        watcher::{self, ExponentialBackoff, watcher},
     },
 };
 use serde::de::DeserializeOwned;
@@ -61,6 +66,64 @@ pub fn strip<K: Resource>(obj: &mut K) {
             meta.annotations = None;
         }
     }
+}
+
+/// The longest a watch waits before it tries again after an error.
+///
+/// An apiserver that restarts comes back with a new watch cache, and every
+/// watch resumed from a resourceVersion older than the cache's start gets
+/// 410 Expired and must list again. kube-runtime's default backoff (0.8 s
+/// doubling to 30 s, plus up to 100 % jitter, reset only after 120 s
+/// without an error) has grown through the outage by then, so a watch
+/// could stay blind for a minute or more after the apiserver was back: a
+/// binding deleted meanwhile kept its access that long. Here a watch is
+/// never more than `RETRY_MAX` from its next attempt. The cost is small: a
+/// handful of watches per operator, and the list after a 410 is served
+/// from the apiserver's watch cache (`resourceVersion=0`).
+pub const RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// The first wait after an error.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// The backoff every watch uses between failed attempts: exponential from
+/// [`RETRY_MIN`], never longer than [`RETRY_MAX`] with jitter, back to the
+/// start after any success (kube-runtime's `StreamBackoff` resets it on
+/// each object) or a quiet minute.
+pub fn retry_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    // backon's jitter adds up to the delay itself, hence half the maximum.
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN)
+        .with_max_delay(RETRY_MAX / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
+/// The backoff for a controller's merged trigger stream: none.
+///
+/// `Controller` merges its watches (the main one, `watches_stream`,
+/// `reconcile_on`) into one stream and, by default, pauses that whole
+/// stream after any error with kube-runtime's `DefaultBackoff`. Each of
+/// dbgrant's watches already backs off on its own ([`retry_backoff`]), so
+/// the pause only stacks on top: while one watch fails (a 410 after an
+/// apiserver restart, say), the others are not polled, their own retries
+/// stall and the shared pause grows with every error of every watch. After
+/// a 10 s apiserver restart that left a binding controller blind for over
+/// half a minute. With this policy an error passes straight through.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unpaused;
+
+impl Iterator for Unpaused {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl Backoff for Unpaused {
+    fn reset(&mut self) {}
 }
 
 /// What a change must touch to be passed on.
@@ -143,7 +206,7 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(retry_backoff())
         .modify(strip::<K>)
         .reflect(writer)
         .applied_objects()
@@ -163,7 +226,7 @@ where
     K: Resource<DynamicType = ()> + HasConditions + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(retry_backoff())
         .applied_objects()
         .predicate_filter(move |o: &K| Some(relevance.key(o)), Default::default())
         .boxed()
@@ -286,5 +349,52 @@ mod tests {
         }
         assert_eq!(Relevance::SpecOrReadiness.key(&refreshed), is_ready);
         assert_eq!(Relevance::Spec.key(&refreshed), Relevance::Spec.key(&b));
+    }
+
+    #[test]
+    fn a_failing_watch_backs_off_but_never_waits_longer_than_retry_max() {
+        let mut backoff = retry_backoff();
+        let waits: Vec<Duration> = backoff.by_ref().take(200).collect();
+        assert_eq!(waits.len(), 200, "the watches never give up");
+        assert!(waits[0] < RETRY_MIN * 2, "first wait {:?}", waits[0]);
+        let longest = waits.iter().max().copied().unwrap_or_default();
+        assert!(longest <= RETRY_MAX, "a watch waited {longest:?} after an error, more than {RETRY_MAX:?}");
+        // It does back off: past the tenth error every wait is at least
+        // half the maximum, so a watch does not hammer an apiserver that is down.
+        assert!(waits[10..].iter().all(|w| *w >= RETRY_MAX / 2), "{:?}", &waits[10..20]);
+        backoff.reset();
+        let first_again = backoff.next().unwrap_or_default();
+        assert!(first_again < RETRY_MIN * 2, "after a success the next wait starts over: {first_again:?}");
+    }
+
+    /// What `Controller` does with its merged triggers (`StreamBackoff` over
+    /// them, with the controller's trigger backoff), on tokio's paused
+    /// clock: a watch failing over and over must not delay another watch's
+    /// change.
+    #[tokio::test(start_paused = true)]
+    async fn one_failing_watch_does_not_hold_up_a_controllers_other_watches() {
+        use futures::stream;
+        use kube::runtime::utils::StreamBackoff;
+
+        let began = tokio::time::Instant::now();
+        // 40 errors, 50 ms apart (each watch's own retry), and one change on
+        // a healthy watch at 1 s.
+        let failing = stream::iter(0..40).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err::<&str, &str>("too old resource version")
+        });
+        let healthy = stream::once(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<&str, &str>("binding deleted")
+        });
+        let mut merged = std::pin::pin!(StreamBackoff::new(stream::select(failing, healthy), Unpaused));
+        let mut seen = None;
+        while let Some(item) = merged.next().await {
+            if item.is_ok() {
+                seen = Some(began.elapsed());
+                break;
+            }
+        }
+        assert_eq!(seen, Some(Duration::from_secs(1)), "the healthy watch's change was held up");
     }
 }

@@ -206,7 +206,8 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
                 .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
-        .sum()
+        // A float sum of nothing is -0.0 (printed "-0"); start from +0.0.
+        .fold(0.0, |total, v| total + v)
 }
 
 fn tail(path: &Path, n: usize) -> String {
