@@ -111,6 +111,9 @@ pub fn retry_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
 /// stall and the shared pause grows with every error of every watch. After
 /// a 10 s apiserver restart that left a binding controller blind for over
 /// half a minute. With this policy an error passes straight through.
+/// (kube-rs chose one shared timer on purpose, assuming an unhealthy
+/// apiserver, kube-rs/kube#763; other operators hit the stall:
+/// stackabletech/trino-operator#936.)
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Unpaused;
 
