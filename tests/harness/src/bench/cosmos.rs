@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use dbgrant_doubles::arm::{
     ARM_RESOURCE, Account, AccountRef, ArmAccess, ArmDouble, ArmDoubleConfig, DATA_CONTRIBUTOR_ID, DATA_READER_ID,
     DEFAULT_SUBSCRIPTION_ID, DEFAULT_TENANT_ID, FEDERATED_TOKEN_AUDIENCE, FederatedCredential, Principal, RequestKind,
-    new_guid,
+    RequestRecord, new_guid,
 };
 use serde_json::{Value, json};
 
@@ -244,8 +244,61 @@ impl Backend for CosmosBackend {
             },
             "throttled429Per1000Writes": if writes > 0.0 { (throttled as f64 * 1000.0 / writes * 10.0).round() / 10.0 } else { 0.0 },
             "busy412": records.iter().filter(|r| r.status == 412).count(),
+            "writeCycle": write_cycle(&records),
         })
     }
+}
+
+/// Where an account's time goes between two accepted writes, from the
+/// double's log: the write's answer → the last operation poll before the
+/// next write (the operation running and being polled), and that poll →
+/// the next write's answer (dbgrant between operations, pacing, and the
+/// next PUT's own latency). Means over every pair of consecutive accepted
+/// writes on the same account, in ms, with the polls and reads between.
+fn write_cycle(records: &[RequestRecord]) -> Value {
+    use std::collections::HashMap;
+    let ms = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+    };
+    // Per account: (last accepted write, last poll since it, polls and reads since it).
+    let mut open: HashMap<&str, (std::time::SystemTime, Option<std::time::SystemTime>, usize, usize)> = HashMap::new();
+    let (mut pairs, mut polling, mut between, mut polls, mut reads) = (0usize, 0.0, 0.0, 0usize, 0usize);
+    for r in records {
+        let Some(account) = r.account.as_deref() else { continue };
+        match r.kind {
+            RequestKind::ArmWrite if (200..300).contains(&r.status) => {
+                if let Some((written, last_poll, p, rd)) = open.get(account) {
+                    let done = last_poll.unwrap_or(*written);
+                    pairs += 1;
+                    polling += ms(*written, done);
+                    between += ms(done, r.at);
+                    polls += p;
+                    reads += rd;
+                }
+                open.insert(account, (r.at, None, 0, 0));
+            }
+            RequestKind::OperationPoll => {
+                if let Some(o) = open.get_mut(account) {
+                    o.1 = Some(r.at);
+                    o.2 += 1;
+                }
+            }
+            RequestKind::ArmRead => {
+                if let Some(o) = open.get_mut(account) {
+                    o.3 += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mean = |x: f64| if pairs > 0 { (x / pairs as f64 * 10.0).round() / 10.0 } else { 0.0 };
+    json!({
+        "pairs": pairs,
+        "writeToDoneMs": mean(polling),
+        "doneToNextWriteMs": mean(between),
+        "pollsPerWrite": mean(polls as f64),
+        "readsBetweenWrites": mean(reads as f64),
+    })
 }
 
 /// What the double's quotas impose on a bulk apply: the principal's write

@@ -96,6 +96,12 @@ fn options(args: &Args, label: &str, resync: Duration, env: Vec<(String, String)
     o.resync = resync;
     // The operator's own default filter: what production runs with.
     o.env.push(("RUST_LOG".into(), "info,kube=warn,mongodb=warn".into()));
+    // No backtraces for errors, as in the image, whatever this shell has:
+    // with RUST_BACKTRACE=1 every error a library builds and drops (the
+    // Azure SDK's absent-header lookups) unwinds the stack, which cost the
+    // operator 30 % more CPU in the Cosmos DB bulk (docs/benchmarks.md).
+    o.env.push(("RUST_BACKTRACE".into(), "0".into()));
+    o.env.push(("RUST_LIB_BACKTRACE".into(), "0".into()));
     o.env.extend(env);
     o.args.extend(args.operator_args.iter().cloned());
     o.env.extend(args.operator_env.iter().cloned());

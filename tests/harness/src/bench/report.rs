@@ -261,6 +261,35 @@ fn rows() -> Vec<Row> {
                 )
             }),
         ),
+        (
+            "Bulk (Cosmos): the operator's waits by reason (`dbgrant_backend_throttles_total`)",
+            "",
+            Box::new(|r| {
+                if num(r, "/bulk/quota/acceptedWrites").is_none() {
+                    return "–".into();
+                }
+                let waits = r["bulk"]["operatorThrottlesByReason"].as_object().cloned().unwrap_or_default();
+                if waits.is_empty() {
+                    return "none".into();
+                }
+                waits.iter().map(|(k, v)| format!("{k} {}", fmt(v.as_f64(), 0))).collect::<Vec<_>>().join("; ")
+            }),
+        ),
+        (
+            "Bulk (Cosmos): per account, write → its operation done → next write (mean ms); polls per write",
+            "",
+            Box::new(|r| {
+                if num(r, "/bulk/quota/writeCycle/pairs").is_none_or(|p| p == 0.0) {
+                    return "–".into();
+                }
+                format!(
+                    "{} → {}; {}",
+                    fmt(num(r, "/bulk/quota/writeCycle/writeToDoneMs"), 0),
+                    fmt(num(r, "/bulk/quota/writeCycle/doneToNextWriteMs"), 0),
+                    fmt(num(r, "/bulk/quota/writeCycle/pollsPerWrite"), 1)
+                )
+            }),
+        ),
         ("Baseline: the same applies with no operator (s)", "", n("/baseline/submitSeconds", 1)),
         (
             "Bulk ÷ baseline (all Ready ÷ the same applies with no operator)",

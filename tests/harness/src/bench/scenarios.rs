@@ -165,6 +165,11 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
+/// The operator's count of the times a backend (or its own write budget)
+/// made it wait, by `reason`: `429`, `412`, `pending`, `budget`,
+/// `throttled` (a Retry-After waited out inside a pass).
+const THROTTLED: &str = "dbgrant_backend_throttles_total";
+
 /// Reconciles the operator has finished for `kind` (the reconcile duration
 /// histogram's count: one sample per completed reconcile).
 async fn completed_reconciles(op: &Operator, kind: &str) -> f64 {
@@ -193,17 +198,34 @@ async fn wait_drained(op: &Operator, kind: &str, timeout: Duration) -> Instant {
 
 /// The operator's backend operations by name (its own view, from /metrics).
 async fn operator_backend_ops(op: &Operator) -> BTreeMap<String, f64> {
+    operator_counter_by(op, "dbgrant_backend_operations_total", "operation").await
+}
+
+/// The operator's counter `metric` summed by the value of its `label`
+/// (empty when /metrics does not answer).
+async fn operator_counter_by(op: &Operator, metric: &str, label: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let Ok(m) = op.metrics().await else { return out };
-    for l in m.lines().filter(|l| l.starts_with("dbgrant_backend_operations_total{")) {
-        if let Some(start) = l.find("operation=\"") {
-            let rest = &l[start + 11..];
+    let series = format!("{metric}{{");
+    let key = format!("{label}=\"");
+    for l in m.lines().filter(|l| l.starts_with(&series)) {
+        if let Some(start) = l.find(&key) {
+            let rest = &l[start + key.len()..];
             let name = &rest[..rest.find('"').unwrap_or(0)];
             let v: f64 = l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0);
             *out.entry(name.to_string()).or_default() += v;
         }
     }
     out
+}
+
+/// What grew in `after` since `before`, by key (keys that did not grow are left out).
+fn grown(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
 }
 
 fn secs(d: Duration) -> f64 {
@@ -222,6 +244,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
     let expected = |k: usize| per_ns.min(n - k * per_ns);
     env.clear_counters();
     let reconciles_before = completed_reconciles(op, kind).await;
+    let throttles_before = operator_counter_by(op, THROTTLED, "reason").await;
     let sampler = Sampler::start(op.pid().context("operator pid")?, SAMPLE_EVERY);
     let started = AtomicUsize::new(0);
     let applied_at: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::with_capacity(n));
@@ -381,6 +404,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
         "backendWritesPerBinding": if n > 0 { round3(total.writes as f64 / n as f64) } else { 0.0 },
         "backendPerTarget": per_target.iter().map(OpCounts::to_json).collect::<Vec<_>>(),
         "operatorBackendOps": operator_backend_ops(op).await,
+        "operatorThrottlesByReason": grown(&throttles_before, &operator_counter_by(op, THROTTLED, "reason").await),
         "reconciles": reconciles,
         "reconcilesPerBinding": if n > 0 { round3(reconciles / n as f64) } else { 0.0 },
         "operator": window.to_json(),
