@@ -185,6 +185,12 @@ fn bulk_over_baseline(r: &Value) -> Option<f64> {
 
 type Row = (&'static str, &'static str, Box<dyn Fn(&Value) -> String>);
 
+/// A cell that only some runs have (Cosmos DB's quota figures, say): "–"
+/// where the run's report has no number at `present`, else `cell` of it.
+fn only_with(present: &'static str, cell: impl Fn(&Value) -> String + 'static) -> Box<dyn Fn(&Value) -> String> {
+    Box::new(move |r| if num(r, present).is_none() { "–".into() } else { cell(r) })
+}
+
 fn rows() -> Vec<Row> {
     let n = |p: &'static str, d: usize| -> Box<dyn Fn(&Value) -> String> { Box::new(move |r| fmt(num(r, p), d)) };
     vec![
@@ -208,10 +214,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): accepted ARM writes; writes/s",
             "",
-            Box::new(|r| {
-                if num(r, "/bulk/quota/acceptedWrites").is_none() {
-                    return "–".into();
-                }
+            only_with("/bulk/quota/acceptedWrites", |r| {
                 format!(
                     "{}; {}",
                     fmt(num(r, "/bulk/quota/acceptedWrites"), 0),
@@ -222,10 +225,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): quota-imposed minimum (s); share of the allowed rate",
             "≥ 0.9",
-            Box::new(|r| {
-                if num(r, "/bulk/quota/acceptedWrites").is_none() {
-                    return "–".into();
-                }
+            only_with("/bulk/quota/acceptedWrites", |r| {
                 let eff =
                     num(r, "/bulk/quota/quotaEfficiency").map_or("not quota-bound".to_string(), |e| fmt(Some(e), 2));
                 format!("{}; {eff}", fmt(num(r, "/bulk/quota/quotaMinimumSeconds"), 0))
@@ -234,10 +234,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): apply-to-Ready p50, and the quotas' least p50 for the same applies (ms); ratio",
             "≤ 1.5",
-            Box::new(|r| {
-                if num(r, "/bulk/applyToReadyQuotaMinimum/minimum/p50Ms").is_none() {
-                    return "–".into();
-                }
+            only_with("/bulk/applyToReadyQuotaMinimum/minimum/p50Ms", |r| {
                 format!(
                     "{} / {}; {}",
                     fmt(num(r, "/bulk/applyToReady/p50Ms"), 0),
@@ -249,10 +246,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): 429 / 412 answers (429 per 1,000 accepted writes)",
             "",
-            Box::new(|r| {
-                if num(r, "/bulk/quota/acceptedWrites").is_none() {
-                    return "–".into();
-                }
+            only_with("/bulk/quota/acceptedWrites", |r| {
                 format!(
                     "{} / {} ({})",
                     fmt(num(r, "/bulk/quota/throttled429"), 0),
@@ -264,10 +258,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): the operator's waits by reason (`dbgrant_backend_throttles_total`)",
             "",
-            Box::new(|r| {
-                if num(r, "/bulk/quota/acceptedWrites").is_none() {
-                    return "–".into();
-                }
+            only_with("/bulk/quota/acceptedWrites", |r| {
                 let waits = r["bulk"]["operatorThrottlesByReason"].as_object().cloned().unwrap_or_default();
                 if waits.is_empty() {
                     return "none".into();
@@ -278,10 +269,7 @@ fn rows() -> Vec<Row> {
         (
             "Bulk (Cosmos): per account, write → its operation done → next write (mean ms); polls per write",
             "",
-            Box::new(|r| {
-                if num(r, "/bulk/quota/writeCycle/pairs").is_none_or(|p| p == 0.0) {
-                    return "–".into();
-                }
+            only_with("/bulk/quota/writeCycle/pairs", |r| {
                 format!(
                     "{} → {}; {}",
                     fmt(num(r, "/bulk/quota/writeCycle/writeToDoneMs"), 0),
