@@ -173,7 +173,6 @@ where
         .await
 }
 
-/// The controller settings: `concurrency` reconciles at once.
 /// A controller over a stream from [`watch::cached`]: `concurrency`
 /// reconciles at a time, and no pause of all its watches when one fails
 /// (each backs off on its own; see [`watch::Unpaused`]).
