@@ -256,36 +256,40 @@ impl Backend for CosmosBackend {
 /// next PUT's own latency). Means over every pair of consecutive accepted
 /// writes on the same account, in ms, with the polls and reads between.
 fn write_cycle(records: &[RequestRecord]) -> Value {
-    use std::collections::HashMap;
-    let ms = |a: std::time::SystemTime, b: std::time::SystemTime| {
-        b.duration_since(a).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
-    };
-    // Per account: (last accepted write, last poll since it, polls and reads since it).
-    let mut open: HashMap<&str, (std::time::SystemTime, Option<std::time::SystemTime>, usize, usize)> = HashMap::new();
+    use std::{collections::HashMap, time::SystemTime};
+    /// An account's last accepted write and what followed it so far.
+    struct Since {
+        written: SystemTime,
+        last_poll: Option<SystemTime>,
+        polls: usize,
+        reads: usize,
+    }
+    let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0);
+    let mut open: HashMap<&str, Since> = HashMap::new();
     let (mut pairs, mut polling, mut between, mut polls, mut reads) = (0usize, 0.0, 0.0, 0usize, 0usize);
     for r in records {
         let Some(account) = r.account.as_deref() else { continue };
         match r.kind {
             RequestKind::ArmWrite if (200..300).contains(&r.status) => {
-                if let Some((written, last_poll, p, rd)) = open.get(account) {
-                    let done = last_poll.unwrap_or(*written);
+                if let Some(s) = open.get(account) {
+                    let done = s.last_poll.unwrap_or(s.written);
                     pairs += 1;
-                    polling += ms(*written, done);
+                    polling += ms(s.written, done);
                     between += ms(done, r.at);
-                    polls += p;
-                    reads += rd;
+                    polls += s.polls;
+                    reads += s.reads;
                 }
-                open.insert(account, (r.at, None, 0, 0));
+                open.insert(account, Since { written: r.at, last_poll: None, polls: 0, reads: 0 });
             }
             RequestKind::OperationPoll => {
-                if let Some(o) = open.get_mut(account) {
-                    o.1 = Some(r.at);
-                    o.2 += 1;
+                if let Some(s) = open.get_mut(account) {
+                    s.last_poll = Some(r.at);
+                    s.polls += 1;
                 }
             }
             RequestKind::ArmRead => {
-                if let Some(o) = open.get_mut(account) {
-                    o.3 += 1;
+                if let Some(s) = open.get_mut(account) {
+                    s.reads += 1;
                 }
             }
             _ => {}
