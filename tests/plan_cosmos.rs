@@ -68,32 +68,20 @@ fn built_in_defs() -> Vec<ActualDefinition> {
     .collect()
 }
 
-/// Apply a plan the way ARM would, for the tests.
+/// Apply a plan the way ARM would (`Actual::record`), checking the order
+/// ARM requires: no definition deleted while in use, no assignment before
+/// its definition, no create of a name that exists.
 fn apply(account: &AccountRef, actual: &mut Actual, plan: &Plan) {
     for a in &plan.actions {
         match a {
-            Action::PutDefinition { name, role_name, data_actions, assignable_scopes, .. } => {
-                actual.definitions.retain(|d| !d.name.eq_ignore_ascii_case(name));
-                actual.definitions.push(ActualDefinition {
-                    name: name.clone(),
-                    role_name: role_name.clone(),
-                    built_in: false,
-                    data_actions: data_actions.clone(),
-                    assignable_scopes: assignable_scopes.clone(),
-                });
-            }
-            Action::DeleteDefinition { name, .. } => {
-                assert!(
-                    !actual
-                        .assignments
-                        .iter()
-                        .any(|x| account.definition_name_of(&x.role_definition_id).as_deref() == Some(name.as_str())),
-                    "definition {name} deleted while in use"
-                );
-                actual.definitions.retain(|d| &d.name != name)
-            }
-            Action::DeleteAssignment { name, .. } => actual.assignments.retain(|x| &x.name != name),
-            Action::PutAssignment { name, principal_id, role_definition_id, scope, create, .. } => {
+            Action::DeleteDefinition { name, .. } => assert!(
+                !actual
+                    .assignments
+                    .iter()
+                    .any(|x| account.definition_name_of(&x.role_definition_id).as_deref() == Some(name.as_str())),
+                "definition {name} deleted while in use"
+            ),
+            Action::PutAssignment { name, role_definition_id, create, .. } => {
                 let def = account.definition_name_of(role_definition_id).unwrap();
                 assert!(
                     actual.definitions.iter().any(|d| d.name.eq_ignore_ascii_case(&def))
@@ -103,15 +91,10 @@ fn apply(account: &AccountRef, actual: &mut Actual, plan: &Plan) {
                 if *create {
                     assert!(!actual.assignments.iter().any(|x| &x.name == name), "duplicate create {name}");
                 }
-                actual.assignments.retain(|x| &x.name != name);
-                actual.assignments.push(ActualAssignment {
-                    name: name.clone(),
-                    principal_id: principal_id.clone(),
-                    role_definition_id: role_definition_id.clone(),
-                    scope: scope.clone(),
-                });
             }
+            Action::PutDefinition { .. } | Action::DeleteAssignment { .. } => {}
         }
+        actual.record(a);
     }
 }
 

@@ -147,6 +147,8 @@ pub struct CosmosContext {
     pub settings: CosmosSettings,
     accounts: Mutex<HashMap<String, Arc<AccountHandle>>>,
     changes: Mutex<HashMap<String, u64>>,
+    /// Notified on every change (see [`sync::Progress::changes`]).
+    changed: tokio::sync::Notify,
     /// ARM request buckets, per (subscription, identity, reads or writes), shared by the
     /// accounts' clients (see [`arm::pacing`]).
     buckets: Buckets,
@@ -180,6 +182,7 @@ impl CosmosContext {
             settings,
             accounts: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
             buckets: Buckets::default(),
         }
     }
@@ -200,7 +203,10 @@ impl CosmosContext {
         let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.entry(target.to_string()).or_default();
         *n += 1;
-        *n
+        let n = *n;
+        drop(c);
+        self.changed.notify_waiters();
+        n
     }
 
     fn change(&self, target: &str) -> u64 {
@@ -406,10 +412,31 @@ impl CosmosContext {
         let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
         let observe = target.spec.mode == TargetMode::Observe;
         let watched = || handle.progress.receiver_count() > 0;
-        let publish = |partial: sync::SyncReport| {
-            handle.progress.send_replace(Some((covered, Arc::new(partial))));
+        let publish = |covers: u64, partial: sync::SyncReport| {
+            handle.progress.send_replace(Some((covers, Arc::new(partial))));
         };
-        let progress = sync::Progress { watched: &watched, publish: &publish };
+        // Changes made while the pass writes are taken on by a pass that
+        // only has to coalesce: one asked to read the account afresh, or to
+        // release, stays as it was asked.
+        let newer = |since: u64| {
+            let now = self.change(&name);
+            (now > since).then(|| {
+                let mut desired = self.desired(&name);
+                desired.released = handle.released(target);
+                (now, desired)
+            })
+        };
+        // Only for a caller content with a partial report: one waiting to
+        // see a revocation confirmed gets the pass's own report at once.
+        let coalesce = freshness == Freshness::Coalesce && release.is_empty() && enough.is_some();
+        let progress = sync::Progress {
+            covers: covered,
+            watched: &watched,
+            publish: &publish,
+            newer: coalesce.then_some(&newer as &(dyn Fn(u64) -> Option<(u64, Desired)> + Sync)),
+            take_on_for: sync::TAKE_ON_FOR,
+            changes: Some(&self.changed),
+        };
         let result = sync::sync(
             client.as_ref(),
             &mut state,
@@ -423,22 +450,31 @@ impl CosmosContext {
         )
         .await;
         handle.progress.send_replace(None);
-        status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
         let report = match result {
             Ok(report) => report,
             Err(e) => {
                 drop(state);
+                status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
                 return Err(handle.failed(name, e));
             }
         };
         if !report.plan.stale_released.is_empty() {
             let stale = report.plan.stale_released.iter().cloned().collect();
-            self.record_released(target, &handle, BTreeSet::new(), stale).await?;
+            if let Err(e) = self.record_released(target, &handle, BTreeSet::new(), stale).await {
+                drop(state);
+                status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
+                return Err(e);
+            }
         }
         // Recorded under the account's lock, so the last report is always
         // the newest.
+        let covered = report.covers.max(covered);
         let report: SharedReport = Arc::new(report);
         *handle.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((covered, report.clone()));
+        // The Event listing the pass's writes is the apiserver's business,
+        // not the account's: the next pass need not wait for it.
+        drop(state);
+        status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
         Ok(report)
     }
 

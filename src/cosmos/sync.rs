@@ -219,6 +219,9 @@ pub struct SyncReport {
     pub remaining: Option<BTreeSet<String>>,
     /// Observe mode: the plan's writes, not made (`create assignment …`).
     pub planned: Vec<String>,
+    /// The caller's change number the pass's last plan was made for (see
+    /// [`Progress::covers`]; 0 without progress).
+    pub covers: u64,
 }
 
 /// Where a wanted assignment ended up, for a binding's status.
@@ -417,26 +420,60 @@ fn stop_for(e: &ArmError) -> Option<(Stop, Duration)> {
 
 /// Where a pass shows what it has confirmed so far, so that a binding
 /// whose assignments are in place need not wait for the whole pass (at the
-/// quota's pace, hundreds of writes) to say so.
+/// quota's pace, hundreds of writes) to say so; and where it learns of
+/// changes made while it writes, so it can take them on without reading
+/// the account again.
 pub struct Progress<'a> {
+    /// The caller's change number the pass was planned for.
+    pub covers: u64,
     /// Whether anyone is waiting (a partial report is built only then).
     pub watched: &'a (dyn Fn() -> bool + Sync),
-    /// Takes a partial report (see [`SyncReport::partial`]).
-    pub publish: &'a (dyn Fn(SyncReport) + Sync),
+    /// Takes a partial report (see [`SyncReport::partial`]) and the change
+    /// number it covers.
+    pub publish: &'a (dyn Fn(u64, SyncReport) + Sync),
+    /// Changes after change `n`: the newest change number and everything
+    /// wanted at it. None when nothing changed, and always None for a pass
+    /// that must not take on more (one that was asked to read the account
+    /// afresh, or to release).
+    pub newer: Option<&'a (dyn Fn(u64) -> Option<(u64, Desired)> + Sync)>,
+    /// How long after its start the pass still asks `newer` (see
+    /// [`TAKE_ON_FOR`]).
+    pub take_on_for: Duration,
+    /// Notified on every change: a pass that has taken on changes already
+    /// waits up to [`TAKE_ON_WAIT`] for the next one before it ends.
+    pub changes: Option<&'a tokio::sync::Notify>,
 }
 
 impl Progress<'_> {
-    fn show(&self, plan: &Plan, results: &BTreeMap<String, WriteResult>) {
+    fn show(&self, covers: u64, plan: &Plan, results: &BTreeMap<String, WriteResult>) {
         if (self.watched)() {
-            (self.publish)(SyncReport::partial(plan, results));
+            (self.publish)(covers, SyncReport::partial(plan, results));
         }
     }
 }
+
+/// How long a pass keeps taking on changes made while it writes (see
+/// [`Progress::newer`]); after that the next change waits for a pass that
+/// reads the account again, and so does a target's periodic resync.
+pub const TAKE_ON_FOR: Duration = Duration::from_secs(30);
+/// How long a pass that has taken on changes waits for the next one once
+/// its writes are done: in a bulk apply the next binding is a moment away,
+/// and a new pass would read the account again.
+pub const TAKE_ON_WAIT: Duration = Duration::from_millis(200);
 
 /// One sync of an account. `desired.pending` is filled from `state`, and
 /// `desired.previous` too once a pass has observed the account. After the
 /// plan, and after each write that went through, `progress` (if any) gets
 /// what the pass has confirmed so far.
+///
+/// When every write of the plan went through, the pass asks `progress` for
+/// changes made meanwhile and plans again (for up to [`TAKE_ON_FOR`]),
+/// against the account as listed plus its own writes since
+/// ([`Actual::record`]): a bulk apply then costs two LISTs per account
+/// every half minute instead of two per handful of writes. A plan that
+/// would delete something, or write a name this pass wrote already, is left
+/// to a pass that reads the account afresh: revocations are confirmed
+/// against a LIST that was made for them.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
     api: &dyn ArmApi,
@@ -485,10 +522,10 @@ pub async fn sync(
         report.stopped = Some((Stop::Pending(op.resource.clone()), PENDING_RETRY));
     }
 
+    // The two LISTs are independent reads: sent together.
     report.reads += 2;
-    let definitions = api.list_definitions().await;
+    let (definitions, assignments) = tokio::join!(api.list_definitions(), api.list_assignments());
     metrics.backend_op(BACKEND, "listRoleDefinitions", definitions.is_ok());
-    let assignments = api.list_assignments().await;
     metrics.backend_op(BACKEND, "listRoleAssignments", assignments.is_ok());
     let (definitions, assignments) = match (definitions, assignments) {
         (Ok(d), Ok(a)) => (d, a),
@@ -503,9 +540,9 @@ pub async fn sync(
     if let Some(o) = &state.observed {
         desired.previous = o.clone();
     }
-    let actual = Actual { definitions, assignments };
+    let mut actual = Actual { definitions, assignments };
     let account = api.account().clone();
-    let p = plan(&account, &desired, &actual, limits);
+    let mut p = plan(&account, &desired, &actual, limits);
     let mut assignments_now = actual.assignments.len();
     let mut definitions_now = actual.definitions.iter().filter(|d| !d.is_built_in()).count();
     if observe {
@@ -525,119 +562,159 @@ pub async fn sync(
     let mut failed_definitions: Vec<String> = Vec::new();
     let mut undeleted_roles: BTreeSet<RoleKey> = BTreeSet::new();
     let mut waited = Duration::ZERO;
+    let started = Instant::now();
+    let mut covers = progress.map_or(0, |pr| pr.covers);
+    // The plans of the rounds before this one (see `Plan::then`).
+    let mut earlier: Option<Plan> = None;
     if let Some(progress) = progress {
-        progress.show(&p, &report.results);
+        progress.show(covers, &p, &report.results);
     }
-    for action in &p.actions {
-        let name = action.name().to_string();
-        if report.stopped.is_some() {
-            report.results.insert(name, WriteResult::Skipped);
-            continue;
-        }
-        if let Action::PutAssignment { role_definition_id, .. } = action
-            && failed_definitions.iter().any(|d| role_definition_id.to_ascii_lowercase().ends_with(d.as_str()))
-        {
-            report.results.insert(name, WriteResult::Held("its role definition was not written".into()));
-            continue;
-        }
-        if let Action::DeleteDefinition { source, .. } = action
-            && undeleted_roles.contains(&RoleKey::Custom(source.clone()))
-        {
-            report.results.insert(name, WriteResult::Held("role assignments that use it are still in place".into()));
-            continue;
-        }
-        if let Err(wait) = state.budget.try_take(Instant::now()) {
-            metrics.throttled(BACKEND, target, "budget");
-            report.stopped = Some((Stop::Budget, wait));
-            report.results.insert(name, WriteResult::Skipped);
-            continue;
-        }
-        let result = loop {
-            let (op, result) = execute(api, action, &mut report.writes).await;
-            metrics.backend_op(BACKEND, op, result.is_ok());
-            record(audit, op, action, &actual, &desired, &result);
-            match &result {
-                Err(ArmError::Throttled { retry_after, .. })
-                    if *retry_after <= IN_PASS_WAIT && waited + *retry_after <= IN_PASS_WAIT_TOTAL =>
-                {
-                    metrics.throttled(BACKEND, target, "throttled");
-                    tracing::debug!(%target, wait_ms = retry_after.as_millis() as u64, "azure asked dbgrant to wait; waiting in the pass");
-                    waited += *retry_after;
-                    tokio::time::sleep(*retry_after).await;
-                }
-                _ => break result,
+    loop {
+        for action in &p.actions {
+            let name = action.name().to_string();
+            if report.stopped.is_some() {
+                report.results.insert(name, WriteResult::Skipped);
+                continue;
             }
-        };
-        let outcome = match result {
-            Ok(()) => {
-                state.principal_retries.remove(&name);
+            if let Action::PutAssignment { role_definition_id, .. } = action
+                && failed_definitions.iter().any(|d| role_definition_id.to_ascii_lowercase().ends_with(d.as_str()))
+            {
+                report.results.insert(name, WriteResult::Held("its role definition was not written".into()));
+                continue;
+            }
+            if let Action::DeleteDefinition { source, .. } = action
+                && undeleted_roles.contains(&RoleKey::Custom(source.clone()))
+            {
+                report
+                    .results
+                    .insert(name, WriteResult::Held("role assignments that use it are still in place".into()));
+                continue;
+            }
+            if let Err(wait) = state.budget.try_take(Instant::now()) {
+                metrics.throttled(BACKEND, target, "budget");
+                report.stopped = Some((Stop::Budget, wait));
+                report.results.insert(name, WriteResult::Skipped);
+                continue;
+            }
+            let result = loop {
+                let (op, result) = execute(api, action, &mut report.writes).await;
+                metrics.backend_op(BACKEND, op, result.is_ok());
+                record(audit, op, action, &actual, &desired, &result);
+                match &result {
+                    Err(ArmError::Throttled { retry_after, .. })
+                        if *retry_after <= IN_PASS_WAIT && waited + *retry_after <= IN_PASS_WAIT_TOTAL =>
+                    {
+                        metrics.throttled(BACKEND, target, "throttled");
+                        tracing::debug!(%target, wait_ms = retry_after.as_millis() as u64, "azure asked dbgrant to wait; waiting in the pass");
+                        waited += *retry_after;
+                        tokio::time::sleep(*retry_after).await;
+                    }
+                    _ => break result,
+                }
+            };
+            let outcome = match result {
+                Ok(()) => {
+                    state.principal_retries.remove(&name);
+                    match action {
+                        Action::PutAssignment { create: true, .. } => assignments_now += 1,
+                        Action::DeleteAssignment { .. } => assignments_now = assignments_now.saturating_sub(1),
+                        Action::PutDefinition { create: true, .. } => definitions_now += 1,
+                        Action::DeleteDefinition { .. } => definitions_now = definitions_now.saturating_sub(1),
+                        _ => {}
+                    }
+                    tracing::info!(%target, action = %action.describe(), "applied");
+                    WriteResult::Done
+                }
+                Err(ArmError::Pending { operation }) => {
+                    tracing::info!(%target, resource = %operation.resource, "azure operation still running; will poll it later");
+                    metrics.throttled(BACKEND, target, "pending");
+                    report.stopped = Some((Stop::Pending(operation.resource.clone()), PENDING_RETRY));
+                    state.pending.insert(name.clone(), operation);
+                    WriteResult::Pending
+                }
+                Err(e) if stop_for(&e).is_some() => {
+                    let (stop, wait) = stop_for(&e).unwrap_or((Stop::Budget, PENDING_RETRY));
+                    tracing::info!(%target, reason = stop.label(), wait_s = wait.as_secs(), "azure asked dbgrant to wait");
+                    metrics.throttled(BACKEND, target, stop.label());
+                    state.not_before = Some(Instant::now() + wait);
+                    report.stopped = Some((stop, wait));
+                    WriteResult::Skipped
+                }
+                Err(ArmError::PrincipalNotFound { message }) => {
+                    let n = state.principal_retries.entry(name.clone()).or_default();
+                    *n += 1;
+                    tracing::info!(%target, assignment = %name, attempts = *n, "principal not found yet; will retry");
+                    WriteResult::PrincipalNotFound(message)
+                }
+                Err(ArmError::LimitExceeded { code, message }) => {
+                    WriteResult::LimitExceeded(format!("{code}: {message}"))
+                }
+                // No write can get past these: the pass ends, the report is
+                // not used, and nothing is confirmed.
+                Err(e) if fatal(&e, &account) => return Err(e),
+                Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. })) => {
+                    tracing::warn!(%target, action = %action.describe(), error = %e, "azure refused the write");
+                    WriteResult::Rejected(e.to_string())
+                }
+                // 403, 5xx after the pipeline's retries, an unreadable answer:
+                // this write failed; the others still go.
+                Err(e) => {
+                    tracing::warn!(%target, action = %action.describe(), error = %e, "azure failed the write; the pass goes on");
+                    WriteResult::Failed(e.to_string())
+                }
+            };
+            if outcome != WriteResult::Done {
                 match action {
-                    Action::PutAssignment { create: true, .. } => assignments_now += 1,
-                    Action::DeleteAssignment { .. } => assignments_now = assignments_now.saturating_sub(1),
-                    Action::PutDefinition { create: true, .. } => definitions_now += 1,
-                    Action::DeleteDefinition { .. } => definitions_now = definitions_now.saturating_sub(1),
+                    Action::PutDefinition { name, .. } => failed_definitions.push(name.to_ascii_lowercase()),
+                    Action::DeleteAssignment { key, .. } => {
+                        undeleted_roles.insert(key.role.clone());
+                    }
                     _ => {}
                 }
-                tracing::info!(%target, action = %action.describe(), "applied");
-                WriteResult::Done
             }
-            Err(ArmError::Pending { operation }) => {
-                tracing::info!(%target, resource = %operation.resource, "azure operation still running; will poll it later");
-                metrics.throttled(BACKEND, target, "pending");
-                report.stopped = Some((Stop::Pending(operation.resource.clone()), PENDING_RETRY));
-                state.pending.insert(name.clone(), operation);
-                WriteResult::Pending
+            let failed = matches!(outcome, WriteResult::Failed(_))
+                || (matches!(action, Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. })
+                    && !matches!(outcome, WriteResult::Done | WriteResult::Pending | WriteResult::Skipped));
+            if failed {
+                *state.failures.entry(name.clone()).or_default() += 1;
+            } else if outcome == WriteResult::Done {
+                state.failures.remove(&name);
             }
-            Err(e) if stop_for(&e).is_some() => {
-                let (stop, wait) = stop_for(&e).unwrap_or((Stop::Budget, PENDING_RETRY));
-                tracing::info!(%target, reason = stop.label(), wait_s = wait.as_secs(), "azure asked dbgrant to wait");
-                metrics.throttled(BACKEND, target, stop.label());
-                state.not_before = Some(Instant::now() + wait);
-                report.stopped = Some((stop, wait));
-                WriteResult::Skipped
+            let shown = outcome == WriteResult::Done && matches!(action, Action::PutAssignment { .. });
+            report.results.insert(name, outcome);
+            if let Some(progress) = progress.filter(|_| shown) {
+                progress.show(covers, &p, &report.results);
             }
-            Err(ArmError::PrincipalNotFound { message }) => {
-                let n = state.principal_retries.entry(name.clone()).or_default();
-                *n += 1;
-                tracing::info!(%target, assignment = %name, attempts = *n, "principal not found yet; will retry");
-                WriteResult::PrincipalNotFound(message)
-            }
-            Err(ArmError::LimitExceeded { code, message }) => WriteResult::LimitExceeded(format!("{code}: {message}")),
-            // No write can get past these: the pass ends, the report is
-            // not used, and nothing is confirmed.
-            Err(e) if fatal(&e, &account) => return Err(e),
-            Err(e @ (ArmError::Rejected { .. } | ArmError::NotFound { .. })) => {
-                tracing::warn!(%target, action = %action.describe(), error = %e, "azure refused the write");
-                WriteResult::Rejected(e.to_string())
-            }
-            // 403, 5xx after the pipeline's retries, an unreadable answer:
-            // this write failed; the others still go.
-            Err(e) => {
-                tracing::warn!(%target, action = %action.describe(), error = %e, "azure failed the write; the pass goes on");
-                WriteResult::Failed(e.to_string())
-            }
+        }
+        // Take on what changed while this round wrote, if every write went
+        // through and no more than puts are needed.
+        let clean = report.stopped.is_none()
+            && p.actions.iter().all(|a| report.results.get(a.name()) == Some(&WriteResult::Done));
+        let taking = progress.filter(|pr| clean && started.elapsed() < pr.take_on_for);
+        let newer = match taking {
+            Some(pr) => take_on(pr, covers, earlier.is_some()).await,
+            None => None,
         };
-        if outcome != WriteResult::Done {
-            match action {
-                Action::PutDefinition { name, .. } => failed_definitions.push(name.to_ascii_lowercase()),
-                Action::DeleteAssignment { key, .. } => {
-                    undeleted_roles.insert(key.role.clone());
-                }
-                _ => {}
-            }
+        let Some((n, mut next)) = newer else { break };
+        let mut after = actual.clone();
+        for action in &p.actions {
+            after.record(action);
         }
-        let failed = matches!(outcome, WriteResult::Failed(_))
-            || (matches!(action, Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. })
-                && !matches!(outcome, WriteResult::Done | WriteResult::Pending | WriteResult::Skipped));
-        if failed {
-            *state.failures.entry(name.clone()).or_default() += 1;
-        } else if outcome == WriteResult::Done {
-            state.failures.remove(&name);
+        next.pending = state.pending.keys().cloned().collect();
+        next.previous = p.observed(&desired, |_| true);
+        let np = plan(&account, &next, &after, limits);
+        let revokes = |a: &Action| matches!(a, Action::DeleteAssignment { .. } | Action::DeleteDefinition { .. });
+        if np.actions.iter().any(|a| revokes(a) || report.results.contains_key(a.name())) {
+            break;
         }
-        let shown = outcome == WriteResult::Done && matches!(action, Action::PutAssignment { .. });
-        report.results.insert(name, outcome);
-        if let Some(progress) = progress.filter(|_| shown) {
-            progress.show(&p, &report.results);
+        tracing::debug!(%target, covers = n, writes = np.actions.len(), "taking on changes made during the pass");
+        earlier = Some(match earlier.take() {
+            Some(e) => e.then(std::mem::replace(&mut p, np)),
+            None => std::mem::replace(&mut p, np),
+        });
+        (actual, desired, covers) = (after, next, n);
+        if let Some(progress) = progress {
+            progress.show(covers, &p, &report.results);
         }
     }
     // What the account holds of dbgrant's now.
@@ -659,8 +736,28 @@ pub async fn sync(
     report.definitions = definitions_now;
     report.principal_retries = state.principal_retries.clone();
     report.failures = state.failures.clone();
-    report.plan = p;
+    report.covers = covers;
+    report.plan = match earlier {
+        Some(e) => e.then(p),
+        None => p,
+    };
     Ok(report)
+}
+
+/// The changes made after `covers`, from `progress`; `waiting` lets it wait
+/// [`TAKE_ON_WAIT`] for one.
+async fn take_on(progress: &Progress<'_>, covers: u64, waiting: bool) -> Option<(u64, Desired)> {
+    let newer = progress.newer?;
+    let Some(changes) = progress.changes.filter(|_| waiting) else { return newer(covers) };
+    let deadline = tokio::time::Instant::now() + TAKE_ON_WAIT;
+    loop {
+        // Made before looking, so a change in between is not missed.
+        let changed = changes.notified();
+        if let Some(next) = newer(covers) {
+            return Some(next);
+        }
+        tokio::time::timeout_at(deadline, changed).await.ok()?;
+    }
 }
 
 async fn execute(api: &dyn ArmApi, action: &Action, writes: &mut usize) -> (&'static str, Result<(), ArmError>) {
@@ -921,9 +1018,19 @@ mod tests {
         // P1 is in place already; P2 and P3 are to be written.
         run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
         let shown: std::sync::Mutex<Vec<SyncReport>> = Default::default();
-        let publish = |r: SyncReport| shown.lock().unwrap().push(r);
+        let publish = |covers: u64, r: SyncReport| {
+            assert_eq!(covers, 7, "the caller's change number");
+            shown.lock().unwrap().push(r)
+        };
         let watched = || true;
-        let progress = Progress { watched: &watched, publish: &publish };
+        let progress = Progress {
+            covers: 7,
+            watched: &watched,
+            publish: &publish,
+            newer: None,
+            take_on_for: TAKE_ON_FOR,
+            changes: None,
+        };
         let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")]);
         let limits = Limits::default();
         let report =
@@ -944,12 +1051,178 @@ mod tests {
         assert!(shown.iter().all(|r| r.remaining.is_none() && r.stopped.is_none()));
         // Not watched: nothing is built.
         let unwatched = || false;
-        let never = |_: SyncReport| panic!("published with nobody waiting");
-        let quiet = Progress { watched: &unwatched, publish: &never };
+        let never = |_: u64, _: SyncReport| panic!("published with nobody waiting");
+        let quiet = Progress {
+            covers: 0,
+            watched: &unwatched,
+            publish: &never,
+            newer: None,
+            take_on_for: TAKE_ON_FOR,
+            changes: None,
+        };
         let d = want(&[(P2, "/dbs/b")]);
         sync(&fake, &mut state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&quiet))
             .await
             .unwrap();
+    }
+
+    /// A `Progress` whose `newer` hands out `changes` in turn (numbered
+    /// from 2; the pass starts at 1), recording each number it was asked
+    /// about and each change number published.
+    struct Changes {
+        queue: Mutex<VecDeque<Desired>>,
+        asked: Mutex<Vec<u64>>,
+        published: Mutex<Vec<u64>>,
+    }
+
+    impl Changes {
+        fn new(changes: Vec<Desired>) -> Self {
+            Self { queue: Mutex::new(changes.into()), asked: Default::default(), published: Default::default() }
+        }
+        async fn sync(&self, fake: &Fake, state: &mut AccountState, d: Desired, take_on_for: Duration) -> SyncReport {
+            let newer = |since: u64| {
+                self.asked.lock().unwrap().push(since);
+                self.queue.lock().unwrap().pop_front().map(|d| (since + 1, d))
+            };
+            let publish = |covers: u64, _: SyncReport| self.published.lock().unwrap().push(covers);
+            let watched = || true;
+            let progress = Progress {
+                covers: 1,
+                watched: &watched,
+                publish: &publish,
+                newer: Some(&newer),
+                take_on_for,
+                changes: None,
+            };
+            let limits = Limits::default();
+            sync(fake, state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&progress))
+                .await
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_takes_on_grants_made_while_it_writes_without_reading_the_account_again() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let changes = Changes::new(vec![
+            // P2 arrives while P1 is written, then a binding that shares P2's
+            // assignment (nothing to write), then P3.
+            want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]),
+            want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]),
+            want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")]),
+        ]);
+        let report = changes.sync(&fake, &mut state, want(&[(P1, "/dbs/a")]), TAKE_ON_FOR).await;
+        let names = [P1, P2, P3].map(|p| reader_name(&fake, p, "/dbs/a"));
+        let puts = names.iter().map(|n| format!("PUT {n}"));
+        assert_eq!(
+            fake.calls(),
+            ["LIST definitions".to_string(), "LIST assignments".to_string()]
+                .into_iter()
+                .chain(puts)
+                .collect::<Vec<_>>(),
+            "one read of the account for all rounds"
+        );
+        // A round with nothing to write goes on to the next change.
+        assert_eq!(*changes.asked.lock().unwrap(), [1, 2, 3, 4]);
+        assert_eq!(report.covers, 4);
+        // After each plan, and after each write.
+        assert_eq!(*changes.published.lock().unwrap(), [1, 1, 2, 2, 3, 4, 4]);
+        assert_eq!(report.writes, 3);
+        assert_eq!(report.done().len(), 3, "every round's writes: {:?}", report.done());
+        for p in [P1, P2, P3] {
+            assert!(matches!(report.assignment(&key(p, "/dbs/a")), AssignmentOutcome::Applied { managed: true, .. }));
+        }
+        let remaining = report.remaining.clone().unwrap();
+        assert!(names.iter().all(|n| remaining.contains(&n.to_ascii_lowercase())), "{remaining:?}");
+        assert_eq!(report.assignments, 3);
+        // The next pass reads the account and finds all three in place.
+        let report = run(&fake, &mut state, want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")])).await;
+        assert_eq!(report.writes, 0, "{:?}", report.done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_that_took_on_a_change_waits_a_moment_for_the_next() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        let changed = tokio::sync::Notify::new();
+        let change = std::sync::atomic::AtomicU64::new(1);
+        let newer = |since: u64| {
+            let n = change.load(std::sync::atomic::Ordering::SeqCst);
+            (n > since).then(|| {
+                let principals = [P1, P2, P3];
+                (n, want(&principals[..n as usize].iter().map(|p| (*p, "/dbs/a")).collect::<Vec<_>>()))
+            })
+        };
+        let publish = |_: u64, _: SyncReport| {};
+        let watched = || true;
+        let progress = Progress {
+            covers: 1,
+            watched: &watched,
+            publish: &publish,
+            newer: Some(&newer),
+            take_on_for: TAKE_ON_FOR,
+            changes: Some(&changed),
+        };
+        let limits = Limits::default();
+        // Change 2 is there when the first round ends; change 3 comes 150 ms
+        // into the wait after round two, and nothing after it.
+        change.store(2, std::sync::atomic::Ordering::SeqCst);
+        let bump = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            change.store(3, std::sync::atomic::Ordering::SeqCst);
+            changed.notify_waiters();
+        };
+        let start = tokio::time::Instant::now();
+        let (metrics, audit) = (Metrics::default(), discard_audit());
+        let (report, ()) = tokio::join!(
+            sync(&fake, &mut state, want(&[(P1, "/dbs/a")]), &limits, &metrics, &audit, false, "t", Some(&progress)),
+            bump
+        );
+        let report = report.unwrap();
+        assert_eq!(report.writes, 3, "all three changes in one pass");
+        assert_eq!(report.covers, 3);
+        assert_eq!(fake.calls().iter().filter(|c| c.starts_with("LIST")).count(), 2);
+        // It waited for change 3, then TAKE_ON_WAIT for a fourth.
+        assert_eq!(start.elapsed(), Duration::from_millis(150) + TAKE_ON_WAIT);
+    }
+
+    #[tokio::test]
+    async fn a_revocation_made_while_a_pass_writes_waits_for_a_pass_that_reads_the_account() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        // P1's binding goes while P2 is written: deleting P1's assignment
+        // is not taken on.
+        let changes = Changes::new(vec![want(&[(P2, "/dbs/a")])]);
+        run(&fake, &mut state, want(&[(P1, "/dbs/a")])).await;
+        fake.calls();
+        let report = changes.sync(&fake, &mut state, want(&[(P1, "/dbs/a"), (P2, "/dbs/a")]), TAKE_ON_FOR).await;
+        assert_eq!(fake.calls().len(), 3, "two LISTs and P2's PUT, no DELETE");
+        assert_eq!(report.covers, 1, "the change was not taken on");
+        assert_eq!(on_account(&fake).len(), 2);
+        let p1 = reader_name(&fake, P1, "/dbs/a").to_ascii_lowercase();
+        assert!(report.left_behind(fake.account(), [p1.as_str()]).unwrap().is_empty(), "still wanted by this pass");
+        // The next pass lists the account, deletes, and confirms.
+        let report = run(&fake, &mut state, want(&[(P2, "/dbs/a")])).await;
+        assert_eq!(report.writes, 1);
+        assert!(report.left_behind(fake.account(), [p1.as_str()]).unwrap().is_empty());
+        assert_eq!(on_account(&fake).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pass_takes_on_nothing_after_a_failed_write_or_once_its_time_is_up() {
+        let fake = Fake::new();
+        let mut state = AccountState::default();
+        fake.fault(Some(ArmError::Server { status: 500, code: "InternalServerError".into(), message: "boom".into() }));
+        let changes = Changes::new(vec![want(&[(P1, "/dbs/a"), (P2, "/dbs/a")])]);
+        let report = changes.sync(&fake, &mut state, want(&[(P1, "/dbs/a")]), TAKE_ON_FOR).await;
+        assert!(changes.asked.lock().unwrap().is_empty(), "a failed write ends the pass");
+        assert_eq!(report.covers, 1);
+
+        let report = changes.sync(&fake, &mut state, want(&[(P1, "/dbs/a")]), Duration::ZERO).await;
+        assert_eq!(report.writes, 1);
+        assert!(changes.asked.lock().unwrap().is_empty(), "no time left to take on more");
+        assert_eq!(report.covers, 1);
     }
 
     #[test]

@@ -69,6 +69,7 @@ mod limits;
 mod names;
 mod observed;
 mod plan;
+mod replan;
 
 use std::collections::{BTreeMap, BTreeSet};
 
