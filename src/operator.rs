@@ -267,13 +267,18 @@ async fn cosmos_controllers(
     let (definition_store, definition_stream) =
         watch::cached(definitions.clone(), Relevance::SpecOrFinalizers, shared.metrics.clone());
     let (binding_store, binding_stream) = watch::cached(bindings, Relevance::Spec, shared.metrics.clone());
-    let ctx = Arc::new(CosmosContext::new(
-        shared.clone(),
-        target_store.clone(),
-        binding_store.clone(),
-        definition_store.clone(),
-        Default::default(),
-    ));
+    // Bindings that parked while a pass wrote to their account, woken by it.
+    let (wake, wakes) = futures::channel::mpsc::unbounded();
+    let ctx = Arc::new(
+        CosmosContext::new(
+            shared.clone(),
+            target_store.clone(),
+            binding_store.clone(),
+            definition_store.clone(),
+            Default::default(),
+        )
+        .waking(wake),
+    );
     let target_ctrl = controller(target_stream, target_store, concurrency);
 
     // Bindings wake up when their target or role definition changes its
@@ -291,7 +296,8 @@ async fn cosmos_controllers(
                 b.spec.target_ref.name == d.spec.target_ref.name
                     && b.spec.role_definition.name.as_deref() == Some(name.as_str())
             })
-        });
+        })
+        .reconcile_on(wakes);
     let store = definition_store.clone();
     let definition_ctrl = controller(definition_stream, definition_store, concurrency).watches_stream(
         watch::triggers(targets, Relevance::SpecOrReadiness),

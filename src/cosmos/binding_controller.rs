@@ -63,6 +63,8 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         if !affected.is_empty() {
             ctx.bump(&b.spec.target_ref.name);
         }
+        // The report it was woken with after parking, if nothing changed since.
+        let woken = ctx.woken(&key).filter(|_| affected.is_empty());
         let current = b.status.clone().unwrap_or_default();
         let already_applied = current.observed_generation == b.metadata.generation
             && conditions::ready(&current.conditions).is_some_and(|c| c.status == "True");
@@ -137,11 +139,23 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                 let freshness =
                     if affected.is_empty() && !dropped.is_empty() { Freshness::Fresh } else { Freshness::Coalesce };
                 // With nothing to see gone, the binding is done as soon as its
-                // assignments are in place, even mid-pass.
-                let granted = |r: &SyncReport| outcome_from(r, &key, &own, t).0.ready;
-                let enough = (dropped.is_empty() && t.spec.mode != TargetMode::Observe)
-                    .then_some(&granted as &(dyn Fn(&SyncReport) -> bool + Sync));
-                match timed_sync(ctx, &b, t, BTreeSet::new(), freshness, enough).await {
+                // assignments are in place, even mid-pass; while another pass
+                // writes to the account it parks instead of holding its
+                // reconcile slot, and is woken with the report that has its
+                // answer (see `cosmos::parking`).
+                let synced = if dropped.is_empty() && t.spec.mode != TargetMode::Observe {
+                    match woken {
+                        Some(report) => Ok(report),
+                        None => match timed(ctx, ctx.grant_or_park(&b, t, &own)).await {
+                            Ok(Some(report)) => Ok(report),
+                            Ok(None) => return Ok(Action::requeue(requeue)),
+                            Err(e) => Err(e),
+                        },
+                    }
+                } else {
+                    timed_sync(ctx, &b, t, BTreeSet::new(), freshness, None).await
+                };
+                match synced {
                     Ok(report) if t.spec.mode == TargetMode::Observe => observing(&report, &own, t),
                     Ok(report) => {
                         let (outcome, assignments, retry) = outcome_from(&report, &key, &own, t);
@@ -187,7 +201,11 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
         // Targets keep the dbgrant.io/bindings finalizer while a binding names
         // them, so a target is gone here only if it never existed or someone
         // removed that finalizer by hand.
-        let Some(target) = ctx.target(&b.spec.target_ref.name) else {
+        let target = ctx.target(&b.spec.target_ref.name);
+        if let Some(t) = &target {
+            ctx.unpark(t, &key);
+        }
+        let Some(target) = target else {
             tracing::info!(binding = %key, target = %b.spec.target_ref.name, "target gone; nothing to revoke");
             return Ok(Action::await_change());
         };
@@ -291,9 +309,14 @@ async fn timed_sync(
     freshness: Freshness,
     enough: Option<&(dyn Fn(&SyncReport) -> bool + Sync)>,
 ) -> Result<Arc<SyncReport>> {
+    timed(ctx, ctx.sync(b, target, release, freshness, enough)).await
+}
+
+/// `sync`, its time recorded as the binding's backend stage.
+async fn timed<T>(ctx: &CosmosContext, sync: impl std::future::Future<Output = T>) -> T {
     let start = std::time::Instant::now();
-    let report = ctx.sync(b, target, release, freshness, enough).await;
+    let out = sync.await;
     let kind = <CosmosRoleBinding as kube::Resource>::kind(&());
     ctx.shared.metrics.stage(&kind, Stage::Backend, start.elapsed());
-    report
+    out
 }

@@ -21,6 +21,7 @@ pub mod binding_controller;
 pub mod binding_status;
 pub mod cloud;
 pub mod definition_controller;
+pub mod parking;
 pub mod sync;
 pub mod target_controller;
 
@@ -93,6 +94,11 @@ pub struct AccountHandle {
     /// it covers (None between passes): bindings waiting for the account
     /// read it to say Ready as soon as their assignments are in place.
     progress: tokio::sync::watch::Sender<Option<(u64, SharedReport)>>,
+    /// Bindings waiting for a pass on this account (see [`parking`]).
+    lot: Mutex<parking::Lot>,
+    /// Callers waiting for the write lock (parked bindings do not count): a
+    /// long pass gives way to them (see [`sync::YIELD_AFTER`]).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl AccountHandle {
@@ -104,6 +110,8 @@ impl AccountHandle {
             last: Mutex::new(None),
             released: Mutex::new(None),
             progress: tokio::sync::watch::Sender::new(None),
+            lot: Mutex::new(parking::Lot::default()),
+            waiting: Default::default(),
         }
     }
 
@@ -149,6 +157,10 @@ pub struct CosmosContext {
     changes: Mutex<HashMap<String, u64>>,
     /// Notified on every change (see [`sync::Progress::changes`]).
     changed: tokio::sync::Notify,
+    /// Wakes a parked binding's reconcile (None: nothing parks).
+    wake: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<CosmosRoleBinding>>>,
+    /// The report each woken binding was woken with, by key.
+    woken: Mutex<HashMap<String, SharedReport>>,
     /// ARM request buckets, per (subscription, identity, reads or writes), shared by the
     /// accounts' clients (see [`arm::pacing`]).
     buckets: Buckets,
@@ -183,8 +195,17 @@ impl CosmosContext {
             accounts: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
+            wake: None,
+            woken: Mutex::new(HashMap::new()),
             buckets: Buckets::default(),
         }
+    }
+
+    /// Bindings park instead of waiting in their reconciles, and are woken
+    /// through `wake` (the binding controller's `reconcile_on`).
+    pub fn waking(mut self, wake: futures::channel::mpsc::UnboundedSender<ObjectRef<CosmosRoleBinding>>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// The target called `name`, from the cache.
@@ -364,11 +385,11 @@ impl CosmosContext {
         freshness: Freshness,
         enough: Option<&(dyn Fn(&sync::SyncReport) -> bool + Sync)>,
     ) -> Result<SharedReport> {
-        let name = target.name_any();
-        let wanted = self.change(&name);
+        let wanted = self.change(&target.name_any());
         let handle = self.handle(target);
         let client = self.client(target, false).await?;
-        let mut state = match enough.filter(|_| freshness == Freshness::Coalesce && release.is_empty()) {
+        let _waiting = Waiting::on(&handle);
+        let state = match enough.filter(|_| freshness == Freshness::Coalesce && release.is_empty()) {
             None => handle.state.lock().await,
             Some(enough) => {
                 let shows = |p: &Option<(u64, SharedReport)>| {
@@ -393,6 +414,134 @@ impl CosmosContext {
                 }
             }
         };
+        drop(_waiting);
+        self.pass(state, &handle, client, trigger, target, release, freshness, enough.is_some(), wanted).await
+    }
+
+    /// A binding's sync when all it needs is its grants in place: the
+    /// report that shows them if one does, else the pass it runs itself if
+    /// the account is free; else it parks (see [`parking`]) and None is
+    /// returned: its reconcile is woken when a pass has its answer. Without
+    /// a wake channel (previews) it waits like [`Self::sync`].
+    pub async fn grant_or_park(
+        &self,
+        b: &CosmosRoleBinding,
+        target: &CosmosTarget,
+        own: &BTreeSet<AssignmentKey>,
+    ) -> Result<Option<SharedReport>> {
+        let key = key(b);
+        let granted = |r: &sync::SyncReport| binding_status::outcome_from(r, &key, own, target).0.ready;
+        let Some(_) = &self.wake else {
+            let report = self.sync(b, target, BTreeSet::new(), Freshness::Coalesce, Some(&granted)).await?;
+            return Ok(Some(report));
+        };
+        let wanted = self.change(&target.name_any());
+        let handle = self.handle(target);
+        let client = self.client(target, false).await?;
+        // A report that shows its assignments in place answers it, whichever
+        // change it was planned for (see `parking::Parked`).
+        let progress = handle.progress.borrow().clone();
+        if let Some((_, r)) = progress.filter(|(_, r)| granted(r)) {
+            return Ok(Some(r));
+        }
+        let state = {
+            let mut lot = handle.lot.lock().unwrap_or_else(|p| p.into_inner());
+            match handle.state.try_lock() {
+                Ok(state) => {
+                    lot.leave(&key);
+                    state
+                }
+                Err(_) => {
+                    let binding = ObjectRef::from_obj(b);
+                    // The cached object, shared, not a copy per parked binding.
+                    let target = self.target(&target.name_any()).unwrap_or_else(|| Arc::new(target.clone()));
+                    lot.park(parking::Parked { binding, key, wanted, own: own.clone(), target });
+                    return Ok(None);
+                }
+            }
+        };
+        let report =
+            self.pass(state, &handle, client, b, target, BTreeSet::new(), Freshness::Coalesce, true, wanted).await?;
+        Ok(Some(report))
+    }
+
+    /// The report a parked binding was woken with, once (see [`parking`]).
+    pub fn woken(&self, key: &str) -> Option<SharedReport> {
+        self.woken.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
+    }
+
+    /// A binding that will not wait any more (it is being deleted): out of
+    /// its account's parking lot, and its wake report dropped.
+    pub fn unpark(&self, target: &CosmosTarget, key: &str) {
+        self.handle(target).lot.lock().unwrap_or_else(|p| p.into_inner()).leave(key);
+        self.woken(key);
+    }
+
+    fn wake(&self, wakes: Vec<parking::Wake>) {
+        let Some(tx) = &self.wake else { return };
+        for (parked, report) in wakes {
+            if let Some(report) = report {
+                self.woken.lock().unwrap_or_else(|p| p.into_inner()).insert(parked.key.clone(), report);
+            }
+            let _ = tx.unbounded_send(parked.binding);
+        }
+    }
+
+    /// One pass over the account, holding its lock (`state`); the lock is
+    /// released, and the bindings parked behind it woken, before it
+    /// returns.
+    #[allow(clippy::too_many_arguments)]
+    async fn pass<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        mut state: tokio::sync::MutexGuard<'_, AccountState>,
+        handle: &AccountHandle,
+        client: Arc<dyn ArmApi>,
+        trigger: &K,
+        target: &CosmosTarget,
+        release: BTreeSet<AssignmentKey>,
+        freshness: Freshness,
+        partial_will_do: bool,
+        wanted: u64,
+    ) -> Result<SharedReport> {
+        let name = target.name_any();
+        let audit_trigger = audit::Trigger::of(trigger);
+        let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
+        let result = self
+            .pass_locked(&mut state, handle, client, target, release, freshness, partial_will_do, wanted, &audit)
+            .await;
+        {
+            // The lock is released with the parking lot held, so no binding
+            // parks behind a pass that has already woken its lot.
+            let mut lot = handle.lot.lock().unwrap_or_else(|p| p.into_inner());
+            drop(state);
+            let last = handle.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let wakes = match (&result, last) {
+                (Ok(_), Some((covered, report))) => lot.pass_ended(covered, Some(&report)),
+                _ => lot.pass_ended(0, None),
+            };
+            drop(lot);
+            self.wake(wakes);
+        }
+        // The Event listing the pass's writes is the apiserver's business,
+        // not the account's: the next pass need not wait for it.
+        status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pass_locked(
+        &self,
+        state: &mut AccountState,
+        handle: &AccountHandle,
+        client: Arc<dyn ArmApi>,
+        target: &CosmosTarget,
+        release: BTreeSet<AssignmentKey>,
+        freshness: Freshness,
+        partial_will_do: bool,
+        wanted: u64,
+        audit: &audit::Scope<'_>,
+    ) -> Result<SharedReport> {
+        let name = target.name_any();
         if freshness == Freshness::Coalesce
             && release.is_empty()
             && let Some((covered, report)) = handle.last.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
@@ -403,21 +552,24 @@ impl CosmosContext {
         }
         if !release.is_empty() {
             let names = release.iter().map(|k| handle.account.assignment_name(&k.principal_id, &k.scope, &k.role));
-            self.record_released(target, &handle, names.collect(), BTreeSet::new()).await?;
+            self.record_released(target, handle, names.collect(), BTreeSet::new()).await?;
         }
         let covered = self.change(&name);
         let mut desired = self.desired(&name);
         desired.released = handle.released(target);
-        let audit_trigger = audit::Trigger::of(trigger);
-        let audit = audit::Scope::new(&self.shared.audit, BACKEND, &name, &audit_trigger);
         let observe = target.spec.mode == TargetMode::Observe;
-        let watched = || handle.progress.receiver_count() > 0;
+        let watched =
+            || handle.progress.receiver_count() > 0 || !handle.lot.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
         let publish = |covers: u64, partial: sync::SyncReport| {
-            handle.progress.send_replace(Some((covers, Arc::new(partial))));
+            let partial = Arc::new(partial);
+            handle.progress.send_replace(Some((covers, partial.clone())));
+            let wakes = handle.lot.lock().unwrap_or_else(|p| p.into_inner()).granted(&partial);
+            self.wake(wakes);
         };
         // Changes made while the pass writes are taken on by a pass that
-        // only has to coalesce: one asked to read the account afresh, or to
-        // release, stays as it was asked.
+        // only has to coalesce, for a caller content with a partial report:
+        // one asked to read the account afresh, or to release, or waiting
+        // to see a revocation confirmed gets the pass's own report at once.
         let newer = |since: u64| {
             let now = self.change(&name);
             (now > since).then(|| {
@@ -426,9 +578,7 @@ impl CosmosContext {
                 (now, desired)
             })
         };
-        // Only for a caller content with a partial report: one waiting to
-        // see a revocation confirmed gets the pass's own report at once.
-        let coalesce = freshness == Freshness::Coalesce && release.is_empty() && enough.is_some();
+        let coalesce = freshness == Freshness::Coalesce && release.is_empty() && partial_will_do;
         let progress = sync::Progress {
             covers: covered,
             watched: &watched,
@@ -436,45 +586,31 @@ impl CosmosContext {
             newer: coalesce.then_some(&newer as &(dyn Fn(u64) -> Option<(u64, Desired)> + Sync)),
             take_on_for: sync::TAKE_ON_FOR,
             changes: Some(&self.changed),
+            contended: &|| handle.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0,
         };
         let result = sync::sync(
             client.as_ref(),
-            &mut state,
+            state,
             desired,
             &self.settings.limits,
             &self.shared.metrics,
-            &audit,
+            audit,
             observe,
             &name,
             (!observe).then_some(&progress),
         )
         .await;
         handle.progress.send_replace(None);
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                drop(state);
-                status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
-                return Err(handle.failed(name, e));
-            }
-        };
+        let report = result.map_err(|e| handle.failed(name, e))?;
         if !report.plan.stale_released.is_empty() {
             let stale = report.plan.stale_released.iter().cloned().collect();
-            if let Err(e) = self.record_released(target, &handle, BTreeSet::new(), stale).await {
-                drop(state);
-                status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
-                return Err(e);
-            }
+            self.record_released(target, handle, BTreeSet::new(), stale).await?;
         }
         // Recorded under the account's lock, so the last report is always
         // the newest.
         let covered = report.covers.max(covered);
         let report: SharedReport = Arc::new(report);
         *handle.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((covered, report.clone()));
-        // The Event listing the pass's writes is the apiserver's business,
-        // not the account's: the next pass need not wait for it.
-        drop(state);
-        status::publish_writes(&self.shared, trigger, &audit.summaries()).await;
         Ok(report)
     }
 
@@ -514,6 +650,22 @@ impl CosmosContext {
     /// The last report for `target`, if any sync ran.
     pub fn last_report(&self, target: &CosmosTarget) -> Option<SharedReport> {
         self.handle(target).last.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(_, r)| r.clone())
+    }
+}
+
+/// Counts a caller as waiting for an account's lock while it lives.
+struct Waiting<'a>(&'a AccountHandle);
+
+impl<'a> Waiting<'a> {
+    fn on(handle: &'a AccountHandle) -> Self {
+        handle.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(handle)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -151,6 +151,10 @@ pub enum Stop {
     Pending(String),
     /// dbgrant's own write budget for the account is spent.
     Budget,
+    /// The pass had written for [`YIELD_AFTER`] and gave the account to a
+    /// caller waiting for it (a revocation, a resync); the rest is written
+    /// by the next pass.
+    Yielded,
 }
 
 impl Stop {
@@ -161,6 +165,7 @@ impl Stop {
             Stop::Locked(_) => "412",
             Stop::Pending(_) => "pending",
             Stop::Budget => "budget",
+            Stop::Yielded => "yielded",
         }
     }
 
@@ -170,6 +175,7 @@ impl Stop {
             Stop::Throttled(m) => format!("Azure Resource Manager is throttling writes ({m})"),
             Stop::Locked(m) => format!("another operation holds the account's lock ({m})"),
             Stop::Pending(r) => format!("an Azure operation on {r} is still running"),
+            Stop::Yielded => "the pass paused to let another change to the account through".into(),
             Stop::Budget => format!(
                 "dbgrant's write budget for the account ({WRITE_BUDGET} per {} minutes) is spent",
                 WRITE_WINDOW.as_secs() / 60
@@ -442,6 +448,9 @@ pub struct Progress<'a> {
     /// Notified on every change: a pass that has taken on changes already
     /// waits up to [`TAKE_ON_WAIT`] for the next one before it ends.
     pub changes: Option<&'a tokio::sync::Notify>,
+    /// Whether a caller waits for the account's lock: a pass that has
+    /// written for [`YIELD_AFTER`] then stops ([`Stop::Yielded`]).
+    pub contended: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl Progress<'_> {
@@ -456,6 +465,10 @@ impl Progress<'_> {
 /// [`Progress::newer`]); after that the next change waits for a pass that
 /// reads the account again, and so does a target's periodic resync.
 pub const TAKE_ON_FOR: Duration = Duration::from_secs(30);
+/// How long a pass writes before it gives the account to a waiting caller:
+/// a revocation or a resync waits at most this (and the write in flight)
+/// behind a bulk apply's grants.
+pub const YIELD_AFTER: Duration = Duration::from_secs(10);
 /// How long a pass that has taken on changes waits for the next one once
 /// its writes are done: in a bulk apply the next binding is a moment away,
 /// and a new pass would read the account again.
@@ -562,7 +575,8 @@ pub async fn sync(
     let mut failed_definitions: Vec<String> = Vec::new();
     let mut undeleted_roles: BTreeSet<RoleKey> = BTreeSet::new();
     let mut waited = Duration::ZERO;
-    let started = Instant::now();
+    // tokio's clock, so tests can run it paused.
+    let started = tokio::time::Instant::now();
     let mut covers = progress.map_or(0, |pr| pr.covers);
     // The plans of the rounds before this one (see `Plan::then`).
     let mut earlier: Option<Plan> = None;
@@ -588,6 +602,12 @@ pub async fn sync(
                 report
                     .results
                     .insert(name, WriteResult::Held("role assignments that use it are still in place".into()));
+                continue;
+            }
+            if progress.is_some_and(|pr| started.elapsed() >= YIELD_AFTER && (pr.contended)()) {
+                metrics.throttled(BACKEND, target, Stop::Yielded.label());
+                report.stopped = Some((Stop::Yielded, Duration::ZERO));
+                report.results.insert(name, WriteResult::Skipped);
                 continue;
             }
             if let Err(wait) = state.budget.try_take(Instant::now()) {
@@ -886,6 +906,8 @@ mod tests {
         /// `done` is set.
         running: BTreeMap<String, ActualAssignment>,
         done: bool,
+        /// How long each PUT of an assignment takes.
+        slow: Duration,
     }
 
     impl Fake {
@@ -927,6 +949,10 @@ mod tests {
             unreachable!("no custom roles in these tests")
         }
         async fn put_assignment(&self, name: &str, body: &AssignmentBody) -> Result<(), ArmError> {
+            let slow = self.state.lock().unwrap().slow;
+            if !slow.is_zero() {
+                tokio::time::sleep(slow).await;
+            }
             let mut s = self.state.lock().unwrap();
             s.calls.push(format!("PUT {name}"));
             if let Some(e) = s.broken.get(name) {
@@ -1030,6 +1056,7 @@ mod tests {
             newer: None,
             take_on_for: TAKE_ON_FOR,
             changes: None,
+            contended: &|| false,
         };
         let d = want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a")]);
         let limits = Limits::default();
@@ -1059,6 +1086,7 @@ mod tests {
             newer: None,
             take_on_for: TAKE_ON_FOR,
             changes: None,
+            contended: &|| false,
         };
         let d = want(&[(P2, "/dbs/b")]);
         sync(&fake, &mut state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&quiet))
@@ -1093,6 +1121,7 @@ mod tests {
                 newer: Some(&newer),
                 take_on_for,
                 changes: None,
+                contended: &|| false,
             };
             let limits = Limits::default();
             sync(fake, state, d, &limits, &Metrics::default(), &discard_audit(), false, "t", Some(&progress))
@@ -1163,6 +1192,7 @@ mod tests {
             newer: Some(&newer),
             take_on_for: TAKE_ON_FOR,
             changes: Some(&changed),
+            contended: &|| false,
         };
         let limits = Limits::default();
         // Change 2 is there when the first round ends; change 3 comes 150 ms
@@ -1223,6 +1253,43 @@ mod tests {
         assert_eq!(report.writes, 1);
         assert!(changes.asked.lock().unwrap().is_empty(), "no time left to take on more");
         assert_eq!(report.covers, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_pass_gives_the_account_to_a_waiting_caller() {
+        let fake = Fake::new();
+        fake.state.lock().unwrap().slow = Duration::from_secs(4);
+        let mut state = AccountState::default();
+        let contended = std::sync::atomic::AtomicBool::new(false);
+        let is_contended = || contended.load(std::sync::atomic::Ordering::SeqCst);
+        let (publish, watched) = (|_: u64, _: SyncReport| {}, || false);
+        let progress = Progress {
+            covers: 1,
+            watched: &watched,
+            publish: &publish,
+            newer: None,
+            take_on_for: TAKE_ON_FOR,
+            changes: None,
+            contended: &is_contended,
+        };
+        let (metrics, audit, limits) = (Metrics::default(), discard_audit(), Limits::default());
+        let five = want(&[(P1, "/dbs/a"), (P2, "/dbs/a"), (P3, "/dbs/a"), (P1, "/dbs/b"), (P2, "/dbs/b")]);
+        // Nobody waiting: all five writes, 20 s.
+        let r = sync(&fake, &mut state, five.clone(), &limits, &metrics, &audit, false, "t", Some(&progress)).await;
+        assert_eq!(r.unwrap().writes, 5);
+        // A caller waits: the pass stops at the first write after 10 s (the
+        // fourth), and the next pass does the rest.
+        let mut state = AccountState::default();
+        let fake = Fake::new();
+        fake.state.lock().unwrap().slow = Duration::from_secs(4);
+        contended.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = sync(&fake, &mut state, five.clone(), &limits, &metrics, &audit, false, "t", Some(&progress)).await;
+        let r = r.unwrap();
+        assert_eq!(r.writes, 3);
+        assert!(matches!(r.stopped, Some((Stop::Yielded, d)) if d.is_zero()), "{:?}", r.stopped);
+        assert_eq!(r.results.values().filter(|w| **w == WriteResult::Skipped).count(), 2);
+        let r = sync(&fake, &mut state, five, &limits, &metrics, &audit, false, "t", None).await.unwrap();
+        assert_eq!(r.writes, 2, "the rest, by a pass that read the account again");
     }
 
     #[test]
