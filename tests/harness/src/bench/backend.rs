@@ -118,6 +118,14 @@ pub trait Backend {
         Value::Null
     }
 
+    /// How long until every target can take `writes` more backend writes
+    /// without waiting on a write window the bulk filled (None: no such
+    /// window). The single-change scenario waits that long first, so it
+    /// measures a change, not the tail of the bulk's quota.
+    fn window_room_in(&self, _writes: usize) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The least apply-to-Ready time the backend's quotas allow each
     /// binding, given when each was applied (since the first apply), or
     /// None where no quota bounds it.

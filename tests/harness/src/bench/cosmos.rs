@@ -200,6 +200,36 @@ impl Backend for CosmosBackend {
         Some(quotas.minimums(&applied).into_iter().map(Duration::from_secs_f64).collect())
     }
 
+    fn window_room_in(&self, writes: usize) -> Option<Duration> {
+        // dbgrant's own write budget per account: 400 accepted writes in
+        // any 5 minutes (`WRITE_BUDGET`, `WRITE_WINDOW` in
+        // src/cosmos/sync.rs), under Azure's ~500. A 10,000-binding bulk
+        // spends it all on every account.
+        const BUDGET: usize = 400;
+        const WINDOW: Duration = Duration::from_secs(300);
+        let limit = BUDGET.saturating_sub(writes);
+        let now = std::time::SystemTime::now();
+        let records = self.double().arm_requests();
+        let mut wait = Duration::ZERO;
+        for account in &self.accounts {
+            let id = account.id().to_ascii_lowercase();
+            let mut recent: Vec<std::time::SystemTime> = records
+                .iter()
+                .filter(|r| r.kind == RequestKind::ArmWrite && (200..300).contains(&r.status))
+                .filter(|r| r.account.as_deref().is_some_and(|a| a.to_ascii_lowercase() == id))
+                .map(|r| r.at)
+                .filter(|at| now.duration_since(*at).is_ok_and(|age| age < WINDOW))
+                .collect();
+            recent.sort();
+            if recent.len() > limit {
+                // The writes that must age out first: the oldest surplus.
+                let leaves = recent[recent.len() - limit - 1] + WINDOW;
+                wait = wait.max(leaves.duration_since(now).unwrap_or_default());
+            }
+        }
+        Some(wait)
+    }
+
     fn bulk_extra(&self, seconds: f64) -> Value {
         // The fastest the quotas allow this many accepted writes: the
         // bucket's 200 at once, then 10/s; no account more than 500 per

@@ -657,6 +657,16 @@ impl Phase {
 pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -> Result<Value> {
     let timeout = Duration::from_secs(60);
     let specs: Vec<BindingSpec> = (0..count).map(|j| env.layout.single(j, count)).collect();
+    // A creating and an updating change write one assignment each, a
+    // delete up to two.
+    let window_wait = env.backend.window_room_in(4 * count).unwrap_or_default();
+    if !window_wait.is_zero() {
+        eprintln!(
+            "bench: single: waiting {:.0}s until the targets' write window, filled by the bulk, has room",
+            window_wait.as_secs_f64()
+        );
+        tokio::time::sleep(window_wait + Duration::from_secs(1)).await;
+    }
     let sampler = Sampler::start(op.pid().context("operator pid")?, SAMPLE_EVERY);
     let cpu0 = CpuSplit::now(op.pid(), env.control_plane_pid);
     let (mut create, mut update, mut delete) = (Phase::default(), Phase::default(), Phase::default());
@@ -745,6 +755,7 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
     all.extend(&delete.latencies);
     Ok(json!({
         "count": count,
+        "windowWaitSeconds": (window_wait.as_secs_f64() * 10.0).round() / 10.0,
         "method": "a watch on the one object (fieldSelector metadata.name), opened before the change from the \
                    collection's resourceVersion (so the benchmark's own connection setup is not timed); timed from \
                    just before the apply/delete request to the event showing Ready=True at the new generation (or \
