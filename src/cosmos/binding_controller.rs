@@ -153,7 +153,7 @@ impl Lifecycle<CosmosRoleBinding> for CosmosContext {
                         },
                     }
                 } else {
-                    timed_sync(ctx, &b, t, BTreeSet::new(), freshness, None).await
+                    timed_sync(ctx, &b, t, BTreeSet::new(), freshness).await
                 };
                 match synced {
                     Ok(report) if t.spec.mode == TargetMode::Observe => observing(&report, &own, t),
@@ -279,7 +279,7 @@ async fn revoke(
     if !target::can_revoke(target) {
         return Err(lifecycle::revocation_waits(super::BACKEND, &target.name_any()));
     }
-    timed_sync(ctx, b, target, release, freshness, None).await
+    timed_sync(ctx, b, target, release, freshness).await
 }
 
 /// The outcome of a binding on an Observe-mode target: what the pass
@@ -307,9 +307,8 @@ async fn timed_sync(
     target: &CosmosTarget,
     release: BTreeSet<AssignmentKey>,
     freshness: Freshness,
-    enough: Option<&(dyn Fn(&SyncReport) -> bool + Sync)>,
 ) -> Result<Arc<SyncReport>> {
-    timed(ctx, ctx.sync(b, target, release, freshness, enough)).await
+    timed(ctx, ctx.sync(b, target, release, freshness, None)).await
 }
 
 /// `sync`, its time recorded as the binding's backend stage.
