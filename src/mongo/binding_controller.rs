@@ -391,7 +391,7 @@ async fn sync_subjects(
     conn.check_available(&name)?;
     let (metrics, kind) = (&ctx.shared.metrics, <MongoRoleBinding as kube::Resource>::kind(&()));
     let start = Instant::now();
-    let _guard = conn.write_lock.lock().await;
+    let guard = conn.write_lock.lock().await;
     metrics.stage(&kind, Stage::Lock, start.elapsed());
     conn.check_available(&name)?;
     // The union is read under the write lock, so no sync can apply an
@@ -411,6 +411,9 @@ async fn sync_subjects(
     let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, observe, &work).await;
     metrics.stage(&kind, Stage::Backend, start.elapsed());
     conn.record(&result);
+    // The Event listing the writes is the apiserver's business, not the
+    // target's: the next binding's sync need not wait for it.
+    drop(guard);
     status::publish_writes(&ctx.shared, b, &audit.summaries()).await;
     result
 }

@@ -97,7 +97,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     // Hold the write lock while reading the ledger and the index, so a
     // binding's sync cannot create an object between the two reads (it
     // would look like an orphan and be dropped).
-    let _guard = conn.write_lock.lock().await;
+    let guard = conn.write_lock.lock().await;
     let ledger = super::ledger::all(&name, &conn.client, &ctx.shared.metrics).await?;
     let work = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,6 +113,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     let audit = audit::Scope::new(&ctx.shared.audit, BACKEND, &name, &trigger);
     let observe = target.spec.mode == TargetMode::Observe;
     let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, &audit, target.spec.adopt, observe, &work).await;
+    drop(guard);
     status::publish_writes(&ctx.shared, target, &audit.summaries()).await;
     let report = report?;
     let planned: Vec<String> = report.planned.values().flatten().cloned().collect();
