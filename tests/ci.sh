@@ -51,6 +51,7 @@ diff -r crds "$crd_check" >/dev/null || {
 
 step "local control plane and helm, built from Go modules (tests/controlplane/build.sh)"
 timed "control-plane build" tests/controlplane/build.sh
+timed "control-plane profile summary" bash -c 'cd tests/controlplane && go vet ./cpuprofile && go test ./cpuprofile'
 
 step "helm lint and template (pinned helm built above)"
 timed "helm lint" target/tools/helm lint --strict charts/dbgrant

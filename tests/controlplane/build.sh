@@ -61,7 +61,8 @@ build() {
 
 # --- control plane -----------------------------------------------------------
 cp_bin="$out/controlplane"
-if up_to_date "$cp_bin" "$here" "$here/build.sh"; then
+# its own packages in subdirectories (cpuprofile/) count as its sources too
+if up_to_date "$cp_bin" "$here" "$here/build.sh" "$here"/cpuprofile/*.go; then
   echo "controlplane is up to date: $cp_bin"
 else
   kver="$(mod_version "$here" k8s.io/kubernetes)"

@@ -3,6 +3,7 @@ module dbgrant.io/tests/controlplane
 go 1.25.0
 
 require (
+	github.com/google/pprof v0.0.0-20250403155104-27863c87afa6
 	github.com/spf13/pflag v1.0.9
 	go.etcd.io/etcd/server/v3 v3.6.5
 	k8s.io/api v0.35.4

@@ -29,7 +29,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
@@ -54,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"dbgrant.io/tests/controlplane/cpuprofile"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -124,6 +124,9 @@ func main() {
 }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "profile-summary" {
+		return cpuprofile.Command(os.Args[2:])
+	}
 	start := time.Now()
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	dirFlag := fs.String("dir", "", "working directory for etcd data, certificates, kubeconfigs and logs (created if missing, kept on exit); default: a new temporary directory, removed on exit unless --keep")
@@ -471,7 +474,7 @@ func serve(dir string, o options, sigs chan os.Signal, start time.Time) int {
 	}
 	if o.exitOnEOF {
 		go func() {
-			_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+			cpuprofile.ReadCommands(os.Stdin, logf) // profiling commands, until EOF
 			logf("stdin closed, stopping")
 			stopSelf()
 		}()

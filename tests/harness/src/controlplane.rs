@@ -107,7 +107,9 @@ pub struct ControlPlane {
     /// Where it is.
     pub info: Info,
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Its standard input: closing it stops the control plane; lines sent
+    /// on it are commands (CPU profiles).
+    stdin: Mutex<Option<ChildStdin>>,
     options: Options,
     /// Its data directory when restartable.
     data_dir: Option<PathBuf>,
@@ -136,7 +138,7 @@ impl ControlPlane {
         let logs = paths::run_dir("controlplane")?;
         let data_dir = options.restartable.then(|| logs.join("data"));
         let (info, child, stdin) = Self::spawn(&options, data_dir.as_deref(), &logs)?;
-        Ok(Self { info, child, stdin, options, data_dir, logs })
+        Ok(Self { info, child, stdin: Mutex::new(stdin), options, data_dir, logs })
     }
 
     /// Stop a restartable control plane (as [`ControlPlane::stop`]) and
@@ -146,7 +148,7 @@ impl ControlPlane {
         let Some(dir) = self.data_dir.clone() else {
             bail!("this control plane was not started restartable (Options::restartable)");
         };
-        self.stdin.take();
+        self.close_stdin();
         self.child.wait()?;
         while_down();
         let (info, child, stdin) = Self::spawn(&self.options, Some(&dir), &self.logs)?;
@@ -155,7 +157,7 @@ impl ControlPlane {
         }
         self.info = info;
         self.child = child;
-        self.stdin = stdin;
+        self.stdin = Mutex::new(stdin);
         Ok(())
     }
 
@@ -247,9 +249,58 @@ impl ControlPlane {
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
     }
 
+    /// Start Go's CPU profiler in the control plane's process (the
+    /// apiserver and etcd); [`ControlPlane::stop_cpu_profile`] writes the
+    /// profile to `path`. A profile already running is written first.
+    pub fn start_cpu_profile(&self, path: &Path) -> Result<()> {
+        let path = path.to_str().filter(|p| !p.contains(char::is_whitespace)).ok_or_else(|| {
+            anyhow!("a CPU profile's path must be UTF-8 without whitespace (one command per line): {}", path.display())
+        })?;
+        self.command(&format!("cpu-profile start {path}"))
+    }
+
+    /// Stop the CPU profiler started for `path` and wait (up to 30 s) until
+    /// the profile is there: the control plane moves it to `path` once
+    /// complete.
+    pub fn stop_cpu_profile(&self, path: &Path) -> Result<()> {
+        self.command("cpu-profile stop")?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !path.exists() {
+            if Instant::now() > deadline {
+                bail!("the control plane wrote no CPU profile to {} within 30s (see its stderr)", path.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// How a CPU profile's time divides by request and by kind of work
+    /// (`controlplane profile-summary`, JSON).
+    pub fn profile_summary(path: &Path) -> Result<serde_json::Value> {
+        let bin = paths::tool("controlplane")?;
+        let out = Command::new(&bin).arg("profile-summary").arg(path).output()?;
+        if !out.status.success() {
+            bail!("{} profile-summary {}: {}", bin.display(), path.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn command(&self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let mut stdin = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        let stdin = stdin.as_mut().ok_or_else(|| anyhow!("the control plane's stdin is closed"))?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    fn close_stdin(&mut self) {
+        self.stdin.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
     /// Stop it: close stdin, wait for a clean exit.
     pub fn stop(mut self) -> Result<()> {
-        self.stdin.take();
+        self.close_stdin();
         self.child.wait()?;
         Ok(())
     }
@@ -259,7 +310,7 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // A frozen control plane cannot notice its stdin closing.
         self.freeze(false);
-        self.stdin.take();
+        self.close_stdin();
         // Give it a moment to exit cleanly on stdin EOF, then make sure. A
         // node takes longer: it stops the kubelet, the containers and
         // containerd, and removes its mounts, network namespaces and rules.

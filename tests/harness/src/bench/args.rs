@@ -62,6 +62,12 @@ pub struct Args {
     pub operator_args: Vec<String>,
     /// Extra environment for the operator (`KEY=VALUE`).
     pub operator_env: Vec<(String, String)>,
+    /// Extra kube-apiserver flags (e.g. `--profiling=true` to take CPU
+    /// profiles of the control plane during a run).
+    pub apiserver_args: Vec<String>,
+    /// Whether the control plane's CPU is profiled during the baseline and
+    /// bulk scenarios (profiles in `out`, their summaries in the report).
+    pub profile_control_plane: bool,
     /// The command line, as given (for the report).
     pub command: String,
 }
@@ -87,6 +93,8 @@ impl Default for Args {
             timeout: Duration::from_secs(1800),
             operator_args: Vec::new(),
             operator_env: Vec::new(),
+            apiserver_args: Vec::new(),
+            profile_control_plane: false,
             observe_by_list: false,
             finalizer_policy: false,
             poll: Duration::from_millis(500),
@@ -130,6 +138,11 @@ Options:
   --operator-arg ARG       extra argument to `dbgrant run`, repeatable
                            (e.g. --operator-arg=--concurrency=64)
   --operator-env KEY=VALUE extra environment for the operator, repeatable
+  --apiserver-arg ARG      extra kube-apiserver flag, repeatable
+                           (e.g. --apiserver-arg=--v=2)
+  --profile-control-plane  take Go CPU profiles of the control plane (apiserver
+                           and etcd) during baseline and bulk: OUT/controlplane-
+                           BACKEND-N-PHASE.pprof, summarised in the report
   --render REPORT.json     print the markdown of an earlier report and exit
 ";
 
@@ -206,6 +219,8 @@ pub fn parse_from(argv: impl IntoIterator<Item = String>) -> Result<Args> {
             }
             "--poll-ms" => a.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
             "--operator-arg" => a.operator_args.push(value()?),
+            "--apiserver-arg" => a.apiserver_args.push(value()?),
+            "--profile-control-plane" => a.profile_control_plane = true,
             "--operator-env" => {
                 let kv = value()?;
                 let (k, v) = kv.split_once('=').with_context(|| format!("--operator-env {kv:?}: want KEY=VALUE"))?;

@@ -48,7 +48,7 @@ use self::{
 use crate::{
     Cluster, Operator,
     cluster::API_VERSION,
-    controlplane::{ControlPlane, MUTATING_ADMISSION_POLICY},
+    controlplane::{self, ControlPlane, MUTATING_ADMISSION_POLICY},
     operator::Options,
 };
 
@@ -110,9 +110,13 @@ fn options(args: &Args, label: &str, resync: Duration, env: Vec<(String, String)
 
 async fn run_size<B: Backend>(args: &Args, backend: B, targets: usize, n: usize) -> Result<Value> {
     eprintln!("\nbench: ===== {} × {n} bindings, {targets} targets =====", backend.name());
-    let policy = args.finalizer_policy;
+    let mut apiserver_args: Vec<String> = Vec::new();
+    if args.finalizer_policy {
+        apiserver_args.extend(MUTATING_ADMISSION_POLICY.iter().map(|a| a.to_string()));
+    }
+    apiserver_args.extend(args.apiserver_args.iter().cloned());
     let cp = tokio::task::spawn_blocking(move || {
-        ControlPlane::start_with(if policy { &MUTATING_ADMISSION_POLICY[..] } else { &[] })
+        ControlPlane::start_with_options(controlplane::Options { apiserver_args, ..Default::default() })
     })
     .await??;
     let result = measure(args, backend, targets, n, &cp).await;
@@ -150,7 +154,23 @@ async fn measure<B: Backend>(
         control_plane_pid,
     };
 
-    let baseline = if args.wants("baseline") { Some(scenarios::baseline(&env).await?) } else { None };
+    let profile = |phase: &str| -> Result<Option<Profile<'_>>> {
+        if !args.profile_control_plane {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&args.out)?;
+        Profile::start(cp, args.out.join(format!("controlplane-{}-{n}-{phase}.pprof", env.backend.name()))).map(Some)
+    };
+    let baseline = if args.wants("baseline") {
+        let p = profile("baseline")?;
+        let mut b = scenarios::baseline(&env).await?;
+        if let Some(p) = p {
+            b["controlPlaneProfile"] = p.finish()?;
+        }
+        Some(b)
+    } else {
+        None
+    };
     if args.finalizer_policy {
         let probe = env.backend.binding(&env.layout.binding(0));
         env.cluster.install_finalizer_policy(&probe, "dbgrant.io/revoke").await?;
@@ -182,7 +202,11 @@ async fn measure<B: Backend>(
         footprint.push(scenarios::footprint_row("idle, no bindings", &scenarios::idle(&op).await?));
     }
 
-    let (bulk, complete) = scenarios::bulk(&env, &op).await?;
+    let p = profile("bulk")?;
+    let (mut bulk, complete) = scenarios::bulk(&env, &op).await?;
+    if let Some(p) = p {
+        bulk["controlPlaneProfile"] = p.finish()?;
+    }
     footprint.push(json!({
         "phase": "bulk",
         "rssMiB": bulk["operator"]["rssMiB"], "peakRssMiB": bulk["operator"]["peakRssMiB"],
@@ -229,4 +253,31 @@ async fn measure<B: Backend>(
     });
     out["stoppedCleanly"] = json!(op.stop(Duration::from_secs(30)).await?);
     Ok(out)
+}
+
+/// A CPU profile of the control plane being taken (`--profile-control-plane`).
+struct Profile<'a> {
+    cp: &'a ControlPlane,
+    path: std::path::PathBuf,
+}
+
+impl<'a> Profile<'a> {
+    fn start(cp: &'a ControlPlane, path: std::path::PathBuf) -> Result<Self> {
+        // A profile of an earlier run at this path would look finished.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        cp.start_cpu_profile(&path)?;
+        Ok(Self { cp, path })
+    }
+
+    /// Stop it and summarise it (by request and by kind of work).
+    fn finish(self) -> Result<Value> {
+        tokio::task::block_in_place(|| self.cp.stop_cpu_profile(&self.path))?;
+        let mut summary = ControlPlane::profile_summary(&self.path)?;
+        eprintln!("bench: control plane CPU profile: {}", self.path.display());
+        summary["file"] = json!(self.path.display().to_string());
+        Ok(summary)
+    }
 }

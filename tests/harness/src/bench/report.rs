@@ -345,6 +345,16 @@ fn rows() -> Vec<Row> {
             }),
         ),
         (
+            "Bulk: control plane CPU by request (profile; share of its CPU s)",
+            "",
+            Box::new(|r| profile_shares(&r["bulk"]["controlPlaneProfile"], "byRequest")),
+        ),
+        (
+            "Bulk: control plane CPU by kind of work (profile)",
+            "",
+            Box::new(|r| profile_shares(&r["bulk"]["controlPlaneProfile"], "byWork")),
+        ),
+        (
             "**Single change** create → Ready p50 / p95 / p99 (ms)",
             "MongoDB: p99 < 250 ms",
             Box::new(|r| triple(r, "/single/create")),
@@ -544,9 +554,35 @@ pub fn markdown(report: &Value) -> String {
     s
 }
 
+/// A control-plane profile summary's categories, largest first, as
+/// "name 28 %; …" after its CPU seconds; "–" when none was taken.
+fn profile_shares(profile: &Value, by: &str) -> String {
+    let Some(shares) = profile[by].as_array() else { return "–".into() };
+    let parts: Vec<String> = shares
+        .iter()
+        .filter(|s| s["share"].as_f64().unwrap_or(0.0) >= 0.01)
+        .map(|s| format!("{} {:.0} %", s["name"].as_str().unwrap_or("?"), s["share"].as_f64().unwrap_or(0.0) * 100.0))
+        .collect();
+    format!("{} CPU s: {}", fmt(profile["cpuSeconds"].as_f64(), 1), parts.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_shows_its_categories_largest_first_and_small_ones_dropped() {
+        let profile = serde_json::json!({
+            "cpuSeconds": 17.1,
+            "byRequest": [
+                { "name": "status writes", "seconds": 3.9, "share": 0.23 },
+                { "name": "creates (POST)", "seconds": 1.0, "share": 0.059 },
+                { "name": "deletes", "seconds": 0.01, "share": 0.0006 },
+            ],
+        });
+        assert_eq!(profile_shares(&profile, "byRequest"), "17.1 CPU s: status writes 23 %; creates (POST) 6 %");
+        assert_eq!(profile_shares(&Value::Null, "byRequest"), "–", "no profile taken");
+    }
 
     #[test]
     fn thousands_separators() {
