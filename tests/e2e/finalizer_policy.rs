@@ -1,5 +1,5 @@
-//! The chart's finalizer policy (`finalizerPolicy.enabled`) on a control
-//! plane that serves MutatingAdmissionPolicy: a new binding carries
+//! The chart's finalizer policy (`finalizerPolicy.enabled`, on by default)
+//! on a control plane that serves MutatingAdmissionPolicy: a new binding carries
 //! dbgrant's finalizer from its creation, the operator does not patch it to
 //! add one, and it is applied and revoked exactly as without the policy.
 //!
@@ -11,15 +11,39 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use dbgrant_harness::{
-    Cluster, DumpOnFailure,
+    Cluster, DumpOnFailure, chart,
     cluster::FIELD_MANAGER,
     controlplane::{ControlPlane, MUTATING_ADMISSION_POLICY},
+    manifests,
 };
 
 use crate::common::{SETTLE, in_ns, mongo_binding, mongo_double, mongo_target, operator, operator_lock};
 
 const READERS: &str = "5b0c6a4e-1f0e-4c55-9e55-3f5b2f8e6a01";
 const FINALIZER: &str = "dbgrant.io/revoke";
+
+/// The policy is rendered by default wherever the cluster serves the API
+/// (v1 from Kubernetes 1.36, v1beta1 where enabled), nowhere else, and not
+/// when turned off.
+#[test]
+fn the_chart_installs_the_policy_by_default_where_the_cluster_serves_it() -> Result<()> {
+    let policies = |set: &[&str], api: &[&str]| -> Result<Vec<String>> {
+        Ok(chart::template_for("dbgrant-system", set, api)?
+            .iter()
+            .filter(|d| manifests::kind(d).starts_with("MutatingAdmissionPolicy"))
+            .map(|d| format!("{} {}", d["apiVersion"].as_str().unwrap_or("?"), manifests::kind(d)))
+            .collect())
+    };
+    const V1: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
+    const V1BETA1: &str = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy";
+    let both = |v: &str| vec![format!("{v} MutatingAdmissionPolicy"), format!("{v} MutatingAdmissionPolicyBinding")];
+    ensure!(policies(&[], &[V1])? == both("admissionregistration.k8s.io/v1"), "GA clusters get the v1 policy");
+    ensure!(policies(&[], &[V1BETA1, V1])? == both("admissionregistration.k8s.io/v1"), "v1 is preferred");
+    ensure!(policies(&[], &[V1BETA1])? == both("admissionregistration.k8s.io/v1beta1"), "beta where enabled");
+    ensure!(policies(&[], &[])?.is_empty(), "nothing where the cluster does not serve the API");
+    ensure!(policies(&["finalizerPolicy.enabled=false"], &[V1])?.is_empty(), "nothing when turned off");
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_finalizer_policy_adds_the_finalizer_at_creation_and_the_operator_does_not_patch() -> Result<()> {

@@ -129,8 +129,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Install the chart's finalizer policy (`finalizerPolicy.enabled`) on a
-    /// control plane started with
+    /// Install the chart's finalizer policy (`finalizerPolicy`, on by
+    /// default) on a control plane started with
     /// [`crate::controlplane::MUTATING_ADMISSION_POLICY`], and wait until it
     /// acts: a server-side dry-run create of `probe` (a binding in an
     /// existing namespace) comes back with the finalizer. Until the
@@ -140,7 +140,7 @@ impl Cluster {
         let started = Instant::now();
         let docs = chart::template_for(
             &self.operator_namespace,
-            &["finalizerPolicy.enabled=true"],
+            &[],
             &["admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"],
         )?;
         let policy: Vec<Value> =
