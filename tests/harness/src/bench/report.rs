@@ -345,6 +345,17 @@ fn rows() -> Vec<Row> {
             }),
         ),
         (
+            "Bulk, mean ms per binding: queued · finalizer · lock · backend · status · rest of reconcile · outside the operator (apiserver, watches)",
+            "",
+            Box::new(|r| {
+                if r["bulk"]["operatorStages"].is_object() {
+                    stage_breakdown(r, "/bulk/operatorStages")
+                } else {
+                    "–".into()
+                }
+            }),
+        ),
+        (
             "Bulk: control plane CPU by request (profile; share of its CPU s)",
             "",
             Box::new(|r| profile_shares(&r["bulk"]["controlPlaneProfile"], "byRequest")),
@@ -387,20 +398,7 @@ fn rows() -> Vec<Row> {
             Box::new(|r| {
                 ["create", "update", "delete"]
                     .iter()
-                    .map(|p| {
-                        let base = format!("/single/{p}/operatorStages");
-                        let stage = |s: &str| fmt(num(r, &format!("{base}/stages/{s}/msPerChange")).or(Some(0.0)), 1);
-                        format!(
-                            "{} · {} · {} · {} · {} · {} · {}",
-                            stage("queued"),
-                            stage("finalizer"),
-                            stage("lock"),
-                            stage("backend"),
-                            stage("status"),
-                            fmt(num(r, &format!("{base}/reconcileOtherMs")), 1),
-                            fmt(num(r, &format!("{base}/outsideOperatorMs")), 1)
-                        )
-                    })
+                    .map(|p| stage_breakdown(r, &format!("/single/{p}/operatorStages")))
                     .collect::<Vec<_>>()
                     .join(" / ")
             }),
@@ -552,6 +550,23 @@ pub fn markdown(report: &Value) -> String {
         }
     }
     s
+}
+
+/// Mean milliseconds per change in each of the operator's stages at
+/// `base` (a [`super::stages::Stages::to_json`]): "queued · finalizer ·
+/// lock · backend · status · rest of reconcile · outside".
+fn stage_breakdown(r: &Value, base: &str) -> String {
+    let stage = |s: &str| fmt(num(r, &format!("{base}/stages/{s}/msPerChange")).or(Some(0.0)), 1);
+    format!(
+        "{} · {} · {} · {} · {} · {} · {}",
+        stage("queued"),
+        stage("finalizer"),
+        stage("lock"),
+        stage("backend"),
+        stage("status"),
+        fmt(num(r, &format!("{base}/reconcileOtherMs")), 1),
+        fmt(num(r, &format!("{base}/outsideOperatorMs")), 1)
+    )
 }
 
 /// A control-plane profile summary's categories, largest first, as

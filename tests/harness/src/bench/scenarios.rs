@@ -245,6 +245,7 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
     env.clear_counters();
     let reconciles_before = completed_reconciles(op, kind).await;
     let throttles_before = operator_counter_by(op, THROTTLED, "reason").await;
+    let stages_before = Stages::parse(&op.metrics().await?, kind);
     let sampler = Sampler::start(op.pid().context("operator pid")?, SAMPLE_EVERY);
     let started = AtomicUsize::new(0);
     let applied_at: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::with_capacity(n));
@@ -342,11 +343,13 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
     let apiserver = apiserver::report(&served, &own_bulk, n);
     let (total, per_target) = env.counters();
     let reconciles = completed_reconciles(op, kind).await - reconciles_before;
+    let stages = Stages::parse(&op.metrics().await?, kind).since(&stages_before);
     let applied_at = applied_at.into_inner().unwrap_or_else(|p| p.into_inner());
     let latencies: Vec<Duration> = ready_at
         .iter()
         .filter_map(|(name, ready)| applied_at.get(name).map(|a| ready.saturating_duration_since(*a)))
         .collect();
+    let mean_ms = latencies.iter().map(|d| d.as_secs_f64() * 1e3).sum::<f64>() / latencies.len().max(1) as f64;
     // The least apply-to-Ready the backend's quotas allow each binding, and
     // how far the measured times are from it.
     let specs: HashMap<String, BindingSpec> =
@@ -407,6 +410,9 @@ pub async fn bulk<B: Backend>(env: &Env<'_, B>, op: &Operator) -> Result<(Value,
         "operatorThrottlesByReason": grown(&throttles_before, &operator_counter_by(op, THROTTLED, "reason").await),
         "reconciles": reconciles,
         "reconcilesPerBinding": if n > 0 { round3(reconciles / n as f64) } else { 0.0 },
+        // Where an apply-to-Ready went, per binding (means): the operator's
+        // stages, and what it did not see.
+        "operatorStages": stages.to_json(latencies.len(), mean_ms),
         "operator": window.to_json(),
         "cpuUntilAllReady": cpu0.until(&cpu_ready),
         "apiserverRequests": apiserver,
