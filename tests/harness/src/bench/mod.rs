@@ -27,6 +27,7 @@ pub mod cosmos;
 pub mod machine;
 pub mod mongo;
 pub mod process;
+pub mod profile;
 pub mod report;
 pub mod scenarios;
 pub mod stages;
@@ -154,23 +155,16 @@ async fn measure<B: Backend>(
         control_plane_pid,
     };
 
-    let profile = |phase: &str| -> Result<Option<Profile<'_>>> {
+    let profile = |phase: &str| -> Result<Option<profile::Profile<'_>>> {
         if !args.profile_control_plane {
             return Ok(None);
         }
         std::fs::create_dir_all(&args.out)?;
-        Profile::start(cp, args.out.join(format!("controlplane-{}-{n}-{phase}.pprof", env.backend.name()))).map(Some)
+        profile::Profile::start(cp, args.out.join(format!("controlplane-{}-{n}-{phase}.pprof", env.backend.name())))
+            .map(Some)
     };
-    let baseline = if args.wants("baseline") {
-        let p = profile("baseline")?;
-        let mut b = scenarios::baseline(&env).await?;
-        if let Some(p) = p {
-            b["controlPlaneProfile"] = p.finish()?;
-        }
-        Some(b)
-    } else {
-        None
-    };
+    let baseline =
+        if args.wants("baseline") { Some(scenarios::baseline(&env, profile("baseline")?).await?) } else { None };
     if args.finalizer_policy {
         let probe = env.backend.binding(&env.layout.binding(0));
         env.cluster.install_finalizer_policy(&probe, "dbgrant.io/revoke").await?;
@@ -253,31 +247,4 @@ async fn measure<B: Backend>(
     });
     out["stoppedCleanly"] = json!(op.stop(Duration::from_secs(30)).await?);
     Ok(out)
-}
-
-/// A CPU profile of the control plane being taken (`--profile-control-plane`).
-struct Profile<'a> {
-    cp: &'a ControlPlane,
-    path: std::path::PathBuf,
-}
-
-impl<'a> Profile<'a> {
-    fn start(cp: &'a ControlPlane, path: std::path::PathBuf) -> Result<Self> {
-        // A profile of an earlier run at this path would look finished.
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        cp.start_cpu_profile(&path)?;
-        Ok(Self { cp, path })
-    }
-
-    /// Stop it and summarise it (by request and by kind of work).
-    fn finish(self) -> Result<Value> {
-        tokio::task::block_in_place(|| self.cp.stop_cpu_profile(&self.path))?;
-        let mut summary = ControlPlane::profile_summary(&self.path)?;
-        eprintln!("bench: control plane CPU profile: {}", self.path.display());
-        summary["file"] = json!(self.path.display().to_string());
-        Ok(summary)
-    }
 }

@@ -28,6 +28,7 @@ use super::{
     args::Args,
     backend::{Backend, BindingSpec, Layout, OpCounts},
     process::{CpuSplit, Sampler, Window, mib, round3},
+    profile::Profile,
     stages::{self, Stages},
     stats::Summary,
 };
@@ -518,8 +519,9 @@ async fn watch_ready<B: Backend>(env: &Env<'_, B>, api: &Api<DynamicObject>, rv:
 
 /// Baseline: the same applies with no operator running, then deleted
 /// again: what merely storing the bindings costs this apiserver (time and
-/// CPU), the floor under the bulk figure.
-pub async fn baseline<B: Backend>(env: &Env<'_, B>) -> Result<Value> {
+/// CPU), the floor under the bulk figure. `profile` (if any) covers the
+/// applies, not the deletes.
+pub async fn baseline<B: Backend>(env: &Env<'_, B>, profile: Option<Profile<'_>>) -> Result<Value> {
     let n = env.layout.bindings;
     eprintln!("bench: baseline: applying {n} bindings with no operator running");
     let cpu0 = CpuSplit::now(None, env.control_plane_pid);
@@ -537,6 +539,10 @@ pub async fn baseline<B: Backend>(env: &Env<'_, B>) -> Result<Value> {
         .await;
     let submitted = t0.elapsed();
     let cpu = cpu0.until(&CpuSplit::now(None, env.control_plane_pid));
+    let profile = match profile {
+        Some(p) => p.finish()?,
+        None => Value::Null,
+    };
     for ns in env.layout.namespaces() {
         env.bindings(&ns).delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
     }
@@ -552,6 +558,7 @@ pub async fn baseline<B: Backend>(env: &Env<'_, B>) -> Result<Value> {
         "submitSeconds": secs(submitted),
         "appliesPerSecond": (n as f64 / submitted.as_secs_f64()).round(),
         "cpu": cpu,
+        "controlPlaneProfile": profile,
     }))
 }
 
