@@ -641,6 +641,26 @@ async fn union_shrinks_when_one_of_two_bindings_on_a_group_goes() {
 }
 
 #[tokio::test]
+async fn extending_a_role_dbgrant_owns_writes_the_role_alone() {
+    let env = Env::start().await;
+    let t = env.target("main", true);
+    let mut op = Operator::new(&env, &t).await;
+    let g = group(1);
+    op.apply(&binding("read-orders", &[&g]).roles(&[role("read", "orders")]).on(&t)).await;
+    assert_eq!(
+        (env.ops("ledgerPut"), env.ops("createRole")),
+        (1, 1),
+        "a new role is claimed in the ledger before it is created"
+    );
+    op.apply(&binding("write-billing", &[&g]).roles(&[role("readWrite", "billing")]).on(&t)).await;
+    assert_eq!(env.ops("updateRole"), 1);
+    assert_eq!(env.ops("ledgerPut"), 1, "the ledger already held the role when the sync read it: no second claim");
+    let union = grant(&[role("read", "orders"), role("readWrite", "billing")], &[]);
+    assert_eq!(env.state().await, env.roles(&[(&g, union)]));
+    assert_eq!(env.ledger(&t).await, [env.role_id(&g)].into());
+}
+
+#[tokio::test]
 async fn a_foreign_role_with_dbgrants_name_is_a_conflict_and_left_untouched() {
     let env = Env::start().await;
     let t = env.target("main", true);

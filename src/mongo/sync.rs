@@ -572,8 +572,11 @@ async fn apply(
     let dropping = matches!(action, Action::DropRole { .. } | Action::DropUser { .. });
     // The ledger claims a name before the command creates it (adopted
     // objects enter it on their first update), and lets it go only after
-    // the object is gone.
-    if !dropping {
+    // the object is gone. A name the ledger already held when this sync
+    // read it (under the target's write lock; only dbgrant writes there)
+    // needs no second claim: an update of a role dbgrant owns is one write.
+    let ledgered = if db == USER_DB { audited.before.user_owned } else { audited.before.role_owned };
+    if !dropping && !ledgered {
         put(&entry, if db == USER_DB { "user" } else { "role" }).await?;
     }
     let mut result = client.run(db, cmd).await;
