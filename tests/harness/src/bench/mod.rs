@@ -224,7 +224,8 @@ async fn measure<B: Backend>(
     }
     if args.wants("restart") || args.wants("steady") {
         let opts = options(args, &format!("bench-{name}-{n}-restarted"), args.resync, env_vars.clone());
-        let (restart, new) = scenarios::restart(&env, &mut op, opts).await?;
+        let p = if args.wants("restart") { profile("restart")? } else { None };
+        let (restart, new) = scenarios::restart(&env, &mut op, opts, p).await?;
         op = new;
         logs.push(op.log.display().to_string());
         if args.wants("restart") {

@@ -462,6 +462,19 @@ fn rows() -> Vec<Row> {
         ("**Restart**: to /readyz (s)", "", n("/restart/readyzSeconds", 1)),
         ("Restart: to all Ready (s)", "< 10 s", n("/restart/allReadySeconds", 1)),
         ("Restart: until reconciles drained (s)", "", n("/restart/drainedSeconds", 1)),
+        (
+            "Restart: CPU s until all Ready, operator / control plane / bench+doubles",
+            "",
+            Box::new(|r| {
+                let c = |k: &str| fmt(num(r, &format!("/restart/cpuUntilAllReady/{k}")), 2);
+                format!("{} / {} / {}", c("operator"), c("controlPlane"), c("benchAndDoubles"))
+            }),
+        ),
+        (
+            "Restart: control plane CPU by request (profile)",
+            "",
+            Box::new(|r| profile_shares(&r["restart"]["controlPlaneProfile"], "byRequest")),
+        ),
         ("Restart: backend writes", "0", n("/restart/backend/writes", 0)),
         ("Restart: operator RSS once settled (MiB)", "< 100 MiB at 10,000", n("/restart/operator/rssMiB", 1)),
     ]

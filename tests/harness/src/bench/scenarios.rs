@@ -795,10 +795,13 @@ pub async fn single<B: Backend>(env: &Env<'_, B>, op: &Operator, count: usize) -
 /// Ready=True at its generation. The bindings were Ready before the stop,
 /// so (c) alone would be instant; (b) is what makes the new process vouch
 /// for them. Also reported: when its reconciles stopped (queue drained).
+/// `profile` (if any) covers the control plane from the stop until all
+/// Ready.
 pub async fn restart<B: Backend>(
     env: &Env<'_, B>,
     op: &mut Operator,
     options: crate::operator::Options,
+    profile: Option<Profile<'_>>,
 ) -> Result<(Value, Operator)> {
     let n = env.layout.bindings;
     let kind = env.backend.binding_kind();
@@ -827,6 +830,10 @@ pub async fn restart<B: Backend>(
     // Fetching and decoding 10,000 objects is the benchmark's own time
     // (verifySeconds).
     let all_ready = t0.elapsed();
+    let profile = match profile {
+        Some(p) => p.finish()?,
+        None => Value::Null,
+    };
     let items = Api::<DynamicObject>::all_with(env.cluster.admin.clone(), &env.binding_ar)
         .list(&ListParams::default())
         .await?
@@ -860,6 +867,7 @@ pub async fn restart<B: Backend>(
         "backend": total.to_json(),
         "operator": window.to_json(),
         "cpuUntilAllReady": cpu,
+        "controlPlaneProfile": profile,
     });
     Ok((report, new))
 }
