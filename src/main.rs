@@ -1,5 +1,7 @@
 //! The `dbgrant` binary: parses arguments and hands off to the library.
 
+mod allocator;
+
 use std::process::ExitCode;
 
 use clap::Parser;
