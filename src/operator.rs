@@ -12,7 +12,6 @@ use kube::{
     Api,
     runtime::{
         Controller,
-        events::{Recorder, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -26,6 +25,7 @@ use crate::{
     mongo::{self, MongoContext},
     runtime::{
         context::Context,
+        events::Publisher,
         http, leader,
         lifecycle::{self, BackendContext, Lifecycle},
         metrics::Metrics,
@@ -71,10 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Arc::new(Context {
         client: client.clone(),
         namespace: args.namespace.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter { controller: MANAGER.into(), instance: Some(identity.clone()) },
-        ),
+        events: Publisher::new(client.clone(), MANAGER, identity.clone()),
         metrics: metrics.clone(),
         health: health.clone(),
         resync: args.resync_interval,

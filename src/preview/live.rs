@@ -9,10 +9,7 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use jiff::Timestamp;
 use kube::{
     Client, ResourceExt,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector, watcher,
-    },
+    runtime::{reflector, watcher},
 };
 use serde::Serialize;
 
@@ -21,7 +18,7 @@ use crate::api::{CosmosTarget, MongoTarget, TargetMode};
 use crate::cosmos::{CosmosContext, CosmosSettings, Freshness, binding_status};
 use crate::mongo::{binding_controller as mongo_binding, connection, ledger, sync as mongo_sync, target_controller};
 use crate::plan::{cosmos::AssignmentState, index::BindingIndex};
-use crate::runtime::{audit, context::Context, http::Health, metrics::Metrics};
+use crate::runtime::{audit, context::Context, events::Publisher, http::Health, metrics::Metrics};
 
 /// One target's live view.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,7 +42,7 @@ pub struct LiveTarget {
 /// `namespace` (the operator's) with `client`.
 pub async fn read(client: Client, namespace: &str, objects: &Objects, now: Timestamp) -> Vec<LiveTarget> {
     let shared = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), Reporter { controller: "dbgrant-plan".into(), instance: None }),
+        events: Publisher::new(client.clone(), "dbgrant-plan", "dbgrant-plan"),
         client,
         namespace: namespace.to_string(),
         metrics: Arc::new(Metrics::default()),

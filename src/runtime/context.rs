@@ -2,9 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kube::{Client, runtime::events::Recorder};
+use kube::Client;
 
-use super::{audit::Auditor, http::Health, metrics::Metrics};
+use super::{audit::Auditor, events::Publisher, http::Health, metrics::Metrics};
 
 /// What every reconcile gets.
 pub struct Context {
@@ -12,8 +12,8 @@ pub struct Context {
     pub client: Client,
     /// The operator namespace, where target Secrets live.
     pub namespace: String,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Publishes Events about dbgrant's objects.
+    pub events: Publisher,
     pub metrics: Arc<Metrics>,
     /// Readiness.
     pub health: Arc<Health>,

@@ -419,7 +419,7 @@ where
         .inc_by(restored.len() as u64);
     tracing::warn!(target = %name, restored = ?restored, "drift corrected");
     let note = format!("restored out-of-band changes to {}", restored.join("; "));
-    status::publish(ctx, target, kube::runtime::events::EventType::Warning, reason::DRIFT_CORRECTED, &note).await;
+    status::publish(ctx, target, super::events::EventType::Warning, reason::DRIFT_CORRECTED, &note).await;
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod client;
 pub mod context;
 pub mod crdgen;
+pub mod events;
 pub mod finalize;
 pub mod http;
 pub mod leader;

@@ -6,12 +6,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
 };
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     context::Context,
+    events::{Event, EventType},
     metrics::Stage,
     object::{self, Managed},
 };
@@ -73,7 +73,7 @@ where
     if type_ == EventType::Normal && conditions::ready(before).is_none() {
         // A new object turning Ready is what everyone expects and its
         // status says so; an Event for each would double the apiserver
-        // writes of a bulk apply (and fill the recorder's cache). Recovery
+        // writes of a bulk apply (and fill the memory of recent Events). Recovery
         // after a failure, and every failure, still get one.
         return;
     }
@@ -100,14 +100,9 @@ pub async fn publish<K>(ctx: &Context, obj: &K, type_: EventType, reason: &str, 
 where
     K: Resource<DynamicType = ()>,
 {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note, 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    let note = truncate(note, 1000);
+    let event = Event { type_, reason, action: "Reconcile", note: &note };
+    if let Err(e) = ctx.events.publish(&event, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, "could not publish event");
     }
 }

@@ -108,6 +108,15 @@ async fn every_mongodb_write_has_one_audit_record_naming_its_binding() -> Result
             && note.contains(&format!("role admin.entra/{G3}"))),
         "{events:#?}"
     );
+    // Every change gets its own Event, even seconds after the last one on
+    // the same binding: `contractor`'s expiry is not folded into the Event
+    // of its grant (an events.k8s.io series keeps the first note only).
+    assert!(
+        events.iter().any(|(t, reason, note)| t == "Normal"
+            && reason == "AccessChanged"
+            && note.contains(&format!("deleted role admin.entra/{G3}"))),
+        "{events:#?}"
+    );
 
     for b in [&b2, &b3] {
         cluster.delete(&cluster.admin, b, None).await?;

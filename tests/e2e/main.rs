@@ -10,6 +10,7 @@
 mod audit;
 mod common;
 mod cosmos;
+mod events;
 mod faults_apiserver;
 mod faults_common;
 mod faults_cosmos;
