@@ -23,6 +23,13 @@ for component in rustfmt clippy; do
   fi
 done
 
+# jemalloc (the operator binary's allocator) is built from C with make.
+if ! command -v make >/dev/null 2>&1; then
+  step "installing make (Debian) for jemalloc's build"
+  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq make >/dev/null
+fi
+
 # A full build of the workspace with its tests takes about 6 GiB under
 # target/, and the Go caches about 2 more; a disk that fills mid-build makes
 # cargo fail with a bare exit code, so say it up front (a warning: a warm
