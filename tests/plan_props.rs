@@ -325,7 +325,7 @@ proptest! {
             let affected = match op {
                 IndexOp::Upsert { key, target, subjects, grant } => {
                     model.insert(key, (target, subjects.clone(), grant.clone()));
-                    idx.upsert(&format!("ns/b{key}"), Contribution { target: format!("t{target}"), subjects: subjects.iter().map(|s| subject(*s)).collect(), grant })
+                    idx.upsert(&format!("ns/b{key}"), Contribution { target: format!("t{target}"), subjects: subjects.iter().map(|s| subject(*s)).collect(), grant: grant.into() })
                 }
                 IndexOp::Remove { key } => {
                     model.remove(&key);

@@ -4,7 +4,10 @@
 //! Ownership comes from the ledger (`super::ledger`): an entry is written
 //! *before* `createRole`/`createUser` and removed *after* the drop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use bson::{Bson, Document, doc};
 
@@ -67,7 +70,7 @@ pub struct SubjectWork {
     /// The contributions `desired` is the union of, by binding key (sorted):
     /// when the server refuses the union, they are tried one by one to
     /// find the ones it refuses. Empty for objects no binding wants.
-    pub contributions: Vec<(String, MongoGrant)>,
+    pub contributions: Vec<(String, Arc<MongoGrant>)>,
     /// Leave instead of dropping when revoking.
     pub retain: bool,
     /// Read the objects back after the writes and report in
@@ -227,7 +230,7 @@ pub async fn sync(
 }
 
 /// The union of `contributions`, or None when there are none.
-fn union<'a>(contributions: impl Iterator<Item = &'a (String, MongoGrant)>) -> Option<MongoGrant> {
+fn union<'a>(contributions: impl Iterator<Item = &'a (String, Arc<MongoGrant>)>) -> Option<MongoGrant> {
     use crate::plan::index::Grant;
     let mut out: Option<MongoGrant> = None;
     for (_, g) in contributions {
@@ -338,7 +341,10 @@ struct Audited<'a> {
 }
 
 /// The binding keys of `contributions`, less those the server refused.
-fn binding_keys(contributions: &[(String, MongoGrant)], refused: Option<&BTreeMap<String, String>>) -> Vec<String> {
+fn binding_keys(
+    contributions: &[(String, Arc<MongoGrant>)],
+    refused: Option<&BTreeMap<String, String>>,
+) -> Vec<String> {
     contributions.iter().map(|(k, _)| k.clone()).filter(|k| refused.is_none_or(|r| !r.contains_key(k))).collect()
 }
 
@@ -423,7 +429,7 @@ async fn isolate(
     metrics: &Metrics,
     audit: &audit::Scope<'_>,
     scratch: &str,
-    contributions: &[(String, MongoGrant)],
+    contributions: &[(String, Arc<MongoGrant>)],
     base: Option<&MongoGrant>,
     refusal: &str,
     writes: &mut usize,
@@ -804,7 +810,8 @@ mod tests {
     async fn a_refused_union_is_isolated_on_the_scratch_role_and_the_rest_is_written() {
         let api = Scripted::default();
         let subject = SubjectKey { kind: SubjectKind::Group, id: "g".into() };
-        let contributions = vec![("ns/a".to_string(), grant("read")), ("ns/b".to_string(), grant("ghost"))];
+        let contributions =
+            vec![("ns/a".to_string(), grant("read").into()), ("ns/b".to_string(), grant("ghost").into())];
         let mut desired = grant("read");
         desired.roles.insert(("ghost".into(), "orders".into()));
         let work = [SubjectWork {
@@ -853,7 +860,7 @@ mod tests {
             subject: subject.clone(),
             objects: SubjectObjects { role: "entra/g".into(), user: None },
             desired: Some(grant("ghost")),
-            contributions: vec![("ns/b".to_string(), grant("ghost"))],
+            contributions: vec![("ns/b".to_string(), grant("ghost").into())],
             retain: false,
             confirm: false,
         }];

@@ -219,12 +219,12 @@ mod tests {
         for (key, role) in [("ns/live", "read"), ("ns/ghost", "readWrite")] {
             idx.upsert(
                 key,
-                Contribution { target: "t".into(), subjects: [subject.clone()].into(), grant: grant(role) },
+                Contribution { target: "t".into(), subjects: [subject.clone()].into(), grant: grant(role).into() },
             );
         }
         idx.upsert(
             "ns/other",
-            Contribution { target: "u".into(), subjects: [subject.clone()].into(), grant: grant("dbOwner") },
+            Contribution { target: "u".into(), subjects: [subject.clone()].into(), grant: grant("dbOwner").into() },
         );
         assert_eq!(idx.forget_vanished("t", |ns, name| ns == "ns" && name == "live"), 1);
         assert_eq!(idx.desired("t", &subject), Some(grant("read")));

@@ -51,7 +51,11 @@ impl<G> Evaluation<G> {
             let why = format!("nothing applied: {}", invalid.join("; "));
             return Self::blocked(Outcome::stalled(reason::INVALID_SPEC, why), expiry);
         }
-        Self { contribution: Some(Contribution { target: target.into(), subjects, grant }), blocked: None, expiry }
+        Self {
+            contribution: Some(Contribution { target: target.into(), subjects, grant: std::sync::Arc::new(grant) }),
+            blocked: None,
+            expiry,
+        }
     }
 }
 

@@ -22,7 +22,10 @@
 //! contributions changes (the refusal may have come from a combination)
 //! and when the rejected binding retries on its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use crate::api::SubjectKey;
 
@@ -42,8 +45,10 @@ pub struct Contribution<G> {
     pub target: String,
     /// Subjects that receive the grant.
     pub subjects: BTreeSet<SubjectKey>,
-    /// The grant itself.
-    pub grant: G,
+    /// The grant itself, shared: every sync of a subject takes the
+    /// contributions it unites along (for isolating one the backend
+    /// refuses), and a target's resync does so for every subject at once.
+    pub grant: Arc<G>,
 }
 
 /// A (target, subject) pair whose backend object must be recomputed.
@@ -140,7 +145,7 @@ impl<G: Grant> BindingIndex<G> {
 
     /// The live contributions to `subject` on `target` that the backend has
     /// not refused, by binding key (sorted).
-    pub fn contributions(&self, target: &str, subject: &SubjectKey) -> Vec<(&BindingKey, &G)> {
+    pub fn contributions(&self, target: &str, subject: &SubjectKey) -> Vec<(&BindingKey, &Arc<G>)> {
         let rejected = self.rejected.get(&(target.to_string(), subject.clone()));
         self.bindings_for(target, subject)
             .filter(|k| rejected.is_none_or(|r| !r.contains_key(*k)))
@@ -261,7 +266,7 @@ mod tests {
         Contribution {
             target: target.into(),
             subjects: subjects.iter().map(|s| group(s)).collect(),
-            grant: Roles(roles.iter().copied().collect()),
+            grant: Arc::new(Roles(roles.iter().copied().collect())),
         }
     }
 
@@ -336,7 +341,7 @@ mod tests {
         idx.upsert("b/bad", mk("t", &["g1", "g2"], &["nosuchrole"]));
         idx.reject("t", &group("g1"), "b/bad", refused("role nosuchrole does not exist"));
         assert_eq!(idx.desired("t", &group("g1")), Some(roles(&["read"])));
-        assert_eq!(idx.contributions("t", &group("g1")), vec![(&"a/good".to_string(), &roles(&["read"]))]);
+        assert_eq!(idx.contributions("t", &group("g1")), vec![(&"a/good".to_string(), &Arc::new(roles(&["read"])))]);
         // Only the refused subject is affected; g2 still carries it.
         assert_eq!(idx.desired("t", &group("g2")), Some(roles(&["nosuchrole"])));
         assert_eq!(idx.bindings_for("t", &group("g1")).count(), 2);
@@ -403,7 +408,7 @@ mod tests {
                         let c = Contribution {
                             target: format!("t{t}"),
                             subjects: subjects.iter().map(|s| group(&format!("g{s}"))).collect(),
-                            grant: Roles(rs.iter().map(|r| ROLES[*r]).collect()),
+                            grant: Arc::new(Roles(rs.iter().map(|r| ROLES[*r]).collect())),
                         };
                         idx.upsert(&key, c.clone());
                         live.insert(key, c);
