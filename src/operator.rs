@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("opening the audit log {}: {e}", args.audit_log.display()))?,
         ),
         audit_events: args.audit_events,
+        ensured: Default::default(),
     });
 
     // Ready once both backends' caches are synced and their binding indexes

@@ -50,6 +50,7 @@ pub async fn read(client: Client, namespace: &str, objects: &Objects, now: Times
         resync: Duration::from_secs(300),
         audit: Arc::new(audit::Auditor::discard()),
         audit_events: false,
+        ensured: Default::default(),
     });
     let mut out = Vec::new();
     for t in objects.mongo_targets.values() {

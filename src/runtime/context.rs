@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use kube::Client;
 
-use super::{audit::Auditor, events::Publisher, http::Health, metrics::Metrics};
+use super::{audit::Auditor, events::Publisher, finalize::Ensured, http::Health, metrics::Metrics};
 
 /// What every reconcile gets.
 pub struct Context {
@@ -23,4 +23,6 @@ pub struct Context {
     pub audit: Arc<Auditor>,
     /// Whether a reconcile's writes are also listed in an Event.
     pub audit_events: bool,
+    /// The finalizer patches made that the caches have not shown yet.
+    pub ensured: Ensured,
 }

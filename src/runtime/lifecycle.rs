@@ -147,7 +147,7 @@ where
     let finalizer_name = C::ROLE.finalizer();
     let obj = if C::ROLE == Role::Binding {
         let start = Instant::now();
-        let obj = super::finalize::ensure(&api, finalizer_name, obj).await?;
+        let obj = super::finalize::ensure(&api, &ctx.shared().ensured, finalizer_name, obj).await?;
         metrics.stage(&kind, Stage::Finalizer, start.elapsed());
         obj
     } else {
