@@ -15,7 +15,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::Instant,
 };
 
 use kube::{ResourceExt, runtime::controller::Action};
@@ -31,9 +30,8 @@ use crate::plan::index::{Affected, Rejection};
 use crate::plan::mongo::{MongoGrant, ROLE_DB, USER_DB, canonical, objects_for};
 use crate::plan::{expiry, gate, policy};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
-use crate::runtime::metrics::Stage;
 use crate::runtime::object::key;
-use crate::runtime::{audit, status};
+use crate::runtime::status;
 use crate::{Error, Failure, Result};
 
 /// How long a contribution the server refused stays out of its subjects'
@@ -383,17 +381,8 @@ async fn sync_subjects(
     retain: bool,
     confirm: &BTreeSet<SubjectKey>,
 ) -> Result<sync::SyncReport> {
-    let name = target.name_any();
     let conn = target_controller::connect(ctx, target).await?;
-    // While a recent sync found the target unreachable, fail at once
-    // (before and after waiting for the lock) rather than hold the lock and
-    // a reconcile slot for the driver's whole server selection timeout.
-    conn.check_available(&name)?;
-    let (metrics, kind) = (&ctx.shared.metrics, <MongoRoleBinding as kube::Resource>::kind(&()));
-    let start = Instant::now();
-    let guard = conn.write_lock.lock().await;
-    metrics.stage(&kind, Stage::Lock, start.elapsed());
-    conn.check_available(&name)?;
+    let held = target_controller::lock_for_writes::<MongoRoleBinding>(ctx, &conn, target).await?;
     // The union is read under the write lock, so no sync can apply an
     // older union after a newer one.
     let work = {
@@ -404,18 +393,7 @@ async fn sync_subjects(
         }
         work
     };
-    let start = Instant::now();
-    let trigger = audit::Trigger::of(b);
-    let audit = audit::Scope::new(&ctx.shared.audit, super::BACKEND, &name, &trigger);
-    let observe = target.spec.mode == TargetMode::Observe;
-    let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, observe, &work).await;
-    metrics.stage(&kind, Stage::Backend, start.elapsed());
-    conn.record(&result);
-    // The Event listing the writes is the apiserver's business, not the
-    // target's: the next binding's sync need not wait for it.
-    drop(guard);
-    status::publish_writes(&ctx.shared, b, &audit.summaries()).await;
-    result
+    target_controller::sync_then_publish(ctx, &conn, held, target, b, &work).await
 }
 
 #[cfg(test)]

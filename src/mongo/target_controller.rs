@@ -7,7 +7,7 @@
 //! names it, so each binding can revoke its roles through it, and goes
 //! when the last one is gone.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use kube::{ResourceExt, runtime::controller::Action};
 
@@ -21,6 +21,7 @@ use crate::api::{MongoTarget, MongoTargetStatus, PendingChanges, SubjectKey, Sub
 use crate::plan::index::BindingIndex;
 use crate::plan::mongo::{MongoGrant, ROLE_DB, SubjectObjects, USER_DB};
 use crate::runtime::lifecycle::{self, Lifecycle, Role};
+use crate::runtime::metrics::Stage;
 use crate::runtime::object::key;
 use crate::runtime::{audit, status};
 use crate::{Error, Failure, Result};
@@ -97,7 +98,7 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
     // Hold the write lock while reading the ledger and the index, so a
     // binding's sync cannot create an object between the two reads (it
     // would look like an orphan and be dropped).
-    let guard = conn.write_lock.lock().await;
+    let held = lock_for_writes::<MongoTarget>(ctx, &conn, target).await?;
     let ledger = super::ledger::all(&name, &conn.client, &ctx.shared.metrics).await?;
     let work = {
         let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,13 +110,8 @@ async fn connect_and_resync(target: &MongoTarget, ctx: &MongoContext, st: &mut M
         }
         resync_work(target, &idx, &ledger)
     };
-    let trigger = audit::Trigger::of(target);
-    let audit = audit::Scope::new(&ctx.shared.audit, BACKEND, &name, &trigger);
     let observe = target.spec.mode == TargetMode::Observe;
-    let report = sync::sync(&name, &conn.client, &ctx.shared.metrics, &audit, target.spec.adopt, observe, &work).await;
-    drop(guard);
-    status::publish_writes(&ctx.shared, target, &audit.summaries()).await;
-    let report = report?;
+    let report = sync_then_publish(ctx, &conn, held, target, target, &work).await?;
     let planned: Vec<String> = report.planned.values().flatten().cloned().collect();
     ctx.shared.metrics.pending(BACKEND, &name, planned.len());
     st.pending = observe.then(|| PendingChanges::of(&planned));
@@ -174,6 +170,53 @@ pub fn resync_work(
         });
     }
     work
+}
+
+/// Wait for `target`'s write lock on behalf of a reconcile of a `K` (the
+/// wait is its `lock` stage). While a recent sync found the target
+/// unreachable, fail at once, before and after the wait, rather than hold
+/// the lock and a reconcile slot for the driver's whole server selection
+/// timeout.
+pub async fn lock_for_writes<'c, K: kube::Resource<DynamicType = ()>>(
+    ctx: &MongoContext,
+    conn: &'c TargetConnection,
+    target: &MongoTarget,
+) -> Result<tokio::sync::MutexGuard<'c, ()>> {
+    let name = target.name_any();
+    conn.check_available(&name)?;
+    let start = Instant::now();
+    let held = conn.write_lock.lock().await;
+    ctx.shared.metrics.stage(&K::kind(&()), Stage::Lock, start.elapsed());
+    conn.check_available(&name)?;
+    Ok(held)
+}
+
+/// Make `work`'s writes on `target` while `held` (its write lock, taken
+/// before `work` was read, so no sync applies an older union after a newer
+/// one) is held; record on the connection how it ended; release the lock;
+/// and only then publish the Event listing the writes on `trigger`: the
+/// next sync on the target need not wait for the apiserver. The writes are
+/// `trigger`'s `backend` stage.
+pub async fn sync_then_publish<K: kube::Resource<DynamicType = ()>>(
+    ctx: &MongoContext,
+    conn: &TargetConnection,
+    held: tokio::sync::MutexGuard<'_, ()>,
+    target: &MongoTarget,
+    trigger: &K,
+    work: &[SubjectWork],
+) -> Result<sync::SyncReport> {
+    let name = target.name_any();
+    let metrics = &ctx.shared.metrics;
+    let start = Instant::now();
+    let audit_trigger = audit::Trigger::of(trigger);
+    let audit = audit::Scope::new(&ctx.shared.audit, BACKEND, &name, &audit_trigger);
+    let observe = target.spec.mode == TargetMode::Observe;
+    let result = sync::sync(&name, &conn.client, metrics, &audit, target.spec.adopt, observe, work).await;
+    metrics.stage(&K::kind(&()), Stage::Backend, start.elapsed());
+    conn.record(&result);
+    drop(held);
+    status::publish_writes(&ctx.shared, trigger, &audit.summaries()).await;
+    result
 }
 
 /// The cached connection for `target`, built anew when its spec changed.
