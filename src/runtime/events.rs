@@ -72,11 +72,14 @@ impl Publisher {
     /// the series of the same Event (same object, type, reason, action and
     /// note) published within the last six minutes.
     pub async fn publish(&self, event: &Event<'_>, regarding: &ObjectReference) -> Result<(), kube::Error> {
-        let key = self.lock().key(event, regarding);
+        let (key, step) = {
+            let mut series = self.lock();
+            let key = series.key(event, regarding);
+            (key, series.next(key, Instant::now()))
+        };
         let namespace = regarding.namespace.as_deref().unwrap_or(CLUSTER_SCOPED_NAMESPACE);
         let api: Api<events::Event> = Api::namespaced(self.client.clone(), namespace);
         let now = jiff::Timestamp::now();
-        let step = self.lock().next(key, Instant::now());
         if let Step::Continue { name, count } = &step {
             let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -90,7 +93,7 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
-        let created = api.create(&PostParams::default(), &self.event(event, regarding, now)).await?;
+        let created = api.create(&PostParams::default(), &self.event(event, regarding, namespace, now)).await?;
         let name = created.metadata.name.unwrap_or_default();
         self.lock().published(key, name, 1, Instant::now());
         Ok(())
@@ -100,13 +103,19 @@ impl Publisher {
         self.series.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn event(&self, event: &Event<'_>, regarding: &ObjectReference, now: jiff::Timestamp) -> events::Event {
+    fn event(
+        &self,
+        event: &Event<'_>,
+        regarding: &ObjectReference,
+        namespace: &str,
+        now: jiff::Timestamp,
+    ) -> events::Event {
         let name = regarding.name.as_deref().unwrap_or(&self.controller);
         events::Event {
             metadata: ObjectMeta {
                 // kube's and client-go's form: unique per object and instant.
                 name: Some(format!("{name}.{:x}", now.as_nanosecond())),
-                namespace: Some(regarding.namespace.clone().unwrap_or_else(|| CLUSTER_SCOPED_NAMESPACE.into())),
+                namespace: Some(namespace.to_string()),
                 ..Default::default()
             },
             event_time: Some(MicroTime(now)),
