@@ -177,6 +177,22 @@ impl Cluster {
         self.apply(&self.admin, &ns, None).await.map(|_| ())
     }
 
+    /// Wait until the controller-manager has set up namespace `name` (its
+    /// `default` ServiceAccount and `kube-root-ca.crt` ConfigMap), so its
+    /// writes there are over before anything is measured.
+    pub async fn wait_namespace_set_up(&self, name: &str) -> Result<()> {
+        use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), name);
+        let maps: Api<ConfigMap> = Api::namespaced(self.admin.clone(), name);
+        for _ in 0..240 {
+            if accounts.get_opt("default").await?.is_some() && maps.get_opt("kube-root-ca.crt").await?.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("the controller-manager did not set up namespace {name} within 60s")
+    }
+
     /// A fresh namespace for one test, named `e2e-<label>-<n>`.
     pub async fn namespace(&self, label: &str) -> Result<TestNamespace> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
