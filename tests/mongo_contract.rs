@@ -471,7 +471,8 @@ impl<'e> Operator<'e> {
     async fn apply(&mut self, b: &MongoRoleBinding) -> Applied {
         let eval = binding_controller::evaluate(b, Some(&self.target), self.now);
         let key = dbgrant::runtime::object::key(b);
-        let own: BTreeSet<SubjectKey> = eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
+        let own: BTreeSet<SubjectKey> =
+            eval.contribution.as_ref().map(|c| c.subjects.iter().cloned().collect()).unwrap_or_default();
         let affected = match eval.contribution.clone() {
             Some(c) => self.index.upsert(&key, c),
             None => self.index.remove(&key),

@@ -119,10 +119,10 @@ pub fn covers(report: &SyncReport, own: &BTreeSet<AssignmentKey>) -> bool {
 
 /// The binding's Ready outcome, its assignment list and when to look again,
 /// from an account report.
-pub fn outcome_from(
+pub fn outcome_from<'a>(
     report: &SyncReport,
     key: &str,
-    own: &BTreeSet<AssignmentKey>,
+    own: impl IntoIterator<Item = &'a AssignmentKey>,
     target: &CosmosTarget,
 ) -> (Outcome, Vec<CosmosAssignmentStatus>, Option<Duration>) {
     let mut assignments = Vec::new();
@@ -607,7 +607,7 @@ mod tests {
         let mut r = report_with(vec![(k.clone(), S::Managed { name: "n".into() })]);
         r.results.insert("n".into(), WriteResult::Failed("not authorised (HTTP 403 RequestDisallowedByPolicy)".into()));
         r.failures.insert("n".into(), 1);
-        let (o, list, retry) = outcome_from(&r, "team-a/b", &[k].into(), &t);
+        let (o, list, retry) = outcome_from(&r, "team-a/b", &[k], &t);
         assert_eq!((o.ready, o.reason, o.progress), (false, reason::BACKEND_ERROR, conditions::Progress::InProgress));
         assert!(o.message.contains("403"), "{}", o.message);
         assert!(list.is_empty());

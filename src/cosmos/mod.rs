@@ -455,7 +455,7 @@ impl CosmosContext {
                     let binding = ObjectRef::from_obj(b);
                     // The cached object, shared, not a copy per parked binding.
                     let target = self.target(&target.name_any()).unwrap_or_else(|| Arc::new(target.clone()));
-                    lot.park(parking::Parked { binding, key, wanted, own: own.clone(), target });
+                    lot.park(parking::Parked { binding, key, wanted, own: own.iter().cloned().collect(), target });
                     return Ok(None);
                 }
             }

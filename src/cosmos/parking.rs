@@ -21,10 +21,7 @@
 //! (see [`Lot`]): a binding parks only while the lock is held, and the pass
 //! that releases the lock sees every binding that parked behind it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use kube::runtime::reflector::ObjectRef;
 
@@ -44,8 +41,10 @@ pub struct Parked {
     /// The account's change number when it parked (its own change is at or
     /// before it).
     pub wanted: u64,
-    /// The assignments it contributes.
-    pub own: BTreeSet<AssignmentKey>,
+    /// The assignments it contributes, sorted (an exact-size slice: most
+    /// bindings of a bulk apply park, and a `BTreeSet` of one key takes a
+    /// node with room for eleven).
+    pub own: Box<[AssignmentKey]>,
     /// Its target, as it read it.
     pub target: Arc<CosmosTarget>,
 }
@@ -57,7 +56,7 @@ impl Parked {
     /// plan drops what it wants. (Any other outcome, such as a refusal,
     /// speaks for the binding only if the plan was made after its change.)
     fn granted_by(&self, report: &SyncReport) -> bool {
-        outcome_from(report, &self.key, &self.own, &self.target).0.ready
+        outcome_from(report, &self.key, &*self.own, &self.target).0.ready
     }
 }
 
@@ -136,7 +135,7 @@ mod tests {
             binding: ObjectRef::new(name).within("ns"),
             key: format!("ns/{name}"),
             wanted,
-            own: [reader(principal)].into(),
+            own: Box::new([reader(principal)]),
             target: Arc::new(fixtures::target("t", CosmosPolicy::default())),
         }
     }

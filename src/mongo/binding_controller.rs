@@ -93,7 +93,7 @@ impl Lifecycle<MongoRoleBinding> for MongoContext {
         let eval = evaluate(&b, target.as_deref(), now);
         let key = key(&*b);
         let own_subjects: BTreeSet<SubjectKey> =
-            eval.contribution.as_ref().map(|c| c.subjects.clone()).unwrap_or_default();
+            eval.contribution.as_ref().map(|c| c.subjects.iter().cloned().collect()).unwrap_or_default();
         let (affected, rejected) = {
             let mut idx = ctx.index.lock().unwrap_or_else(|p| p.into_inner());
             let mut affected = match eval.contribution.clone() {

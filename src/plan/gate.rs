@@ -52,7 +52,11 @@ impl<G> Evaluation<G> {
             return Self::blocked(Outcome::stalled(reason::INVALID_SPEC, why), expiry);
         }
         Self {
-            contribution: Some(Contribution { target: target.into(), subjects, grant: std::sync::Arc::new(grant) }),
+            contribution: Some(Contribution {
+                target: target.into(),
+                subjects: subjects.into_iter().collect(),
+                grant: std::sync::Arc::new(grant),
+            }),
             blocked: None,
             expiry,
         }

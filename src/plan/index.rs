@@ -43,8 +43,10 @@ pub type BindingKey = String;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contribution<G> {
     pub target: String,
-    /// Subjects that receive the grant.
-    pub subjects: BTreeSet<SubjectKey>,
+    /// Subjects that receive the grant, sorted and distinct (an exact-size
+    /// slice: the index keeps one per binding, mostly of one subject, where
+    /// a `BTreeSet` would take a node with room for eleven).
+    pub subjects: Box<[SubjectKey]>,
     /// The grant itself, shared: every sync of a subject takes the
     /// contributions it unites along (for isolating one the backend
     /// refuses), and a target's resync does so for every subject at once.

@@ -146,20 +146,34 @@ impl std::fmt::Display for AssignmentKey {
 }
 
 /// What one binding grants each of its subjects: (role, relative scope)
-/// pairs. The union over bindings is a set union.
+/// pairs, sorted and distinct. The union over bindings is a set union.
+///
+/// Kept as an exact-size sorted slice rather than a `BTreeSet`: the index
+/// holds one per binding, nearly always of one pair, and a B-tree's first
+/// node has room for eleven (540 bytes where 64 do).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CosmosGrant(pub BTreeSet<(RoleKey, String)>);
+pub struct CosmosGrant(Box<[(RoleKey, String)]>);
 
 impl Grant for CosmosGrant {
     fn merge(&mut self, other: &Self) {
-        self.0.extend(other.0.iter().cloned());
+        if other.0.iter().all(|p| self.0.binary_search(p).is_ok()) {
+            return;
+        }
+        let union: BTreeSet<&(RoleKey, String)> = self.0.iter().chain(other.0.iter()).collect();
+        self.0 = union.into_iter().cloned().collect();
     }
 }
 
 impl CosmosGrant {
     /// The grant of one role at these scopes.
     pub fn new(role: &RoleKey, scopes: &[CosmosScope]) -> Self {
-        Self(scopes.iter().map(|s| (role.clone(), s.relative_path())).collect())
+        let pairs: BTreeSet<(RoleKey, String)> = scopes.iter().map(|s| (role.clone(), s.relative_path())).collect();
+        Self(pairs.into_iter().collect())
+    }
+
+    /// Its (role, relative scope) pairs, sorted.
+    pub fn pairs(&self) -> &[(RoleKey, String)] {
+        &self.0
     }
 
     /// The assignments this grant wants for `principal`.
@@ -438,4 +452,40 @@ pub struct Plan {
     /// gone (see `cosmos::sync::SyncReport::left_behind`). Released and
     /// foreign objects are not in it.
     pub ours: BTreeSet<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::index::Grant;
+
+    fn scope(db: &str) -> CosmosScope {
+        CosmosScope { database: Some(db.into()), container: None }
+    }
+
+    #[test]
+    fn a_grant_is_a_sorted_set_of_role_and_scope_and_merges_as_a_union() {
+        let reader = RoleKey::BuiltIn(BuiltInCosmosRole::DataReader);
+        let writer = RoleKey::BuiltIn(BuiltInCosmosRole::DataContributor);
+        let mut g = CosmosGrant::new(&reader, &[scope("b"), scope("a"), scope("b")]);
+        assert_eq!(g.pairs(), [(reader.clone(), "/dbs/a".to_string()), (reader.clone(), "/dbs/b".to_string())]);
+
+        g.merge(&CosmosGrant::new(&reader, &[scope("a")]));
+        assert_eq!(g.pairs().len(), 2, "a grant already held adds nothing");
+        g.merge(&CosmosGrant::new(&writer, &[scope("a")]));
+        g.merge(&CosmosGrant::new(&reader, &[scope("0")]));
+        let mut expected = vec![
+            (reader.clone(), "/dbs/0".to_string()),
+            (reader.clone(), "/dbs/a".to_string()),
+            (reader.clone(), "/dbs/b".to_string()),
+            (writer.clone(), "/dbs/a".to_string()),
+        ];
+        expected.sort();
+        assert_eq!(g.pairs(), expected.as_slice());
+        // Equal grants compare equal whatever order they were built in.
+        assert_eq!(
+            CosmosGrant::new(&reader, &[scope("b"), scope("a")]),
+            CosmosGrant::new(&reader, &[scope("a"), scope("b")])
+        );
+    }
 }
