@@ -69,7 +69,7 @@ fn grant() -> impl Strategy<Value = MongoGrant> {
         prop::collection::btree_set((name(), name()), 0..4),
         prop::collection::btree_map(resource(), prop::collection::btree_set(action(), 1..4), 0..4),
     )
-        .prop_map(|(roles, privileges)| MongoGrant { roles, privileges })
+        .prop_map(|(roles, privileges)| MongoGrant { roles: roles.into_iter().collect(), privileges })
 }
 
 fn objects() -> impl Strategy<Value = SubjectObjects> {

@@ -665,14 +665,11 @@ pub async fn roles_info(
 /// Parse a `rolesInfo` entry into a normalised grant. Unknown shapes are
 /// skipped, never a panic.
 pub fn parse_role(d: &Document) -> ActualRole {
-    let mut grant = MongoGrant::default();
-    for r in d.get_array("roles").into_iter().flatten() {
-        if let Some(r) = r.as_document()
-            && let (Ok(role), Ok(db)) = (r.get_str("role"), r.get_str("db"))
-        {
-            grant.roles.insert((role.to_string(), db.to_string()));
-        }
-    }
+    let roles = d.get_array("roles").into_iter().flatten().filter_map(|r| {
+        let r = r.as_document()?;
+        Some((r.get_str("role").ok()?.to_string(), r.get_str("db").ok()?.to_string()))
+    });
+    let mut grant = MongoGrant { roles: roles.collect(), ..Default::default() };
     for p in d.get_array("privileges").into_iter().flatten() {
         let Some(p) = p.as_document() else { continue };
         let Ok(res) = p.get_document("resource") else { continue };

@@ -8,3 +8,4 @@ pub mod gate;
 pub mod index;
 pub mod mongo;
 pub mod policy;
+pub mod sorted;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::{AuthorizationClaim, MongoOidc, MongoPrivilege, MongoRoleRef, SubjectKey, SubjectKind};
 
-use super::index::Grant;
+use super::{index::Grant, sorted::SortedSet};
 
 /// The database per-subject roles live in.
 pub const ROLE_DB: &str = "admin";
@@ -42,8 +42,9 @@ pub type RoleName = (String, String);
 /// sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MongoGrant {
-    /// Inherited roles.
-    pub roles: BTreeSet<RoleName>,
+    /// Inherited roles (one slice, not a B-tree: the index keeps a grant
+    /// per binding, mostly of one role; see [`SortedSet`]).
+    pub roles: SortedSet<RoleName>,
     /// Actions per resource.
     pub privileges: BTreeMap<Resource, BTreeSet<String>>,
 }
@@ -66,10 +67,8 @@ impl MongoGrant {
 
     /// Normalise a binding's roles and privileges.
     pub fn from_spec(roles: &[MongoRoleRef], privileges: &[MongoPrivilege]) -> Self {
-        let mut g = MongoGrant::default();
-        for r in roles {
-            g.roles.insert((r.role.clone(), r.db.clone()));
-        }
+        let mut g =
+            MongoGrant { roles: roles.iter().map(|r| (r.role.clone(), r.db.clone())).collect(), ..Default::default() };
         for p in privileges {
             let resource = if p.resource.cluster == Some(true) {
                 Resource::Cluster
