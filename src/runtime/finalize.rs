@@ -49,11 +49,21 @@ struct Patched {
     at: Instant,
 }
 
+/// How often patches the cache never showed are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// The finalizer patches this process made that its cache has not shown
 /// yet, by object uid.
 #[derive(Debug, Default)]
 pub struct Ensured {
-    patched: Mutex<HashMap<String, Patched>>,
+    patched: Mutex<Remembered>,
+}
+
+/// [`Ensured`]'s map, and when it was last swept.
+#[derive(Debug, Default)]
+struct Remembered {
+    by_uid: HashMap<String, Patched>,
+    swept: Option<Instant>,
 }
 
 /// What [`ensure`] does with a copy of an object.
@@ -69,7 +79,7 @@ enum Step<K> {
 }
 
 impl Ensured {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Patched>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Remembered> {
         self.patched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -79,13 +89,14 @@ impl Ensured {
         let carries = obj.meta().finalizers.iter().flatten().any(|f| f == finalizer);
         if obj.meta().deletion_timestamp.is_some() || carries {
             // The cache has caught up (or it no longer matters).
-            if self.lock().remove(&uid).is_some() {
+            if self.lock().by_uid.remove(&uid).is_some() {
                 tracing::trace!(%uid, "the cache shows our finalizer patch");
             }
             return Step::Done(obj.clone());
         }
         let known = self
             .lock()
+            .by_uid
             .get(&uid)
             .filter(|p| obj.meta().resource_version.as_ref() == Some(&p.from))
             .map(|p| p.to.clone());
@@ -101,24 +112,32 @@ impl Ensured {
         }
     }
 
-    /// Remember that the patch of `before` gave `after`; forget patches
-    /// the cache never showed.
+    /// Remember that the patch of `before` gave `after`.
     fn remember<K: Resource>(&self, before: &K, after: &K) {
+        self.remember_at(before, after, Instant::now());
+    }
+
+    /// [`Self::remember`] at `now`; forgets patches the cache never showed
+    /// (at most once every [`SWEEP_EVERY`], so a bulk of patches does not
+    /// scan the map once per patch).
+    fn remember_at<K: Resource>(&self, before: &K, after: &K, now: Instant) {
         let (Some(uid), Some(from), Some(to)) =
             (before.meta().uid.clone(), before.resource_version(), after.resource_version())
         else {
             return;
         };
-        let now = Instant::now();
-        let mut patched = self.lock();
-        patched.retain(|_, p| now.duration_since(p.at) < REMEMBERED_FOR);
-        patched.insert(uid, Patched { from, to, at: now });
+        let mut remembered = self.lock();
+        if remembered.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+            remembered.by_uid.retain(|_, p| now.duration_since(p.at) < REMEMBERED_FOR);
+            remembered.swept = Some(now);
+        }
+        remembered.by_uid.insert(uid, Patched { from, to, at: now });
     }
 
     /// How many patches are remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_uid.len()
     }
 }
 
@@ -223,5 +242,29 @@ mod tests {
         deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
         assert!(matches!(ensured.step(F, &Arc::new(deleting)), Step::Done(_)), "a deleted copy is never patched");
         assert_eq!(ensured.len(), 0);
+    }
+
+    #[test]
+    fn patches_the_cache_never_showed_are_swept() {
+        let ensured = Ensured::default();
+        let other = |rv: &str| {
+            let mut c = ConfigMap::clone(&copy(rv, &[]));
+            c.metadata.uid = Some(format!("u-{rv}"));
+            c
+        };
+        let t0 = Instant::now();
+        ensured.remember_at(&other("1"), &other("2"), t0);
+        // A sweep that finds the first one in its time.
+        ensured.remember_at(&other("3"), &other("4"), t0 + REMEMBERED_FOR - SWEEP_EVERY / 2);
+        assert_eq!(ensured.len(), 2);
+        // The first is past its time, but the map was swept less than a
+        // minute ago.
+        ensured.remember_at(&other("5"), &other("6"), t0 + REMEMBERED_FOR + SWEEP_EVERY / 4);
+        assert_eq!(ensured.len(), 3);
+        // The next sweep forgets it, and only it.
+        ensured.remember_at(&other("7"), &other("8"), t0 + REMEMBERED_FOR + SWEEP_EVERY);
+        assert_eq!(ensured.len(), 3);
+        assert!(matches!(ensured.step(F, &Arc::new(other("1"))), Step::Patch), "forgotten");
+        assert!(matches!(ensured.step(F, &Arc::new(other("3"))), Step::Known(_)), "remembered");
     }
 }
