@@ -28,7 +28,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::{binding_status::outcome_from, sync::SyncReport};
 use crate::{
     api::{CosmosRoleBinding, CosmosTarget},
-    plan::cosmos::AssignmentKey,
+    plan::{cosmos::AssignmentKey, sorted::SortedSet},
 };
 
 /// What a parked binding waits for.
@@ -41,10 +41,10 @@ pub struct Parked {
     /// The account's change number when it parked (its own change is at or
     /// before it).
     pub wanted: u64,
-    /// The assignments it contributes, sorted (an exact-size slice: most
+    /// The assignments it contributes (an exact-size sorted set: most
     /// bindings of a bulk apply park, and a `BTreeSet` of one key takes a
     /// node with room for eleven).
-    pub own: Box<[AssignmentKey]>,
+    pub own: SortedSet<AssignmentKey>,
     /// Its target, as it read it.
     pub target: Arc<CosmosTarget>,
 }
@@ -56,7 +56,7 @@ impl Parked {
     /// plan drops what it wants. (Any other outcome, such as a refusal,
     /// speaks for the binding only if the plan was made after its change.)
     fn granted_by(&self, report: &SyncReport) -> bool {
-        outcome_from(report, &self.key, &*self.own, &self.target).0.ready
+        outcome_from(report, &self.key, &self.own, &self.target).0.ready
     }
 }
 
@@ -135,7 +135,7 @@ mod tests {
             binding: ObjectRef::new(name).within("ns"),
             key: format!("ns/{name}"),
             wanted,
-            own: Box::new([reader(principal)]),
+            own: [reader(principal)].into(),
             target: Arc::new(fixtures::target("t", CosmosPolicy::default())),
         }
     }

@@ -27,7 +27,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::api::SubjectKey;
+use crate::{api::SubjectKey, plan::sorted::SortedSet};
 
 /// A grant that can be unioned with another of its kind.
 pub trait Grant: Clone + Default + PartialEq {
@@ -43,10 +43,10 @@ pub type BindingKey = String;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contribution<G> {
     pub target: String,
-    /// Subjects that receive the grant, sorted and distinct (an exact-size
-    /// slice: the index keeps one per binding, mostly of one subject, where
-    /// a `BTreeSet` would take a node with room for eleven).
-    pub subjects: Box<[SubjectKey]>,
+    /// Subjects that receive the grant (an exact-size sorted set: the index
+    /// keeps one per binding, mostly of one subject, where a `BTreeSet`
+    /// would take a node with room for eleven).
+    pub subjects: SortedSet<SubjectKey>,
     /// The grant itself, shared: every sync of a subject takes the
     /// contributions it unites along (for isolating one the backend
     /// refuses), and a target's resync does so for every subject at once.

@@ -26,11 +26,6 @@ impl<T> Default for SortedSet<T> {
 }
 
 impl<T: Ord> SortedSet<T> {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Add `value`; whether it was new.
     pub fn insert(&mut self, value: T) -> bool {
         match self.0.binary_search(&value) {
@@ -61,6 +56,11 @@ impl<T: Ord> SortedSet<T> {
 }
 
 impl<T> SortedSet<T> {
+    /// The entries, in order, as a slice.
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
     /// The entries, in order.
     pub fn iter(&self) -> std::slice::Iter<'_, T> {
         self.0.iter()
@@ -104,6 +104,15 @@ impl<T: Ord, const N: usize> From<[T; N]> for SortedSet<T> {
     }
 }
 
+impl<T> IntoIterator for SortedSet<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_vec().into_iter()
+    }
+}
+
 impl<'a, T> IntoIterator for &'a SortedSet<T> {
     type Item = &'a T;
     type IntoIter = std::slice::Iter<'a, T>;
@@ -144,6 +153,9 @@ mod tests {
             s.extend(b.iter().copied());
             bs.extend(b.iter().copied());
             prop_assert_eq!(s.iter().copied().collect::<Vec<_>>(), bs.iter().copied().collect::<Vec<_>>());
+            let expected: Vec<u8> = bs.iter().copied().collect();
+            prop_assert_eq!(s.as_slice(), expected.as_slice());
+            prop_assert_eq!(s.into_iter().collect::<Vec<_>>(), bs.into_iter().collect::<Vec<_>>());
         }
     }
 

@@ -79,7 +79,7 @@ pub use self::{
     observed::Observed,
     plan::plan,
 };
-use super::index::Grant;
+use super::{index::Grant, sorted::SortedSet};
 use crate::api::{BuiltInCosmosRole, CosmosScope};
 
 // === Desired ===
@@ -148,32 +148,27 @@ impl std::fmt::Display for AssignmentKey {
 /// What one binding grants each of its subjects: (role, relative scope)
 /// pairs, sorted and distinct. The union over bindings is a set union.
 ///
-/// Kept as an exact-size sorted slice rather than a `BTreeSet`: the index
-/// holds one per binding, nearly always of one pair, and a B-tree's first
-/// node has room for eleven (540 bytes where 64 do).
+/// A [`SortedSet`] rather than a `BTreeSet`: the index holds one per
+/// binding, nearly always of one pair, and a B-tree's first node has room
+/// for eleven (540 bytes where 64 do).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CosmosGrant(Box<[(RoleKey, String)]>);
+pub struct CosmosGrant(SortedSet<(RoleKey, String)>);
 
 impl Grant for CosmosGrant {
     fn merge(&mut self, other: &Self) {
-        if other.0.iter().all(|p| self.0.binary_search(p).is_ok()) {
-            return;
-        }
-        let union: BTreeSet<&(RoleKey, String)> = self.0.iter().chain(other.0.iter()).collect();
-        self.0 = union.into_iter().cloned().collect();
+        self.0.extend(other.0.iter().cloned());
     }
 }
 
 impl CosmosGrant {
     /// The grant of one role at these scopes.
     pub fn new(role: &RoleKey, scopes: &[CosmosScope]) -> Self {
-        let pairs: BTreeSet<(RoleKey, String)> = scopes.iter().map(|s| (role.clone(), s.relative_path())).collect();
-        Self(pairs.into_iter().collect())
+        Self(scopes.iter().map(|s| (role.clone(), s.relative_path())).collect())
     }
 
     /// Its (role, relative scope) pairs, sorted.
     pub fn pairs(&self) -> &[(RoleKey, String)] {
-        &self.0
+        self.0.as_slice()
     }
 
     /// The assignments this grant wants for `principal`.
