@@ -8,7 +8,7 @@ use crate::paths;
 
 /// The scenarios, in the order they run at each binding count. `bulk` always
 /// runs: it is how the bindings the other scenarios need come to exist.
-pub const SCENARIOS: [&str; 6] = ["baseline", "bulk", "footprint", "single", "restart", "steady"];
+pub const SCENARIOS: [&str; 7] = ["baseline", "floor", "bulk", "footprint", "single", "restart", "steady"];
 
 /// The backends a run can measure (see [`super::backend::Backend`]).
 pub const BACKENDS: [&str; 2] = ["mongodb", "cosmosdb"];
@@ -120,8 +120,10 @@ Options:
   --cosmos-accounts N      Cosmos DB accounts (CosmosTargets) [default: 5]
   --arm-latency-ms MS      time every ARM call takes [default: 50]
   --out DIR                report directory [default: target/bench]
-  --scenarios LIST         baseline,bulk,footprint,single,restart,steady [default: all]
-                           (bulk always runs: it creates the bindings)
+  --scenarios LIST         baseline,floor,bulk,footprint,single,restart,steady
+                           [default: all] (bulk always runs: it creates the
+                           bindings; floor is the operator's apiserver writes
+                           made by the benchmark itself, compared to baseline)
   --backends LIST          mongodb,cosmosdb [default: both]
   --dbgrant PATH           operator binary [default: target/release/dbgrant]
   --parallel N             applies in flight during bulk [default: 32]

@@ -6,7 +6,9 @@
 //! separate process with the chart's non-admin identity. Then, in order:
 //!
 //! 0. baseline: the same applies with no operator running (then deleted):
-//!    the apiserver's own cost of storing the bindings;
+//!    the apiserver's own cost of storing the bindings; then the floor: the
+//!    same applies each followed by the operator's apiserver writes, made
+//!    by the benchmark itself (see [`floor`]);
 //! 1. footprint at idle with no bindings (10 s);
 //! 2. **bulk**: apply every binding at once ([`Args::parallel`] in flight),
 //!    time until a LIST of each namespace shows all Ready;
@@ -24,6 +26,7 @@ pub mod apiserver;
 pub mod args;
 pub mod backend;
 pub mod cosmos;
+pub mod floor;
 pub mod machine;
 pub mod mongo;
 pub mod process;
@@ -170,6 +173,12 @@ async fn measure<B: Backend>(
     };
     let baseline =
         if args.wants("baseline") { Some(scenarios::baseline(&env, profile("baseline")?).await?) } else { None };
+    let mut floors = Vec::new();
+    if args.wants("floor") {
+        for writes in [floor::Writes::Status, floor::Writes::All] {
+            floors.push(floor::floor(&env, writes).await?);
+        }
+    }
     if args.finalizer_policy {
         let probe = env.backend.binding(&env.layout.binding(0));
         env.cluster.install_finalizer_policy(&probe, "dbgrant.io/revoke").await?;
@@ -194,6 +203,9 @@ async fn measure<B: Backend>(
     });
     if let Some(b) = baseline {
         out["baseline"] = b;
+    }
+    if !floors.is_empty() {
+        out["floor"] = json!(floors);
     }
     let mut footprint = Vec::new();
     if args.wants("footprint") {

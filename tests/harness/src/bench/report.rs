@@ -183,6 +183,23 @@ fn bulk_over_baseline(r: &Value) -> Option<f64> {
     num(r, "/bulk/allReadySeconds").map(|b| b / base)
 }
 
+/// The floor run that made `writes` (see `bench::floor`): its time in
+/// seconds, and that over the baseline's.
+fn floor(r: &Value, writes: &str) -> (Option<f64>, Option<f64>) {
+    let run = r["floor"].as_array().and_then(|f| f.iter().find(|x| x["writes"] == writes));
+    let seconds = run.and_then(|x| x["seconds"].as_f64());
+    let base = num(r, "/baseline/submitSeconds").filter(|b| *b > 0.0);
+    (seconds, seconds.zip(base).map(|(s, b)| s / b))
+}
+
+/// A floor row's cell: "seconds; ÷ baseline", or "–" without a floor run.
+fn floor_cell(writes: &'static str) -> Box<dyn Fn(&Value) -> String> {
+    Box::new(move |r| match floor(r, writes) {
+        (None, _) => "–".into(),
+        (s, ratio) => format!("{}; {}", fmt(s, 1), fmt(ratio, 2)),
+    })
+}
+
 type Row = (&'static str, &'static str, Box<dyn Fn(&Value) -> String>);
 
 /// A cell that only some runs have (Cosmos DB's quota figures, say): "–"
@@ -283,6 +300,16 @@ fn rows() -> Vec<Row> {
             "Bulk ÷ baseline (all Ready ÷ the same applies with no operator)",
             "≤ 2 (stretch 1.5)",
             Box::new(|r| fmt(bulk_over_baseline(r), 2)),
+        ),
+        (
+            "Floor: the applies, each followed by a status write made by the benchmark, no operator (s; ÷ baseline)",
+            "",
+            floor_cell("status"),
+        ),
+        (
+            "Floor: the applies, each followed by a finalizer patch, status write and Event made by the benchmark (s; ÷ baseline)",
+            "",
+            floor_cell("finalizer+status+event"),
         ),
         (
             "**Apiserver**: operator writes / reads per binding (bulk)",

@@ -62,7 +62,8 @@ pub struct Env<'a, B: Backend> {
 }
 
 impl<B: Backend> Env<'_, B> {
-    fn bindings(&self, ns: &str) -> Api<DynamicObject> {
+    /// The binding kind's API in namespace `ns`.
+    pub fn bindings(&self, ns: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.cluster.admin.clone(), ns, &self.binding_ar)
     }
 
@@ -141,7 +142,7 @@ fn own_requests(resource: &str) -> Requests {
     r
 }
 
-async fn apply(api: &Api<DynamicObject>, doc: &Value) -> Result<DynamicObject> {
+pub async fn apply(api: &Api<DynamicObject>, doc: &Value) -> Result<DynamicObject> {
     let name = doc["metadata"]["name"].as_str().unwrap_or_default();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let mut attempt = 0;
