@@ -17,7 +17,7 @@
 //! It runs after the baseline and before the operator starts, and leaves
 //! the cluster as it found it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, stream};
@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 use super::{
     backend::Backend,
     process::{CpuSplit, round3},
-    scenarios::{Env, apply},
+    scenarios::{Env, apply_each, delete_bindings, wait_bindings_gone},
 };
 
 /// The finalizer the floor sets: not dbgrant's, so nothing ever acts on it.
@@ -70,21 +70,13 @@ pub async fn floor<B: Backend>(env: &Env<'_, B>, writes: Writes) -> Result<Value
     eprintln!("bench: floor ({}): applying {n} bindings, the benchmark writing after each", writes.name());
     let cpu0 = CpuSplit::now(None, env.control_plane_pid);
     let t0 = Instant::now();
-    let failed = stream::iter(0..n)
-        .map(|i| {
-            let spec = env.layout.binding(i);
-            let doc = env.backend.binding(&spec);
-            let api = env.bindings(&spec.namespace);
-            let events: Api<Event> = Api::namespaced(env.cluster.admin.clone(), &spec.namespace);
-            async move {
-                let created = apply(&api, &doc).await?;
-                one_binding(&api, &events, created, writes).await
-            }
-        })
-        .buffer_unordered(env.args.parallel)
-        .filter_map(|r| std::future::ready(r.err()))
-        .collect::<Vec<_>>()
-        .await;
+    let client = env.cluster.admin.clone();
+    let failed = apply_each(env, |api, created| {
+        let events: Api<Event> =
+            Api::namespaced(client.clone(), created.metadata.namespace.as_deref().unwrap_or_default());
+        one_binding(api, events, created, writes)
+    })
+    .await;
     let elapsed = t0.elapsed();
     let cpu = cpu0.until(&CpuSplit::now(None, env.control_plane_pid));
     clean_up(env, writes).await?;
@@ -102,7 +94,7 @@ pub async fn floor<B: Backend>(env: &Env<'_, B>, writes: Writes) -> Result<Value
 }
 
 /// The operator's writes for one new binding, in its order.
-async fn one_binding(api: &Api<DynamicObject>, events: &Api<Event>, b: DynamicObject, writes: Writes) -> Result<()> {
+async fn one_binding(api: Api<DynamicObject>, events: Api<Event>, b: DynamicObject, writes: Writes) -> Result<()> {
     let name = b.metadata.name.clone().unwrap_or_default();
     let mut generation = b.metadata.generation;
     if writes == Writes::All {
@@ -170,9 +162,9 @@ fn event(b: &DynamicObject, now: Timestamp) -> Event {
 /// Delete the bindings (taking the floor's finalizer off) and its Events,
 /// so the operator's bulk starts from the same empty cluster.
 async fn clean_up<B: Backend>(env: &Env<'_, B>, writes: Writes) -> Result<()> {
-    for ns in env.layout.namespaces() {
-        env.bindings(&ns).delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
-        if writes == Writes::All {
+    delete_bindings(env).await?;
+    if writes == Writes::All {
+        for ns in env.layout.namespaces() {
             let api = env.bindings(&ns);
             let names: Vec<String> = api
                 .list_metadata(&ListParams::default())
@@ -199,10 +191,5 @@ async fn clean_up<B: Backend>(env: &Env<'_, B>, writes: Writes) -> Result<()> {
             events.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
         }
     }
-    for ns in env.layout.namespaces() {
-        while !env.bindings(&ns).list(&ListParams::default().limit(1)).await?.items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    Ok(())
+    wait_bindings_gone(env).await
 }

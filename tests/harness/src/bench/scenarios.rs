@@ -142,7 +142,7 @@ fn own_requests(resource: &str) -> Requests {
     r
 }
 
-pub async fn apply(api: &Api<DynamicObject>, doc: &Value) -> Result<DynamicObject> {
+async fn apply(api: &Api<DynamicObject>, doc: &Value) -> Result<DynamicObject> {
     let name = doc["metadata"]["name"].as_str().unwrap_or_default();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let mut attempt = 0;
@@ -518,6 +518,50 @@ async fn watch_ready<B: Backend>(env: &Env<'_, B>, api: &Api<DynamicObject>, rv:
 
 // ------------------------------------------------------------- baseline
 
+/// Apply every binding of the layout ([`Args::parallel`] in flight) and
+/// run `then` on each as the apiserver returned it; the errors, one per
+/// binding that failed.
+pub async fn apply_each<B, F, Fut>(env: &Env<'_, B>, then: F) -> Vec<anyhow::Error>
+where
+    B: Backend,
+    F: Fn(Api<DynamicObject>, DynamicObject) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let then = &then;
+    stream::iter(0..env.layout.bindings)
+        .map(|i| {
+            let spec = env.layout.binding(i);
+            let doc = env.backend.binding(&spec);
+            let api = env.bindings(&spec.namespace);
+            async move {
+                let created = apply(&api, &doc).await?;
+                then(api, created).await
+            }
+        })
+        .buffer_unordered(env.args.parallel)
+        .filter_map(|r| std::future::ready(r.err()))
+        .collect()
+        .await
+}
+
+/// Delete every binding in the layout's namespaces (without waiting).
+pub async fn delete_bindings<B: Backend>(env: &Env<'_, B>) -> Result<()> {
+    for ns in env.layout.namespaces() {
+        env.bindings(&ns).delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    }
+    Ok(())
+}
+
+/// Wait until the layout's namespaces hold no binding.
+pub async fn wait_bindings_gone<B: Backend>(env: &Env<'_, B>) -> Result<()> {
+    for ns in env.layout.namespaces() {
+        while !env.bindings(&ns).list(&ListParams::default().limit(1)).await?.items.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Baseline: the same applies with no operator running, then deleted
 /// again: what merely storing the bindings costs this apiserver (time and
 /// CPU), the floor under the bulk figure. `profile` (if any) covers the
@@ -527,31 +571,15 @@ pub async fn baseline<B: Backend>(env: &Env<'_, B>, profile: Option<Profile<'_>>
     eprintln!("bench: baseline: applying {n} bindings with no operator running");
     let cpu0 = CpuSplit::now(None, env.control_plane_pid);
     let t0 = Instant::now();
-    let failed = stream::iter(0..n)
-        .map(|i| {
-            let spec = env.layout.binding(i);
-            let doc = env.backend.binding(&spec);
-            let api = env.bindings(&spec.namespace);
-            async move { apply(&api, &doc).await }
-        })
-        .buffer_unordered(env.args.parallel)
-        .filter(|r| std::future::ready(r.is_err()))
-        .count()
-        .await;
+    let failed = apply_each(env, |_, _| async { Ok(()) }).await.len();
     let submitted = t0.elapsed();
     let cpu = cpu0.until(&CpuSplit::now(None, env.control_plane_pid));
     let profile = match profile {
         Some(p) => p.finish()?,
         None => Value::Null,
     };
-    for ns in env.layout.namespaces() {
-        env.bindings(&ns).delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
-    }
-    for ns in env.layout.namespaces() {
-        while !env.bindings(&ns).list(&ListParams::default().limit(1)).await?.items.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    delete_bindings(env).await?;
+    wait_bindings_gone(env).await?;
     eprintln!("bench: baseline: {n} applies in {:.1}s, no operator", submitted.as_secs_f64());
     Ok(json!({
         "bindings": n,
