@@ -56,7 +56,8 @@ pub enum Writes {
 }
 
 impl Writes {
-    fn name(self) -> &'static str {
+    /// Its name in the report (`floor[].writes`).
+    pub fn name(self) -> &'static str {
         match self {
             Writes::Status => "status",
             Writes::All => "finalizer+status+event",

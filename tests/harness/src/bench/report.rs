@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use super::{args::Args, machine::Machine};
+use super::{args::Args, floor::Writes, machine::Machine};
 
 /// The whole report.
 pub fn assemble(args: &Args, machine: &Machine, runs: &[Value]) -> Value {
@@ -179,21 +179,25 @@ fn footprint(r: &Value, phase_prefix: &str, key: &str) -> Option<f64> {
 /// Bulk all-Ready time over the baseline's (the same applies, no
 /// operator), measured in the same run.
 fn bulk_over_baseline(r: &Value) -> Option<f64> {
-    let base = num(r, "/baseline/submitSeconds").filter(|b| *b > 0.0)?;
+    let base = baseline_seconds(r)?;
     num(r, "/bulk/allReadySeconds").map(|b| b / base)
+}
+
+/// The baseline's time, if the run has one.
+fn baseline_seconds(r: &Value) -> Option<f64> {
+    num(r, "/baseline/submitSeconds").filter(|b| *b > 0.0)
 }
 
 /// The floor run that made `writes` (see `bench::floor`): its time in
 /// seconds, and that over the baseline's.
-fn floor(r: &Value, writes: &str) -> (Option<f64>, Option<f64>) {
-    let run = r["floor"].as_array().and_then(|f| f.iter().find(|x| x["writes"] == writes));
+fn floor(r: &Value, writes: Writes) -> (Option<f64>, Option<f64>) {
+    let run = r["floor"].as_array().and_then(|f| f.iter().find(|x| x["writes"] == writes.name()));
     let seconds = run.and_then(|x| x["seconds"].as_f64());
-    let base = num(r, "/baseline/submitSeconds").filter(|b| *b > 0.0);
-    (seconds, seconds.zip(base).map(|(s, b)| s / b))
+    (seconds, seconds.zip(baseline_seconds(r)).map(|(s, b)| s / b))
 }
 
 /// A floor row's cell: "seconds; ÷ baseline", or "–" without a floor run.
-fn floor_cell(writes: &'static str) -> Box<dyn Fn(&Value) -> String> {
+fn floor_cell(writes: Writes) -> Box<dyn Fn(&Value) -> String> {
     Box::new(move |r| match floor(r, writes) {
         (None, _) => "–".into(),
         (s, ratio) => format!("{}; {}", fmt(s, 1), fmt(ratio, 2)),
@@ -304,12 +308,12 @@ fn rows() -> Vec<Row> {
         (
             "Floor: the applies, each followed by a status write made by the benchmark, no operator (s; ÷ baseline)",
             "",
-            floor_cell("status"),
+            floor_cell(Writes::Status),
         ),
         (
             "Floor: the applies, each followed by a finalizer patch, status write and Event made by the benchmark (s; ÷ baseline)",
             "",
-            floor_cell("finalizer+status+event"),
+            floor_cell(Writes::All),
         ),
         (
             "**Apiserver**: operator writes / reads per binding (bulk)",
